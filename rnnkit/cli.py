@@ -14,9 +14,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnkit", description="Recurrent networks on Keras 3: build, train, export, serve.")
+    parser = argparse.ArgumentParser(
+        prog="rnnkit", description="Recurrent networks on Keras 3: build, train, export, serve."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="build a stacked residual bidirectional LSTM classifier and run it on a built-in batch")
+    demo = sub.add_parser(
+        "demo", help="build a stacked residual bidirectional LSTM classifier and run it on a built-in batch"
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     demo.set_defaults(func=_demo)
     return parser

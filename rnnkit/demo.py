@@ -28,9 +28,9 @@ def build_demo_model(features: int = 8, classes: int = 3, seed: int = 0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(None, features), name="features")
     masked = keras.layers.Masking(mask_value=0.0, name="padding_mask")(inputs)
-    encoded = StackedRNN(
-        16, num_layers=3, cell="lstm", bidirectional=True, connection="residual", name="encoder"
-    )(masked)
+    encoded = StackedRNN(16, num_layers=3, cell="lstm", bidirectional=True, connection="residual", name="encoder")(
+        masked
+    )
     probs = keras.layers.Dense(classes, activation="softmax", name="probs")(encoded)
     return keras.Model(inputs, {"probs": probs}, name="rnnkit_demo")
 

@@ -3,9 +3,9 @@
 from functools import partial
 
 import numpy as np
+import numpy_reference as ref
 import pytest
 
-import numpy_reference as ref
 from rnnkit.layers import GRU, LSTM, GRUCell, LSTMCell, SimpleRNN, SimpleRNNCell
 
 UNITS, FEATURES, BATCH, TIME = 5, 3, 4, 7
@@ -86,7 +86,7 @@ def test_layer_over_time_matches_numpy_with_holes_and_backwards(case, rng):
         weights = randomize(layer, rng)
         seq, *states = layer(x, initial_state=h0, mask=mask)
         ref_seq, _, ref_states = ref.run(
-            lambda xt, s: step(xt, s, weights), x, tuple(h0), mask=mask, go_backwards=go_backwards
+            lambda xt, s, w=weights: step(xt, s, w), x, tuple(h0), mask=mask, go_backwards=go_backwards
         )
         np.testing.assert_allclose(np.asarray(seq), ref_seq, atol=1e-5)
         for got, want in zip(states, ref_states):

@@ -60,8 +60,13 @@ def hand_composed(stack, x, mask):
 @pytest.mark.parametrize("bidirectional,return_sequences", [(False, True), (True, False), (True, True)])
 def test_stack_equals_hand_composition(connection, cell, bidirectional, return_sequences):
     stack = rk.StackedRNN(
-        [5, 6, 6], num_layers=3, cell=cell, connection=connection, bidirectional=bidirectional,
-        return_sequences=return_sequences, merge_mode="sum" if bidirectional and cell == "gru" else "concat",
+        [5, 6, 6],
+        num_layers=3,
+        cell=cell,
+        connection=connection,
+        bidirectional=bidirectional,
+        return_sequences=return_sequences,
+        merge_mode="sum" if bidirectional and cell == "gru" else "concat",
     )
     rng = np.random.default_rng(5)
     x = rng.normal(size=(B, T, F)).astype("float32")

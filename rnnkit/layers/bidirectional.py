@@ -52,7 +52,9 @@ class Bidirectional(keras.layers.Bidirectional):
     def call(self, sequences, initial_state=None, mask=None, training=None):
         check_sequences_rank(self.owner, sequences.shape)
         if initial_state is not None:
-            names = getattr(self.forward_layer, "STATE_NAMES", tuple(f"s{i}" for i in range(len(self.forward_layer.state_size))))
+            names = getattr(
+                self.forward_layer, "STATE_NAMES", tuple(f"s{i}" for i in range(len(self.forward_layer.state_size)))
+            )
             initial_state = check_initial_state(
                 self.owner,
                 initial_state,

@@ -34,17 +34,13 @@ CELL_OPTIONS = (
 def check_units(owner: str, units: object) -> int:
     """Validate a `units` argument and return it as an int."""
     if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
-        raise ValueError(
-            f"{owner}: argument `units` must be a positive integer. Received: units={units!r}"
-        )
+        raise ValueError(f"{owner}: argument `units` must be a positive integer. Received: units={units!r}")
     return units
 
 
 def check_rate(owner: str, name: str, rate: object) -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
-        raise ValueError(
-            f"{owner}: argument `{name}` must be a float in [0, 1). Received: {name}={rate!r}"
-        )
+        raise ValueError(f"{owner}: argument `{name}` must be a float in [0, 1). Received: {name}={rate!r}")
     return float(rate)
 
 

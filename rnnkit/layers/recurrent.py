@@ -39,18 +39,14 @@ def check_initial_state(owner: str, initial_state, state_sizes, state_names) -> 
         shape = tuple(getattr(state, "shape", ()))
         if len(shape) != 2 or (shape[-1] is not None and shape[-1] != size):
             raise ValueError(
-                f"{owner}: `initial_state` entry '{name}' must have shape (batch, {size}), "
-                f"received shape {shape}."
+                f"{owner}: `initial_state` entry '{name}' must have shape (batch, {size}), received shape {shape}."
             )
     return states
 
 
 def check_sequences_rank(owner: str, shape) -> None:
     if len(shape) != 3:
-        raise ValueError(
-            f"{owner}: expected `sequences` of rank 3 (batch, time, features), "
-            f"got shape {tuple(shape)}."
-        )
+        raise ValueError(f"{owner}: expected `sequences` of rank 3 (batch, time, features), got shape {tuple(shape)}.")
 
 
 class RecurrentLayer(keras.layers.RNN):
@@ -91,9 +87,7 @@ class RecurrentLayer(keras.layers.RNN):
     def call(self, sequences, initial_state=None, mask=None, training=False):
         check_sequences_rank(self.owner, sequences.shape)
         if initial_state is not None:
-            initial_state = check_initial_state(
-                self.owner, initial_state, self.state_size, self.STATE_NAMES
-            )
+            initial_state = check_initial_state(self.owner, initial_state, self.state_size, self.STATE_NAMES)
         substituted = substituted_call(self, sequences, mask, initial_state, training)
         if substituted is not NotImplemented:
             return substituted

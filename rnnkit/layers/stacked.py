@@ -69,11 +69,15 @@ class StackedRNN(keras.layers.Layer):
         super().__init__(**layer_kwargs)
         owner = f"StackedRNN '{self.name}'"
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"{owner}: argument `num_layers` must be a positive integer. Received: num_layers={num_layers!r}")
+            raise ValueError(
+                f"{owner}: argument `num_layers` must be a positive integer. Received: num_layers={num_layers!r}"
+            )
         if cell not in CELL_KINDS:
             raise ValueError(f"{owner}: argument `cell` must be one of {tuple(CELL_KINDS)}. Received: cell={cell!r}")
         if connection not in CONNECTIONS:
-            raise ValueError(f"{owner}: argument `connection` must be one of {CONNECTIONS}. Received: connection={connection!r}")
+            raise ValueError(
+                f"{owner}: argument `connection` must be one of {CONNECTIONS}. Received: connection={connection!r}"
+            )
         if bidirectional:
             check_merge_mode(owner, merge_mode, STACK_MERGE_MODES)
         if isinstance(units, (list, tuple)):
@@ -149,7 +153,9 @@ class StackedRNN(keras.layers.Layer):
                 continue
             width_out = self.output_width(index)
             if width_in != width_out:
-                projection = keras.layers.Dense(width_out, use_bias=False, name=f"skip_projection_{index}", dtype=self.dtype_policy)
+                projection = keras.layers.Dense(
+                    width_out, use_bias=False, name=f"skip_projection_{index}", dtype=self.dtype_policy
+                )
                 projection.build((None, None, width_in))
                 self.skip_projections[str(index)] = projection
             if self.connection == "highway":

@@ -16,18 +16,14 @@ from typing import Any
 
 Substitute = Callable[..., Any]
 
-_ACTIVE: contextvars.ContextVar[Substitute | None] = contextvars.ContextVar(
-    "rnnkit_trace_substitute", default=None
-)
+_ACTIVE: contextvars.ContextVar[Substitute | None] = contextvars.ContextVar("rnnkit_trace_substitute", default=None)
 
 
 @contextlib.contextmanager
 def trace_substitution(substitute: Substitute) -> Iterator[None]:
     """Route recurrent layers' calls to `substitute` inside the `with` block."""
     if not callable(substitute):
-        raise TypeError(
-            f"trace_substitution: `substitute` must be callable, received {type(substitute).__name__}"
-        )
+        raise TypeError(f"trace_substitution: `substitute` must be callable, received {type(substitute).__name__}")
     token = _ACTIVE.set(substitute)
     try:
         yield

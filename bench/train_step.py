@@ -1,0 +1,102 @@
+"""Train-step time of rnnkit layers against their keras.layers twins, in the same run.
+
+    .venv/bin/python bench/train_step.py [--quick] [--json out.json]
+
+Each row builds the same model (Input -> recurrent layer -> Dense) twice, once with the
+rnnkit layer and once with the keras.layers twin, copies the weights, compiles both the
+same way (Adam, MSE, jit_compile=False) and times `train_on_batch` in interleaved rounds
+(median of per-round means), so machine noise hits both sides alike. Ratio = rnnkit / Keras
+(lower is better; target <= 1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rnnkit import layers as rk  # noqa: E402
+
+KINDS = {
+    "LSTM": (rk.LSTM, keras.layers.LSTM),
+    "GRU": (rk.GRU, keras.layers.GRU),
+    "SimpleRNN": (rk.SimpleRNN, keras.layers.SimpleRNN),
+}
+
+
+def build(layer_cls, units: int, features: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, features))
+    out = keras.layers.Dense(1)(layer_cls(units)(inp))
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=False)
+    return model
+
+
+def time_pair(kind: str, batch: int, steps: int, features: int, units: int, rounds: int, per_round: int) -> dict:
+    ours_cls, theirs_cls = KINDS[kind]
+    ours = build(ours_cls, units, features, 0)
+    theirs = build(theirs_cls, units, features, 0)
+    theirs.set_weights(ours.get_weights())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, steps, features)).astype("float32")
+    y = rng.normal(size=(batch, 1)).astype("float32")
+    for model in (ours, theirs):  # trace and warm up
+        for _ in range(3):
+            model.train_on_batch(x, y)
+    samples: dict[str, list[float]] = {"rnnkit": [], "keras": []}
+    for _ in range(rounds):
+        for name, model in (("rnnkit", ours), ("keras", theirs)):
+            start = time.perf_counter()
+            for _ in range(per_round):
+                model.train_on_batch(x, y)
+            samples[name].append((time.perf_counter() - start) / per_round * 1e3)
+    ms_ours = statistics.median(samples["rnnkit"])
+    ms_theirs = statistics.median(samples["keras"])
+    return {
+        "layer": kind,
+        "batch": batch,
+        "time": steps,
+        "features": features,
+        "units": units,
+        "rnnkit_ms": round(ms_ours, 3),
+        "keras_ms": round(ms_theirs, 3),
+        "ratio": round(ms_ours / ms_theirs, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small size, few rounds (smoke run)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.quick:
+        sizes, rounds, per_round = [(8, 20, 16, 32)], 2, 3
+    else:
+        sizes, rounds, per_round = [(32, 50, 32, 64), (32, 100, 32, 128)], 5, 5
+    rows = []
+    print(f"{'layer':<10}{'B':>4}{'T':>5}{'F':>4}{'H':>5}{'rnnkit ms':>11}{'keras ms':>10}{'ratio':>7}")
+    for kind in KINDS:
+        for batch, steps, features, units in sizes:
+            row = time_pair(kind, batch, steps, features, units, rounds, per_round)
+            rows.append(row)
+            print(
+                f"{kind:<10}{batch:>4}{steps:>5}{features:>4}{units:>5}"
+                f"{row['rnnkit_ms']:>11.2f}{row['keras_ms']:>10.2f}{row['ratio']:>7.2f}"
+            )
+    worst = max(row["ratio"] for row in rows)
+    print(f"worst ratio rnnkit/keras: {worst:.2f} (target <= 1.2)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"rows": rows, "keras": keras.__version__}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
