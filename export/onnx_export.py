@@ -1,0 +1,129 @@
+"""Keras model -> ONNX with every fusable recurrent layer as one fused LSTM/GRU/RNN op.
+
+tf2onnx converts the non-recurrent rest of the graph; recurrent layers pass through it as
+opaque markers (``marker.py``) that ``splice.py`` replaces. Both the full model and the
+streaming step graph are produced here.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import tensorflow as tf
+from onnx import helper
+
+from export.marker import MarkerSubstitute
+from export.model_io import ModelIO, TensorInfo
+from export.splice import MARKER_DOMAIN, splice_markers
+from rnnkit.layers import trace_substitution
+
+log = logging.getLogger("rnnkit.export")
+LOOP_OPS = ("Loop", "Scan")
+TF2ONNX_MAX_OPSET = 18
+MIN_OPSET = 14  # LSTM/GRU/RNN v14 (same semantics up to 22)
+
+
+class StrictExportError(ValueError):
+    """--strict export found a layer that would not become a fused op."""
+
+
+@dataclass
+class OnnxResult:
+    model: onnx.ModelProto
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    fused_layers: list[str] = field(default_factory=list)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    op_census: dict[str, int] = field(default_factory=dict)
+
+
+def _spec(info: TensorInfo) -> tf.TensorSpec:
+    return tf.TensorSpec(info.shape, tf.as_dtype(info.dtype), name=info.name)
+
+
+def census(model: onnx.ModelProto) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+
+    walk(model.graph)
+    return dict(sorted(counts.items()))
+
+
+def _name_axes(model: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    """Give dynamic axes readable names: axis 0 'batch', axis 1 of rank>=3 tensors 'time'."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        info = infos.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value"):
+                continue
+            if axis == 0:
+                dim.dim_param = "batch"
+            elif axis == 1 and info is not None and len(info.shape) >= 3:
+                dim.dim_param = "time"
+            else:
+                dim.dim_param = f"{value.name}_dim{axis}"
+
+
+def convert(
+    fn: Callable[..., dict[str, Any]],
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    substitute: MarkerSubstitute,
+    opset: int,
+) -> OnnxResult:
+    """Trace `fn` (named tensors in, dict out) with markers, convert, splice, check."""
+    import tf2onnx
+
+    if not MIN_OPSET <= opset <= TF2ONNX_MAX_OPSET:
+        raise ValueError(f"argument `opset` must be in [{MIN_OPSET}, {TF2ONNX_MAX_OPSET}]. Received: opset={opset}")
+    specs = [_spec(info) for info in inputs]
+    traced = tf.function(fn, input_signature=specs, autograph=False)
+    with trace_substitution(substitute):
+        model_proto, _ = tf2onnx.convert.from_function(
+            traced,
+            input_signature=specs,
+            opset=opset,
+            custom_ops={"EagerPyFunc": MARKER_DOMAIN},
+            extra_opset=[helper.make_opsetid(MARKER_DOMAIN, 1)],
+        )
+    splice_markers(model_proto, substitute.records)
+    got_in = [v.name for v in model_proto.graph.input]
+    got_out = [v.name for v in model_proto.graph.output]
+    if got_in != [t.name for t in inputs] or sorted(got_out) != sorted(t.name for t in outputs):
+        raise ValueError(f"ONNX graph names {got_in} -> {got_out} differ from the model's {inputs} -> {outputs}")
+    _name_axes(model_proto, {t.name: t for t in inputs + outputs})
+    model_proto = onnx.shape_inference.infer_shapes(model_proto)
+    onnx.checker.check_model(model_proto)
+    ops = census(model_proto)
+    loops = {op: ops[op] for op in LOOP_OPS if op in ops}
+    if loops and not substitute.fallbacks:
+        raise ValueError(f"ONNX graph contains {loops} although every recurrent layer was fused")
+    return OnnxResult(model_proto, inputs, outputs, list(substitute.fused), dict(substitute.fallbacks), ops)
+
+
+def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> OnnxResult:
+    """The full model as ONNX (dynamic batch and time axes, the model's own names)."""
+    names = io.input_names
+
+    def fn(*tensors: Any) -> dict[str, Any]:
+        return io.call(model, dict(zip(names, tensors)))
+
+    substitute = MarkerSubstitute(strict=strict)
+    try:
+        return convert(fn, io.inputs, io.outputs, substitute, opset)
+    except Exception as error:
+        if strict and type(error).__name__ == "UnfusableError":
+            raise StrictExportError(f"--strict: {error}") from error
+        raise
