@@ -137,7 +137,11 @@ class MarkerSubstitute:
         states = list(initial_state) if initial_state is not None else []
         inputs.extend(states)
         steps = sequences.shape[1]
-        width = sum(d.hidden_size for d in plan.directions) if plan.merge_mode == "concat" else plan.directions[0].hidden_size
+        width = (
+            sum(d.hidden_size for d in plan.directions)
+            if plan.merge_mode == "concat"
+            else plan.directions[0].hidden_size
+        )
         main_shape = [None, steps, width] if plan.return_sequences else [None, width]
         shapes = [main_shape] * plan.n_main_outputs
         if plan.return_state:

@@ -20,6 +20,7 @@ from onnx import helper
 from export.marker import MarkerSubstitute
 from export.model_io import ModelIO, TensorInfo
 from export.splice import MARKER_DOMAIN, splice_markers
+from export.step import StreamingPlan, step_function
 from rnnkit.layers import trace_substitution
 
 log = logging.getLogger("rnnkit.export")
@@ -127,3 +128,15 @@ def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> O
         if strict and type(error).__name__ == "UnfusableError":
             raise StrictExportError(f"--strict: {error}") from error
         raise
+
+
+def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17) -> OnnxResult:
+    """The streaming step graph as ONNX: model inputs + ``*_in`` states -> outputs + ``*_out`` states."""
+    substitute = MarkerSubstitute(strict=True)
+
+    def with_states(initial: dict[str, list[Any]]) -> MarkerSubstitute:
+        substitute.state_io = initial
+        return substitute
+
+    fn = step_function(model, io, plan, with_states)
+    return convert(fn, io.inputs + plan.state_inputs(), io.outputs + plan.state_outputs(), substitute, opset)

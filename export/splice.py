@@ -92,7 +92,7 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
     hidden = plan.directions[0].hidden_size
 
     seq_source = x
-    lengths = mask_int = None
+    lengths = mask_int = ""  # set when the layer is masked
     if mask is not None:
         mask_int = b.op("Cast", [mask], "mask_int32", to=TensorProto.INT32)
         lengths = b.op("ReduceSum", [mask_int, b.ints([1])], "lengths", keepdims=0)
@@ -113,7 +113,7 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
     bias = _stack([d.B for d in plan.directions])
     peep = _stack([d.P for d in plan.directions])
     op_inputs = [x_tbf, W, R, b.const("B", bias) if bias is not None else ""]
-    op_inputs.append(lengths if lengths is not None else "")
+    op_inputs.append(lengths)
     init_by_dir = [initial[d * per_dir : (d + 1) * per_dir] for d in range(dirs)] if initial else []
     for s in range(per_dir):
         if init_by_dir:
@@ -189,7 +189,7 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
 
     if plan.return_state:
         keep_initial = None
-        if initial and lengths is not None:
+        if initial and lengths:
             keep_initial = b.op(
                 "Unsqueeze", [b.op("Greater", [lengths, b.const("zero_i", np.int32(0))]), b.ints([1])], "ran"
             )

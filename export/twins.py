@@ -13,7 +13,7 @@ import keras
 
 from rnnkit import layers as rk
 
-NATIVE_TWINS: dict[type, type] = {
+NATIVE_TWINS: dict[type, Any] = {
     keras.layers.LSTM: rk.LSTM,
     keras.layers.GRU: rk.GRU,
     keras.layers.SimpleRNN: rk.SimpleRNN,
@@ -51,9 +51,7 @@ def native_rnn_layers(model: Any) -> list[str]:
 
 def with_rnnkit_twins(model: Any) -> tuple[Any, list[str]]:
     """Return (model with twins and the same weights, names of swapped layers)."""
-    swapped = [
-        layer.name for layer in model.layers if type(layer) in NATIVE_TWINS or _is_native_bidirectional(layer)
-    ]
+    swapped = [layer.name for layer in model.layers if type(layer) in NATIVE_TWINS or _is_native_bidirectional(layer)]
     if not swapped:
         return model, []
     clone = keras.models.clone_model(model, clone_function=twin_of)

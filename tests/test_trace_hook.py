@@ -49,7 +49,7 @@ def test_stack_members_are_offered_one_by_one():
         offered.append(layer.name)
         return NotImplemented
 
-    stack = rk.StackedRNN(3, num_layers=3, cell="simple", connection="residual")
+    stack = rk.StackedRNN(3, num_layers=3, cell="simple", connection="residual", name="deep")
     with trace_substitution(substitute):
         stack(np.zeros((1, 4, 2), "float32"))
-    assert offered == ["simple_0", "simple_1", "simple_2"]
+    assert offered == ["deep_simple_0", "deep_simple_1", "deep_simple_2"]

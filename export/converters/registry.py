@@ -49,8 +49,7 @@ def converter_for(cell: Any) -> Converter:
         if cls in _CONVERTERS:
             return _CONVERTERS[cls]
     raise UnfusableError(
-        f"no fused-op converter for cell class {type(cell).__name__}; "
-        f"known: {sorted(c.__name__ for c in _CONVERTERS)}"
+        f"no fused-op converter for cell class {type(cell).__name__}; known: {sorted(c.__name__ for c in _CONVERTERS)}"
     )
 
 
@@ -75,9 +74,7 @@ def activation_key(fn: Any, owner: str, argument: str) -> str:
     if isinstance(name, dict):
         name = name.get("config", {}).get("name", str(name))
     if name not in ACTIVATIONS:
-        raise UnfusableError(
-            f"{owner}: {argument}={name!r} has no ONNX equivalent (fusable: {sorted(ACTIVATIONS)})"
-        )
+        raise UnfusableError(f"{owner}: {argument}={name!r} has no ONNX equivalent (fusable: {sorted(ACTIVATIONS)})")
     return str(name)
 
 

@@ -113,12 +113,12 @@ class StackedRNN(keras.layers.Layer):
             layer = CELL_KINDS[cell](
                 width,
                 return_sequences=returns_sequences,
-                name=f"{cell}_{index}",
+                name=f"{self.name}_{cell}_{index}",
                 dtype=layer_kwargs.get("dtype"),
                 **self.cell_kwargs,
             )
             if self.bidirectional:
-                layer = Bidirectional(layer, merge_mode=merge_mode, name=f"bidirectional_{index}")
+                layer = Bidirectional(layer, merge_mode=merge_mode, name=f"{self.name}_bidirectional_{index}")
             self.rnn_layers.append(layer)
         self.between_dropout = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
         self.skip_projections: dict[str, keras.layers.Layer] = {}

@@ -1,0 +1,145 @@
+"""Parity, always on: Keras vs the reloaded SavedModel vs ONNX Runtime on the same inputs.
+
+Several batch sizes and lengths; every other row is right-padded with zeros (so masking
+models see padding) and one row gets a hole. Streamable models are also fed in chunks through
+the ``step`` signature and ``step.onnx``; the chunked answer must equal the full one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from export.model_io import ModelIO, TensorInfo
+from export.savedmodel import DEFAULT_SIGNATURE, STEP_SIGNATURE
+from export.step import StreamingPlan
+from export.warmup import sample_inputs
+
+CASES = ((1, 5), (3, 11), (4, 17))
+CHUNKS = (2, 3)  # chunk lengths cycled over the sequence (the last chunk takes the rest)
+
+
+@dataclass
+class ParityResult:
+    tolerance: float
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # "<backend>/<output>" -> max |diff|
+    cases: list[list[int]] = field(default_factory=list)
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        if not self.max_abs_diff:
+            return ("", 0.0)
+        key = max(self.max_abs_diff, key=lambda k: self.max_abs_diff[k])
+        return key, self.max_abs_diff[key]
+
+    @property
+    def passed(self) -> bool:
+        return self.worst[1] <= self.tolerance
+
+    def record(self, key: str, want: Any, got: Any) -> None:
+        got = np.asarray(got)
+        want = np.asarray(want)
+        diff = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max()) if want.size else 0.0
+        if want.shape != got.shape:
+            diff = float("inf")
+        self.max_abs_diff[key] = max(self.max_abs_diff.get(key, 0.0), diff)
+
+    def to_json(self) -> dict[str, Any]:
+        key, value = self.worst
+        return {
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "worst": {"output": key, "max_abs_diff": value},
+            "max_abs_diff": self.max_abs_diff,
+            "cases": self.cases,
+        }
+
+
+def parity_inputs(io: ModelIO, batch: int, steps: int, seed: int) -> dict[str, np.ndarray]:
+    arrays = sample_inputs(io.inputs, batch, steps, seed)
+    for info in io.inputs:
+        array = arrays[info.name]
+        if array.ndim < 2 or info.shape[1] is not None:
+            continue
+        for row in range(1, batch, 2):  # right padding on every other row
+            array[row, max(1, steps - 1 - row) :] = 0
+        if batch > 2 and steps > 4:  # a hole
+            array[2, 1] = 0
+    return arrays
+
+
+def is_sequence(info: TensorInfo) -> bool:
+    return len(info.shape) >= 3 and info.shape[1] is None
+
+
+def _chunked(run_step: Any, io: ModelIO, plan: StreamingPlan, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    batch = next(iter(inputs.values())).shape[0]
+    steps = next(a.shape[1] for a in inputs.values())
+    states = {t.name: np.zeros([batch, int(t.shape[1] or 0)], np.float32) for t in plan.state_inputs()}
+    pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in io.outputs}
+    start, index = 0, 0
+    while start < steps:
+        stop = steps if index >= 2 else min(steps, start + CHUNKS[index % len(CHUNKS)])
+        feed = {name: array[:, start:stop] for name, array in inputs.items()}
+        outputs = run_step({**feed, **states})
+        for layer in plan.layers:
+            for state_in, state_out in zip(layer.inputs(), layer.outputs()):
+                states[state_in] = np.asarray(outputs[state_out])
+        for info in io.outputs:
+            pieces[info.name].append(np.asarray(outputs[info.name]))
+        start, index = stop, index + 1
+    return {
+        info.name: np.concatenate(pieces[info.name], axis=1) if is_sequence(info) else pieces[info.name][-1]
+        for info in io.outputs
+    }
+
+
+def check_parity(
+    model: Any, io: ModelIO, plan: StreamingPlan, directory: str, formats: list[str], tolerance: float
+) -> ParityResult:
+    import onnxruntime as ort
+
+    result = ParityResult(tolerance)
+    runners: dict[str, Any] = {}
+    if "savedmodel" in formats:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(directory)
+        signature = loaded.signatures[DEFAULT_SIGNATURE]
+
+        def run_savedmodel(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+            return {k: v.numpy() for k, v in signature(**{n: tf.constant(a) for n, a in feed.items()}).items()}
+
+        runners["savedmodel"] = run_savedmodel
+        if plan.reason is None:
+            step_signature = loaded.signatures[STEP_SIGNATURE]
+
+            def run_savedmodel_step(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+                out = step_signature(**{n: tf.constant(a) for n, a in feed.items()})
+                return {k: v.numpy() for k, v in out.items()}
+
+            runners["savedmodel_step"] = run_savedmodel_step
+    if "onnx" in formats:
+        for key, filename in (("onnx", "model.onnx"), ("onnx_step", "step.onnx")):
+            path = os.path.join(directory, filename)
+            if key == "onnx_step" and plan.reason is not None:
+                continue
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            names = [o.name for o in session.get_outputs()]
+
+            def run_onnx(feed: dict[str, np.ndarray], session: Any = session, names: list[str] = names) -> dict:
+                return dict(zip(names, session.run(names, feed)))
+
+            runners[key] = run_onnx
+    for seed, (batch, steps) in enumerate(CASES):
+        inputs = parity_inputs(io, batch, steps, seed)
+        result.cases.append([batch, steps])
+        want = {k: np.asarray(v) for k, v in io.call(model, inputs).items()}
+        for backend, run in runners.items():
+            got = _chunked(run, io, plan, inputs) if backend.endswith("_step") else run(inputs)
+            for info in io.outputs:
+                result.record(f"{backend}/{info.name}", want[info.name], got[info.name])
+    return result

@@ -1,0 +1,70 @@
+"""What an export produced: written as ``rnnkit.json`` in the version directory and printed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MANIFEST_FORMAT = 1
+FORMATS = ("savedmodel", "onnx")
+DEFAULT_TOLERANCE = 1e-5  # float32 parity, max |difference|
+
+
+class ExportError(RuntimeError):
+    """Export failed; nothing was published (the message says what and where)."""
+
+
+@dataclass
+class ExportReport:
+    model_name: str
+    version: int
+    path: str
+    formats: list[str]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    signatures: list[str] = field(default_factory=list)
+    streaming: dict[str, Any] = field(default_factory=dict)
+    fused_layers: list[str] = field(default_factory=list)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    swapped_native_layers: list[str] = field(default_factory=list)
+    op_census: dict[str, int] = field(default_factory=dict)
+    step_op_census: dict[str, int] = field(default_factory=dict)
+    warmup_records: int = 0
+    parity: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    opset: int | None = None
+    padding: str = "any"  # masks of any shape (right/left padding, holes) are honoured
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MANIFEST_FORMAT, **self.__dict__}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        lines = [f"exported {self.model_name} version {self.version} -> {self.path}"]
+        lines.append(f"  formats: {', '.join(self.formats)}; signatures: {', '.join(self.signatures) or '-'}")
+        ins = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in self.inputs)
+        outs = ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in self.outputs)
+        lines.append(f"  inputs: {ins}\n  outputs: {outs}")
+        if self.op_census:
+            fused = {k: v for k, v in self.op_census.items() if k in ("LSTM", "GRU", "RNN", "Loop", "Scan")}
+            lines.append(f"  ONNX opset {self.opset}: fused ops {fused}; layers fused: {', '.join(self.fused_layers)}")
+        for layer, reason in self.fallbacks.items():
+            lines.append(f"  NOT fused (loop fallback): {layer}: {reason}")
+        if self.swapped_native_layers:
+            lines.append(f"  keras.layers replaced by rnnkit twins: {', '.join(self.swapped_native_layers)}")
+        streaming = self.streaming
+        if streaming.get("streamable"):
+            lines.append(f"  streaming: step graph with {len(streaming['states'])} state tensor(s)")
+        else:
+            lines.append(f"  streaming: none ({streaming.get('reason')})")
+        if self.parity is not None:
+            worst = self.parity["worst"]
+            verdict = "ok" if self.parity["passed"] else "FAILED"
+            lines.append(
+                f"  parity {verdict}: worst {worst['output'] or '-'} max|diff| {worst['max_abs_diff']:.2e} "
+                f"(tolerance {self.parity['tolerance']:.0e})"
+            )
+        return "\n".join(lines)
