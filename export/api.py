@@ -116,7 +116,7 @@ def export_model(
                     result.op_census,
                 )
                 if plan.reason is None:
-                    step = to_onnx_step(model, io, plan, opset=opset)
+                    step = to_onnx_step(model, io, plan, opset=opset, strict=strict)
                     _save_onnx(step.model, os.path.join(staging, "step.onnx"))
                     report.step_op_census = step.op_census
             if verify:

@@ -17,6 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from export.converters import FusedDirection, UnfusableError, converter_for
+from export.step import LoopStateSubstitute
 
 log = logging.getLogger("rnnkit.export")
 MARKER_PREFIX = "rnnkit_marker_"
@@ -102,12 +103,12 @@ def _never_runs(*args: Any) -> Any:
 class MarkerSubstitute:
     """The substitute handed to ``trace_substitution`` for the ONNX trace.
 
-    ``strict``: an unfusable layer raises instead of falling back to the traced loop.
+    An unfusable layer is recorded in ``fallbacks`` (layer name -> reason) and runs its own
+    loop, which tf2onnx converts to a ``Loop``; the caller decides whether that is an error.
     ``state_io``: for step graphs, maps layer name -> initial states to use (and the
     marker then also returns the final states, collected in ``final_states``).
     """
 
-    strict: bool = False
     state_io: dict[str, list[Any]] | None = None
     records: dict[str, MarkerRecord] = field(default_factory=dict)
     fallbacks: dict[str, str] = field(default_factory=dict)
@@ -118,11 +119,14 @@ class MarkerSubstitute:
         try:
             plan = plan_layer(layer)
         except UnfusableError as error:
-            if self.strict:
-                raise
             if getattr(layer, "forward_layer", None) is None or layer.name not in self.fallbacks:
                 self.fallbacks[layer.name] = str(error)
             log.warning("layer %s is not fused (tf2onnx loop fallback): %s", layer.name, error)
+            if self.state_io is not None and getattr(layer, "forward_layer", None) is None:
+                loop = LoopStateSubstitute(self.state_io)  # step graph: keep the state wiring
+                result = loop(layer, sequences, mask, initial_state, training)
+                self.final_states[layer.name] = loop.final[layer.name]
+                return result
             return NotImplemented
         wants_states = self.state_io is not None
         if wants_states:

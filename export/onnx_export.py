@@ -61,17 +61,20 @@ def census(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _name_axes(model: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
-    """Give dynamic axes readable names: axis 0 'batch', axis 1 of rank>=3 tensors 'time'."""
+def _declare_shapes(model: onnx.ModelProto, infos: dict[str, TensorInfo]) -> None:
+    """Set graph input/output shapes from the Keras model: static dims as numbers, dynamic
+    ones named ('batch' for axis 0, 'time' for axis 1 of sequences, else '<name>_dim<k>')."""
     for value in list(model.graph.input) + list(model.graph.output):
-        info = infos.get(value.name)
-        dims = value.type.tensor_type.shape.dim
-        for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value"):
-                continue
-            if axis == 0:
+        info = infos[value.name]
+        shape = value.type.tensor_type.shape
+        shape.ClearField("dim")
+        for axis, size in enumerate(info.shape):
+            dim = shape.dim.add()
+            if size is not None:
+                dim.dim_value = size
+            elif axis == 0:
                 dim.dim_param = "batch"
-            elif axis == 1 and info is not None and len(info.shape) >= 3:
+            elif axis == 1 and len(info.shape) >= 3:
                 dim.dim_param = "time"
             else:
                 dim.dim_param = f"{value.name}_dim{axis}"
@@ -104,14 +107,37 @@ def convert(
     got_out = [v.name for v in model_proto.graph.output]
     if got_in != [t.name for t in inputs] or sorted(got_out) != sorted(t.name for t in outputs):
         raise ValueError(f"ONNX graph names {got_in} -> {got_out} differ from the model's {inputs} -> {outputs}")
-    _name_axes(model_proto, {t.name: t for t in inputs + outputs})
     model_proto = onnx.shape_inference.infer_shapes(model_proto)
+    _declare_shapes(model_proto, {t.name: t for t in inputs + outputs})
     onnx.checker.check_model(model_proto)
     ops = census(model_proto)
     loops = {op: ops[op] for op in LOOP_OPS if op in ops}
     if loops and not substitute.fallbacks:
         raise ValueError(f"ONNX graph contains {loops} although every recurrent layer was fused")
     return OnnxResult(model_proto, inputs, outputs, list(substitute.fused), dict(substitute.fallbacks), ops)
+
+
+def _strict_check(substitute: MarkerSubstitute, strict: bool) -> None:
+    if strict and substitute.fallbacks:
+        details = "; ".join(f"layer '{name}': {reason}" for name, reason in substitute.fallbacks.items())
+        raise StrictExportError(f"--strict: not every recurrent layer can be fused: {details}")
+
+
+def _convert_checked(
+    fn: Callable[..., dict[str, Any]],
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    substitute: MarkerSubstitute,
+    opset: int,
+    strict: bool,
+) -> OnnxResult:
+    try:
+        result = convert(fn, inputs, outputs, substitute, opset)
+    except Exception:
+        _strict_check(substitute, strict)  # the fallback may be why conversion failed
+        raise
+    _strict_check(substitute, strict)
+    return result
 
 
 def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> OnnxResult:
@@ -121,22 +147,18 @@ def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> O
     def fn(*tensors: Any) -> dict[str, Any]:
         return io.call(model, dict(zip(names, tensors)))
 
-    substitute = MarkerSubstitute(strict=strict)
-    try:
-        return convert(fn, io.inputs, io.outputs, substitute, opset)
-    except Exception as error:
-        if strict and type(error).__name__ == "UnfusableError":
-            raise StrictExportError(f"--strict: {error}") from error
-        raise
+    return _convert_checked(fn, io.inputs, io.outputs, MarkerSubstitute(), opset, strict)
 
 
-def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17) -> OnnxResult:
+def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17, strict: bool = False) -> OnnxResult:
     """The streaming step graph as ONNX: model inputs + ``*_in`` states -> outputs + ``*_out`` states."""
-    substitute = MarkerSubstitute(strict=True)
+    substitute = MarkerSubstitute()
 
     def with_states(initial: dict[str, list[Any]]) -> MarkerSubstitute:
         substitute.state_io = initial
         return substitute
 
     fn = step_function(model, io, plan, with_states)
-    return convert(fn, io.inputs + plan.state_inputs(), io.outputs + plan.state_outputs(), substitute, opset)
+    return _convert_checked(
+        fn, io.inputs + plan.state_inputs(), io.outputs + plan.state_outputs(), substitute, opset, strict
+    )
