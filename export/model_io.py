@@ -29,8 +29,9 @@ class ModelIO:
 
     @classmethod
     def of(cls, model: Any) -> ModelIO:
-        in_struct = getattr(model, "_inputs_struct", None)
-        out_struct = getattr(model, "_outputs_struct", None)
+        graph = getattr(model, "_functional", None) or model  # a Sequential model keeps its graph there
+        in_struct = getattr(graph, "_inputs_struct", None)
+        out_struct = getattr(graph, "_outputs_struct", None)
         if in_struct is None or out_struct is None:
             raise ValueError(
                 f"model {getattr(model, 'name', model)!r}: expected a functional or sequential Keras model "
@@ -47,7 +48,7 @@ class ModelIO:
         else:
             tensors = list(out_struct) if isinstance(out_struct, (list, tuple)) else [out_struct]
             out_kind = "list" if isinstance(out_struct, (list, tuple)) else "single"
-            names = _unique(list(model.output_names))
+            names = _unique(list(graph.output_names))
             out_items = list(zip(names, tensors))
         if not in_items:
             raise ValueError(f"model {model.name!r} has no inputs")

@@ -21,6 +21,7 @@ from export.marker import MarkerSubstitute
 from export.model_io import ModelIO, TensorInfo
 from export.splice import MARKER_DOMAIN, splice_markers
 from export.step import StreamingPlan, step_function
+from export.twins import unswapped_native_layers
 from rnnkit.layers import trace_substitution
 
 log = logging.getLogger("rnnkit.export")
@@ -147,12 +148,13 @@ def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> O
     def fn(*tensors: Any) -> dict[str, Any]:
         return io.call(model, dict(zip(names, tensors)))
 
-    return _convert_checked(fn, io.inputs, io.outputs, MarkerSubstitute(), opset, strict)
+    substitute = MarkerSubstitute(fallbacks=unswapped_native_layers(model))
+    return _convert_checked(fn, io.inputs, io.outputs, substitute, opset, strict)
 
 
 def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17, strict: bool = False) -> OnnxResult:
     """The streaming step graph as ONNX: model inputs + ``*_in`` states -> outputs + ``*_out`` states."""
-    substitute = MarkerSubstitute()
+    substitute = MarkerSubstitute(fallbacks=unswapped_native_layers(model))
 
     def with_states(initial: dict[str, list[Any]]) -> MarkerSubstitute:
         substitute.state_io = initial

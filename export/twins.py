@@ -41,12 +41,16 @@ def twin_of(layer: Any) -> Any:
     return layer
 
 
-def native_rnn_layers(model: Any) -> list[str]:
-    return [
-        layer.name
+def unswapped_native_layers(model: Any) -> dict[str, str]:
+    """Native RNN layers still in `model` (nested inside other layers) -> why they are not fused."""
+    return {
+        layer.name: (
+            f"keras.layers.{type(layer).__name__} nested inside another layer is not replaced by its rnnkit "
+            "twin (only the model's own layers are); tf2onnx converts it"
+        )
         for layer in model._flatten_layers(include_self=False, recursive=True)
         if type(layer) in NATIVE_TWINS or _is_native_bidirectional(layer)
-    ]
+    }
 
 
 def with_rnnkit_twins(model: Any) -> tuple[Any, list[str]]:

@@ -215,3 +215,33 @@ def test_opset_out_of_range():
     model = CASES["gru_seq"][0]()
     with pytest.raises(ValueError, match=r"argument `opset` must be in \[14, 18\]\. Received: opset=12"):
         to_onnx(model, ModelIO.of(model), opset=12)
+
+
+class _Wrapper(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.GRU(H)
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def test_nested_native_layer_is_reported_not_silently_looped():
+    inp = keras.Input((None, F), name="seq")
+    model = keras.Model(inp, _Wrapper()(inp))
+    result = to_onnx(model, ModelIO.of(model))
+    ((name, reason),) = result.fallbacks.items()
+    assert "keras.layers.GRU nested inside another layer is not replaced by its rnnkit twin" in reason
+    assert result.op_census.get("Loop", 0) >= 1
+    with pytest.raises(StrictExportError, match=f"layer '{name}': keras.layers.GRU nested"):
+        to_onnx(model, ModelIO.of(model), strict=True)
+
+
+def test_sequential_model():
+    model = keras.Sequential([keras.Input((None, F)), rk.GRU(H, return_sequences=True), rk.LSTM(H)])
+    io = ModelIO.of(model)
+    result = to_onnx(model, io)
+    assert result.op_census["GRU"] == 1 and result.op_census["LSTM"] == 1
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(2, 6, F)).astype("float32")
+    np.testing.assert_allclose(session.run(None, {io.input_names[0]: x})[0], np.asarray(model(x)), atol=1e-5)
