@@ -214,6 +214,8 @@ def main() -> None:
                     want = np.asarray(twin.predict_on_batch(x))
                     got = rnnkit_sess.run(None, {"x": x})[0]
                     assert np.abs(got - want).max() < 1e-4, (kind, masked, np.abs(got - want).max())
+                    if torch_run is not None:  # same weights, same answer
+                        assert np.abs(torch_run(x) - want).max() < 1e-4, (kind, np.abs(torch_run(x) - want).max())
                     row = {
                         "model": kind,
                         "masked": masked,
