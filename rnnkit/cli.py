@@ -19,7 +19,7 @@ COMMAND_MODULES = ("rnnkit.training.cli", "export.cli", "serving.cli")
 def _demo(args: argparse.Namespace) -> int:
     from rnnkit.demo import run_demo
 
-    run_demo(seed=args.seed)
+    run_demo(seed=args.seed, out=args.out, epochs=args.epochs, serve=args.serve)
     return 0
 
 
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="the main job on a built-in default (see README)")
     demo.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
+    demo.add_argument("--out", default="demo_out", help="output directory, replaced on each run (default demo_out)")
+    demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    demo.add_argument("--no-serve", dest="serve", action="store_false", help="stop after export")
     demo.set_defaults(func=_demo)
     for module_name in COMMAND_MODULES:
         try:

@@ -1,4 +1,6 @@
-"""`rnnkit demo` builds the stacked residual bidirectional LSTM classifier and runs it."""
+"""`rnnkit demo`: the main job end to end (short training), and the demo architecture."""
+
+import json
 
 import numpy as np
 
@@ -6,11 +8,18 @@ from rnnkit.cli import main
 from rnnkit.demo import build_demo_model, demo_batch
 
 
-def test_demo_prints_summary_and_probabilities(capsys):
-    assert main(["demo", "--seed", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "StackedRNN" in out and "encoder: 3 x bidirectional LSTM (units 16), connection=residual" in out
-    assert "class probabilities:" in out
+def test_demo_trains_diagnoses_and_exports(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--seed", "1", "--epochs", "2", "--out", str(out), "--no-serve"]) == 0
+    text = capsys.readouterr().out
+    assert "1. train a stacked residual bidirectional LSTM" in text and "validation accuracy" in text
+    assert "StackedRNN" in text
+    assert "2. gradient flow" in text and (out / "gradient_flow.png").stat().st_size > 1000
+    assert "3. export" in text and "parity ok" in text
+    manifest = json.loads((out / "models" / "sentiment" / "1" / "rnnkit.json").read_text())
+    assert manifest["inputs"][0]["name"] == "sequences" and manifest["inputs"][0]["shape"][1] is None
+    assert manifest["op_census"]["LSTM"] == 2 and "Loop" not in manifest["op_census"]
+    assert json.loads((out / "run" / "history.json").read_text())["history"]["loss"]
 
 
 def test_demo_model_is_a_masked_classifier():

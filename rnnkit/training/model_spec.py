@@ -39,7 +39,8 @@ class ModelSpec:
         return cls(**config)
 
     def build(self, task: Task) -> keras.Model:
-        inputs = keras.Input(shape=(task.length, task.features), name="sequences")
+        # The time axis stays dynamic: the exported model then serves sequences of any length.
+        inputs = keras.Input(shape=(None, task.features), name="sequences")
         masked = keras.layers.Masking(mask_value=0.0, name="padding_mask")(inputs)
         encoded = StackedRNN(
             self.units,
