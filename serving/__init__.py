@@ -1,5 +1,52 @@
 """rnnkit serving: a lightweight, TF-Serving-compatible server on ONNX Runtime or TF.
 
-Not implemented yet (see the serving issues). This package must never import keras,
-rnnkit or export, and must not import tensorflow on the ONNX Runtime path.
+- :class:`Predictor` — one model version, ``predict({name: array}) -> {name: array}``.
+- :func:`app` — the TF Serving REST v1 app (Starlette) over a :class:`ModelRegistry`.
+- :func:`start_server` / :func:`spawn_server` — run REST + gRPC in this process or a child.
+
+This package never imports keras, rnnkit or export; TensorFlow is imported only by the TF
+backend and the gRPC front, when used. Names below are loaded on first use, so
+``import serving`` costs only numpy.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Predictor": "serving.predictor",
+    "Signature": "serving.signature",
+    "TensorSpec": "serving.signature",
+    "Limits": "serving.signature",
+    "RuntimeOptions": "serving.onnx_backend",
+    "Backend": "serving.backend",
+    "FakeBackend": "serving.backend",
+    "ServingError": "serving.errors",
+    "ValidationError": "serving.errors",
+    "ModelLoadError": "serving.errors",
+    "Code": "serving.errors",
+    "ModelRegistry": "serving.registry",
+    "app": "serving.rest",
+    "RestOptions": "serving.rest",
+    "ModelServer": "serving.server",
+    "ServerOptions": "serving.server",
+    "start_server": "serving.server",
+    "spawn_server": "serving.server",
+    "free_port": "serving.server",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

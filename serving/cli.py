@@ -1,0 +1,124 @@
+"""``rnnkit serve`` (also ``python -m serving``): TF Serving's flags plus rnnkit's own.
+
+Importing this module loads only argparse: keras, rnnkit and TensorFlow stay out until a
+command runs (and TensorFlow only for ``--backend tf`` or a non-zero gRPC ``--port``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+BACKENDS = ("onnx", "tf")
+DEVICES = ("cpu", "gpu", "auto")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 0-65535 (0 = off), received {text}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    tfs = parser.add_argument_group("TensorFlow Serving flags")
+    tfs.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500; 0 = no gRPC, no TensorFlow)")
+    tfs.add_argument("--rest_api_port", type=_port, default=8501, help="REST port (default 8501; 0 = no REST)")
+    tfs.add_argument("--model_name", default="default", help="name of the model at --model_base_path")
+    tfs.add_argument("--model_base_path", help="model directory holding integer version directories")
+    tfs.add_argument(
+        "--model_config_file", help="ModelServerConfig text file (as `rnnkit export` writes models.config)"
+    )
+    tfs.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request timeout (default 30000; 504 after)"
+    )
+    own = parser.add_argument_group("rnnkit flags")
+    own.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    own.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime: onnx (default) or tf (SavedModel)")
+    own.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), gpu (CUDA, else CPU), auto")
+    own.add_argument("--strict_device", action="store_true", help="fail instead of falling back from GPU to CPU")
+    own.add_argument("--intra_op_threads", type=int, default=1, help="runtime threads per op (default 1; 0 = runtime)")
+    own.add_argument("--inter_op_threads", type=int, default=1, help="runtime threads across ops (default 1)")
+    own.add_argument("--max_request_bytes", type=_positive, default=16 << 20, help="request size limit (16 MiB)")
+    own.add_argument("--max_batch_size", type=_positive, default=None, help="largest batch accepted (default any)")
+    own.add_argument("--max_sequence_length", type=_positive, default=None, help="most time steps (default any)")
+    own.add_argument("--rest_workers", type=_positive, default=4, help="threads running REST requests (default 4)")
+    own.add_argument(
+        "--rest_inline_bytes",
+        type=int,
+        default=0,
+        help="run requests with bodies up to this size on the event loop, skipping the worker thread (default 0)",
+    )
+    own.add_argument("--grpc_workers", type=_positive, default=8, help="threads running gRPC requests (default 8)")
+    own.add_argument(
+        "--grpc_tensor_content", action="store_true", help="reply with tensor_content instead of typed *_val fields"
+    )
+    own.add_argument("--drain_seconds", type=float, default=30.0, help="how long SIGTERM waits for requests (30)")
+    own.add_argument("--log_level", default="WARNING", help="logging level (default WARNING)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model repository over TF Serving's REST and gRPC APIs (ONNX Runtime or TF)",
+        description="A TF-Serving-compatible server for the repository `rnnkit export` writes.",
+    )
+    configure_parser(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.errors import ServingError
+    from serving.model_config import ModelConfigError
+    from serving.onnx_backend import RuntimeOptions
+    from serving.rest import RestOptions
+    from serving.server import ModelServer, ServerOptions, load_registry, model_configs
+    from serving.signature import Limits
+
+    try:
+        configs = model_configs(args.model_name, args.model_base_path, args.model_config_file)
+        registry = load_registry(
+            configs,
+            args.backend,
+            args.device,
+            Limits(args.max_batch_size, args.max_sequence_length),
+            RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device),
+        )
+    except (ModelConfigError, ServingError, ValueError) as error:
+        print(f"rnnkit serve: {error}", file=sys.stderr)
+        return 2
+    if not registry.available():
+        print(f"rnnkit serve: no model version could be loaded from {[c.base_path for c in configs]}", file=sys.stderr)
+        return 1
+    options = ServerOptions(
+        host=args.host,
+        rest_api_port=args.rest_api_port,
+        port=args.port,
+        rest=RestOptions(
+            args.rest_api_timeout_in_ms, args.max_request_bytes, args.rest_workers, args.rest_inline_bytes
+        ),
+        grpc_workers=args.grpc_workers,
+        grpc_tensor_content=args.grpc_tensor_content,
+        drain_seconds=args.drain_seconds,
+    )
+    try:
+        return ModelServer(registry, options).serve_forever()
+    except (OSError, ValueError) as error:
+        print(f"rnnkit serve: {error}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description="rnnkit's TF-Serving-compatible server")
+    args = configure_parser(parser).parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,197 @@
+"""``Predictor``: one model version behind ``predict({name: array}) -> {name: array}``.
+
+    >>> p = Predictor.load("models/rnn")              # newest version, ONNX Runtime, CPU
+    >>> p.predict({"frames": x})["scores"]
+    >>> p.signature().inputs                          # names, dtypes, shapes from rnnkit.json
+    >>> p.close()
+
+Inputs are checked against ``rnnkit.json`` (names, dtypes, ranks, fixed dims, batch and
+sequence limits) before they reach the runtime. No keras, rnnkit or export import is needed;
+TensorFlow is imported only by ``backend="tf"``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from serving.backend import BACKENDS, DEVICES, Backend
+from serving.errors import Code, ModelLoadError, ServingError
+from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
+from serving.signature import (
+    DEFAULT_SIGNATURE,
+    MANIFEST,
+    NO_LIMITS,
+    STEP_SIGNATURE,
+    Limits,
+    Manifest,
+    Signature,
+    validate,
+)
+
+ONNX_FILES = {DEFAULT_SIGNATURE: "model.onnx", STEP_SIGNATURE: "step.onnx"}
+
+
+def version_dirs(model_dir: str) -> dict[int, str]:
+    """Published versions under a model directory: integer names holding a manifest.
+
+    Hidden staging directories (``.rnnkit-tmp-*``) and other names are ignored, as TF Serving
+    ignores non-numeric children.
+    """
+    found: dict[int, str] = {}
+    try:
+        entries = os.listdir(model_dir)
+    except OSError:
+        return found
+    for entry in entries:
+        path = os.path.join(model_dir, entry)
+        if entry.isdigit() and os.path.isfile(os.path.join(path, MANIFEST)):
+            found.setdefault(int(entry), path)
+    return found
+
+
+def resolve_version_dir(path: str) -> str:
+    """A version directory as given, or the newest version under a model directory."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return path
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"model path {path!r} does not exist")
+    found = version_dirs(path)
+    if not found:
+        raise ModelLoadError(
+            f"no versions under {path!r}: expected integer version directories holding {MANIFEST} "
+            "(a model directory) or a version directory itself"
+        )
+    return found[max(found)]
+
+
+def _make_backend(
+    kind: str, version_dir: str, manifest: Manifest, signature: Signature, device: str, options: RuntimeOptions
+) -> Backend:
+    if kind == "onnx":
+        from serving.onnx_backend import OnnxBackend
+
+        if "onnx" not in manifest.formats:
+            raise ModelLoadError(f"{version_dir!r} was exported without ONNX (formats {list(manifest.formats)})")
+        return OnnxBackend(os.path.join(version_dir, ONNX_FILES[signature.name]), signature, device, options)
+    from serving.tf_backend import TFBackend
+
+    if "savedmodel" not in manifest.formats:
+        raise ModelLoadError(f"{version_dir!r} was exported without a SavedModel (formats {list(manifest.formats)})")
+    return TFBackend(version_dir, signature, device, options)
+
+
+class Predictor:
+    """A loaded model version: its signatures, each run by a backend."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        backends: Mapping[str, Backend],
+        limits: Limits = NO_LIMITS,
+        path: str | None = None,
+        backend_name: str = "custom",
+    ) -> None:
+        if DEFAULT_SIGNATURE not in backends:
+            raise ValueError(f"a Predictor needs a '{DEFAULT_SIGNATURE}' backend; received {sorted(backends)}")
+        self.name = name
+        self.version = version
+        self.path = path
+        self.limits = limits
+        self.backend_name = backend_name
+        self._backends = dict(backends)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        backend: str = "onnx",
+        device: str = "cpu",
+        *,
+        limits: Limits = NO_LIMITS,
+        options: RuntimeOptions = DEFAULT_RUNTIME,
+    ) -> Predictor:
+        """Load a version directory, or the newest version of a model directory.
+
+        ``backend``: ``"onnx"`` (ONNX Runtime) or ``"tf"`` (TensorFlow SavedModel);
+        ``device``: ``"cpu"``, ``"gpu"`` (CUDA, falling back to CPU with a logged warning) or
+        ``"auto"`` (GPU when present).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"argument `backend` must be one of {BACKENDS}. Received: backend={backend!r}")
+        if device not in DEVICES:
+            raise ValueError(f"argument `device` must be one of {DEVICES}. Received: device={device!r}")
+        version_dir = resolve_version_dir(os.path.abspath(path))
+        manifest = Manifest.read(version_dir)
+        backends: dict[str, Backend] = {}
+        try:
+            for signature in manifest.signatures.values():
+                backends[signature.name] = _make_backend(backend, version_dir, manifest, signature, device, options)
+        except BaseException:
+            for made in backends.values():
+                made.close()
+            raise
+        version = int(os.path.basename(version_dir)) if os.path.basename(version_dir).isdigit() else manifest.version
+        return cls(manifest.model_name, version, backends, limits, version_dir, backend)
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        return {name: b.signature() for name, b in self._backends.items()}
+
+    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+        return self._backend(name).signature()
+
+    def _backend(self, signature_name: str) -> Backend:
+        if self._closed:
+            raise ServingError(Code.UNAVAILABLE, f"model '{self.name}' version {self.version} is closed")
+        try:
+            return self._backends[signature_name or DEFAULT_SIGNATURE]
+        except KeyError:
+            raise ServingError(
+                Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.'
+            ) from None
+
+    def predict(self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
+        """Validate `inputs` (name -> array-like) and run the signature; outputs by name."""
+        backend = self._backend(signature_name)
+        arrays = validate(backend.signature(), inputs, self.limits)
+        return backend.predict(arrays)
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts per signature (runtime, device, providers, fallback)."""
+        return {name: b.describe() for name, b in self._backends.items()}
+
+    @property
+    def fallback(self) -> str | None:
+        """The first device fallback among the signatures' backends, or None."""
+        for facts in self.describe().values():
+            if facts.get("fallback"):
+                return str(facts["fallback"])
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for backend in self._backends.values():
+            backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.name!r}, version={self.version}, backend={self.backend_name!r})"

@@ -1,0 +1,288 @@
+"""Running the server: REST (uvicorn) and gRPC side by side, started and drained together.
+
+In-process (tests, notebooks, the demo)::
+
+    server = serving.start_server(model_base_path="models/rnn", model_name="rnn", rest_api_port=8501, port=8500)
+    ...  # server.rest_url, server.grpc_target
+    server.stop()
+
+As a child process (what ``rnnkit serve`` runs)::
+
+    proc = serving.spawn_server(["--model_base_path", "models/rnn", "--model_name", "rnn"])
+    ...  # proc.rest_url, proc.grpc_target
+    proc.stop()  # SIGTERM: in-flight requests complete, exit status 0
+
+Shutdown: SIGTERM/SIGINT (or ``stop``) closes the listening sockets, lets requests in flight
+finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes the models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.metrics import Metrics
+from serving.model_config import ModelConfig, read_model_config
+from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
+from serving.predictor import Predictor
+from serving.registry import ModelRegistry
+from serving.rest import DEFAULT_REST, RestOptions, app
+from serving.signature import NO_LIMITS, Limits
+
+log = logging.getLogger("rnnkit.serving")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    rest_api_port: int = 8501  # 0 disables REST
+    port: int = 8500  # gRPC; 0 disables it (and keeps TensorFlow out of the process)
+    rest: RestOptions = field(default_factory=RestOptions)
+    grpc_workers: int = 8
+    grpc_tensor_content: bool = False
+    drain_seconds: float = 30.0
+
+
+def load_registry(
+    configs: Sequence[ModelConfig],
+    backend: str = "onnx",
+    device: str = "cpu",
+    limits: Limits = NO_LIMITS,
+    runtime: RuntimeOptions = DEFAULT_RUNTIME,
+) -> ModelRegistry:
+    def loader(version_dir: str) -> Predictor:
+        return Predictor.load(version_dir, backend, device, limits=limits, options=runtime)
+
+    return ModelRegistry.load(configs, loader)
+
+
+def model_configs(
+    model_name: str | None = None, model_base_path: str | None = None, model_config_file: str | None = None
+) -> list[ModelConfig]:
+    """TF Serving's rule: either one model (name + base path) or a config file."""
+    if model_config_file:
+        if model_base_path:
+            raise ValueError("give either --model_config_file or --model_base_path, not both")
+        return read_model_config(model_config_file)
+    if not model_base_path:
+        raise ValueError("one of --model_base_path or --model_config_file is required")
+    return [ModelConfig(model_name or "default", os.path.abspath(model_base_path))]
+
+
+class ModelServer:
+    """REST and gRPC fronts over one registry, run in background threads."""
+
+    def __init__(self, registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> None:
+        if not options.rest_api_port and not options.port:
+            raise ValueError("at least one of --rest_api_port and --port must be non-zero")
+        self.registry = registry
+        self.options = options
+        self.metrics = Metrics()
+        self._grpc: Any = None
+        self._uvicorn: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def rest_url(self) -> str | None:
+        return f"http://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
+
+    @property
+    def grpc_target(self) -> str | None:
+        return f"{self.options.host}:{self.options.port}" if self.options.port else None
+
+    def start(self, timeout: float = 30.0) -> ModelServer:
+        if self.options.port:
+            from serving.grpc_server import start_grpc_server
+
+            self._grpc = start_grpc_server(
+                self.registry,
+                f"{self.options.host}:{self.options.port}",
+                self.metrics,
+                self.options.grpc_workers,
+                self.options.rest.max_body_bytes,
+                self.options.grpc_tensor_content,
+            )
+        if self.options.rest_api_port:
+            import uvicorn
+
+            config = uvicorn.Config(
+                app(self.registry, self.options.rest, self.metrics),
+                host=self.options.host,
+                port=self.options.rest_api_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=int(self.options.drain_seconds),
+            )
+            self._uvicorn = uvicorn.Server(config)
+            self._thread = threading.Thread(target=self._uvicorn.run, name="rnnkit-rest", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + timeout
+            while not self._uvicorn.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise OSError(f"the REST server did not start on {self.rest_url}")
+                time.sleep(0.01)
+        log.info("serving %s (REST %s, gRPC %s)", self.registry.names, self.rest_url, self.grpc_target)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, drain requests in flight, close the models. Safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.options.drain_seconds
+        if self._uvicorn is not None and self._thread is not None:
+            self._uvicorn.should_exit = True
+            self._thread.join(grace + 5)
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait(grace + 5)
+        self.registry.close()
+
+    def serve_forever(self) -> int:
+        """Start, wait for SIGTERM/SIGINT, drain and stop; the exit status (0)."""
+        received = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("signal %d: draining and stopping", signum)
+            received.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            print(
+                f"rnnkit serve: ready; models {self.registry.names}; REST {self.rest_url or 'off'}; "
+                f"gRPC {self.grpc_target or 'off'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not received.wait(0.5):
+                if self._thread is not None and not self._thread.is_alive():
+                    log.error("the REST server stopped unexpectedly")
+                    self.stop()
+                    return 1
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    model_base_path: str | None = None,
+    model_name: str | None = None,
+    *,
+    model_config_file: str | None = None,
+    rest_api_port: int | None = None,
+    port: int | None = 0,
+    host: str = "127.0.0.1",
+    backend: str = "onnx",
+    device: str = "cpu",
+    limits: Limits = NO_LIMITS,
+    runtime: RuntimeOptions = DEFAULT_RUNTIME,
+    rest: RestOptions = DEFAULT_REST,
+) -> ModelServer:
+    """Load the models and start serving in this process (REST on a free port unless given; gRPC off
+    unless `port` is given, ``None`` = a free port). Call ``.stop()`` when done."""
+    configs = model_configs(model_name, model_base_path, model_config_file)
+    registry = load_registry(configs, backend, device, limits, runtime)
+    options = ServerOptions(
+        host=host,
+        rest_api_port=free_port(host) if rest_api_port is None else rest_api_port,
+        port=free_port(host) if port is None else port,
+        rest=rest,
+    )
+    return ModelServer(registry, options).start()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host` (for tests and the demo)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m serving ...`` as a child process; ``stop()`` sends SIGTERM and waits."""
+
+    def __init__(self, process: subprocess.Popen[bytes], host: str, rest_api_port: int, port: int) -> None:
+        self.process = process
+        self.host = host
+        self.rest_api_port = rest_api_port
+        self.port = port
+
+    @property
+    def rest_url(self) -> str | None:
+        return f"http://{self.host}:{self.rest_api_port}" if self.rest_api_port else None
+
+    @property
+    def grpc_target(self) -> str | None:
+        return f"{self.host}:{self.port}" if self.port else None
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def spawn_server(
+    args: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    rest_api_port: int | None = None,
+    port: int | None = 0,
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
+    stderr: Any = None,
+) -> ServerProcess:
+    """Start ``python -m serving <args>`` on `host` and wait until it accepts connections.
+
+    `args` are ``rnnkit serve`` flags without the ports/host (``--model_base_path ...``);
+    ports default to free ones for REST and off for gRPC (``port=None`` picks a free one).
+    """
+    rest_api_port = free_port(host) if rest_api_port is None else rest_api_port
+    port = free_port(host) if port is None else port
+    command = [sys.executable, "-m", "serving", *args, "--host", host]
+    command += ["--rest_api_port", str(rest_api_port), "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stderr=stderr)
+    probe_port = rest_api_port or port
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode} before it was ready: {command}")
+        try:
+            with socket.create_connection((host, probe_port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise TimeoutError(f"the server did not listen on {host}:{probe_port} within {timeout} s") from None
+            time.sleep(0.02)
+    return ServerProcess(process, host, rest_api_port, port)

@@ -1,0 +1,62 @@
+"""Small exported model repositories shared by the tests/test_serving_*.py files.
+
+``half_plus_two`` is TF Serving's hand-checkable idea on a recurrent model: an LSTM whose
+weights are zero (so its output is exactly 0) concatenated with the input frame, then a Dense
+layer that reads 0.5 * x + 2 off the frame. Expected outputs are written down by hand.
+"""
+
+import logging
+
+import keras
+import numpy as np
+
+from export import export_model
+from rnnkit import layers as rk
+
+logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+
+def half_plus_two(offset: float = 2.0) -> keras.Model:
+    inp = keras.Input((None, 1), name="x")
+    lstm = rk.LSTM(
+        2,
+        return_sequences=True,
+        kernel_initializer="zeros",
+        recurrent_initializer="zeros",
+        bias_initializer="zeros",
+        unit_forget_bias=False,
+        name="lstm",
+    )
+    h = lstm(inp)  # i = f = o = 0.5, c_hat = 0 -> c = 0 -> h = 0
+    merged = keras.layers.Concatenate()([h, inp])
+    dense = keras.layers.Dense(1, name="y")
+    out = dense(merged)
+    model = keras.Model(inp, {"y": out})
+    dense.set_weights([np.array([[0.0], [0.0], [0.5]], np.float32), np.array([offset], np.float32)])
+    return model
+
+
+def expected_half_plus_two(x, offset: float = 2.0):
+    return 0.5 * np.asarray(x, np.float32) + offset
+
+
+def two_input_model() -> keras.Model:
+    """Bidirectional GRU over `seq` plus a side input `extra`; two outputs."""
+    keras.utils.set_random_seed(3)
+    seq = keras.Input((None, 3), name="seq")
+    extra = keras.Input((2,), name="extra")
+    y = rk.Bidirectional(rk.GRU(4))(keras.layers.Masking()(seq))
+    y = keras.layers.Concatenate()([y, extra])
+    return keras.Model(
+        {"seq": seq, "extra": extra},
+        {"logits": keras.layers.Dense(3)(y), "probs": keras.layers.Dense(3, activation="softmax")(y)},
+    )
+
+
+def build_repository(base: str) -> dict:
+    """half (versions 1: 0.5x+2 and 2: 0.5x+3) and pair (two inputs, two outputs)."""
+    models = {"half_v1": half_plus_two(2.0), "half_v2": half_plus_two(3.0), "pair": two_input_model()}
+    export_model(models["half_v1"], base, "half")
+    export_model(models["half_v2"], base, "half")
+    export_model(models["pair"], base, "pair")
+    return models
