@@ -11,9 +11,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
-# Modules that provide `add_parser(subparsers)` / `add_*_parser(subparsers)` hooks.
-COMMAND_MODULES = ("rnnkit.training.cli", "export.cli", "serving.cli")
+# Subcommand -> module providing `add_*parser(subparsers)` hooks. Only the module of the
+# command being run is imported (so `rnnkit serve` never loads keras or TensorFlow);
+# `rnnkit --help` imports them all.
+COMMAND_MODULES = {
+    "train": "rnnkit.training.cli",
+    "diagnose": "rnnkit.training.cli",
+    "bench": "rnnkit.experiments.cli",
+    "export": "export.cli",
+    "serve": "serving.cli",
+}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,7 +32,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="Recurrent networks on Keras 3: build, train, export, serve."
     )
@@ -34,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
     demo.add_argument("--no-serve", dest="serve", action="store_false", help="stop after export")
     demo.set_defaults(func=_demo)
-    for module_name in COMMAND_MODULES:
+    wanted = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(COMMAND_MODULES.values())
+    for module_name in dict.fromkeys(wanted):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -48,5 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.func(args))
