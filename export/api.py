@@ -10,7 +10,7 @@ from typing import Any
 from export import repository
 from export.model_io import ModelIO
 from export.onnx_export import StrictExportError, to_onnx, to_onnx_step
-from export.parity import check_parity
+from export.parity import check_parity, zero_padding_invariant
 from export.report import DEFAULT_TOLERANCE, FORMATS, ExportError, ExportReport
 from export.savedmodel import gpu_only_ops, write_savedmodel
 from export.step import discover
@@ -96,6 +96,7 @@ def export_model(
         versions=_versions(),
         opset=opset if "onnx" in chosen else None,
     )
+    report.zero_padding_invariant = zero_padding_invariant(model, io)
     try:
         with repository.staged_directory(final) as staging:
             if "savedmodel" in chosen:

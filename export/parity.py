@@ -143,3 +143,29 @@ def check_parity(
             for info in io.outputs:
                 result.record(f"{backend}/{info.name}", want[info.name], got[info.name])
     return result
+
+
+def zero_padding_invariant(model: Any, io: ModelIO, extra_steps: int = 4, tolerance: float = 1e-5) -> bool:
+    """Whether appending all-zero steps leaves the model's answers unchanged (sequence outputs
+    compared on the original steps). True for models that mask zero padding (``Masking(0)``,
+    ``Embedding(mask_zero=True)``); a server may then batch requests of different lengths by
+    right-padding them with zeros and slicing sequence outputs back, and stay exact."""
+    timed = [t for t in io.inputs if len(t.shape) >= 2 and t.shape[1] is None]
+    if not timed:
+        return False
+    inputs = parity_inputs(io, 3, 7, seed=11)
+    padded = {
+        name: np.concatenate([a, np.zeros((a.shape[0], extra_steps, *a.shape[2:]), a.dtype)], axis=1)
+        if any(t.name == name for t in timed)
+        else a
+        for name, a in inputs.items()
+    }
+    short = io.call(model, inputs)
+    long = io.call(model, padded)
+    for info in io.outputs:
+        a, b = np.asarray(short[info.name]), np.asarray(long[info.name])
+        if is_sequence(info):
+            b = b[:, : a.shape[1]]
+        if a.shape != b.shape or float(np.abs(a - b).max()) > tolerance:
+            return False
+    return True

@@ -35,6 +35,9 @@ class ExportReport:
     versions: dict[str, str] = field(default_factory=dict)
     opset: int | None = None
     padding: str = "any"  # masks of any shape (right/left padding, holes) are honoured
+    # Appending all-zero steps leaves the answers unchanged (see export.parity.zero_padding_invariant):
+    # a server may batch different lengths by zero right-padding and stay exact.
+    zero_padding_invariant: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, **self.__dict__}
@@ -60,6 +63,8 @@ class ExportReport:
             lines.append(f"  streaming: step graph with {len(streaming['states'])} state tensor(s)")
         else:
             lines.append(f"  streaming: none ({streaming.get('reason')})")
+        padding = "exact (zero padding is masked)" if self.zero_padding_invariant else "same-length only"
+        lines.append(f"  batching of different lengths: {padding}")
         if self.parity is not None:
             worst = self.parity["worst"]
             verdict = "ok" if self.parity["passed"] else "FAILED"

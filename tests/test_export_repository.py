@@ -95,6 +95,7 @@ def test_manifest(repo):
         "savedmodel_step/scores",
     }
     assert all(v <= 1e-5 for v in parity["max_abs_diff"].values())
+    assert manifest["zero_padding_invariant"] is True  # Masking(0) in front
     bi_manifest = json.load(open(os.path.join(bi.path, "rnnkit.json")))
     assert bi_manifest["streaming"]["streamable"] is False
     assert "bidirectional" in bi_manifest["streaming"]["reason"]
@@ -237,6 +238,7 @@ def test_native_keras_layers_export_fused(tmp_path):
     y = keras.layers.LSTM(4)(y)
     report = export_model(keras.Model(inp, y), str(tmp_path), "native")
     assert report.swapped_native_layers == ["bidirectional", "lstm"]
+    assert report.zero_padding_invariant is False  # no mask: padded steps change the answer
     assert report.op_census["GRU"] == 1 and report.op_census["LSTM"] == 1 and "Loop" not in report.op_census
     assert report.outputs[0]["name"] == "lstm"
     assert report.parity["passed"]
