@@ -134,8 +134,14 @@ def _convert_checked(
 ) -> OnnxResult:
     try:
         result = convert(fn, inputs, outputs, substitute, opset)
-    except Exception:
+    except Exception as error:
         _strict_check(substitute, strict)  # the fallback may be why conversion failed
+        if substitute.fallbacks:
+            details = "; ".join(f"layer '{name}': {reason}" for name, reason in substitute.fallbacks.items())
+            raise ValueError(
+                f"ONNX conversion failed; these layers could not be fused and tf2onnx's loop fallback for them "
+                f"may be the cause ({details}): {str(error).splitlines()[0]}"
+            ) from error
         raise
     _strict_check(substitute, strict)
     return result

@@ -232,6 +232,14 @@ def test_parity_failure_is_loud_and_publishes_nothing(tmp_path):
     assert os.listdir(tmp_path / "m") == []
 
 
+def test_layer_that_cannot_be_exported_at_all(tmp_path):
+    inp = keras.Input((None, F), name="x")
+    model = keras.Model(inp, rk.LSTM(4, activation="gelu", name="gelu_lstm")(inp))
+    with pytest.raises(ExportError, match=r"could not be fused and tf2onnx's loop fallback .*\(layer 'gelu_lstm': .*'gelu' has no ONNX equivalent"):
+        export_model(model, str(tmp_path), "m", formats="onnx")
+    assert os.listdir(tmp_path / "m") == []
+
+
 def test_native_keras_layers_export_fused(tmp_path):
     inp = keras.Input((None, F), name="x")
     y = keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True), name="bi_gru")(inp)
