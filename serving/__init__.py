@@ -34,6 +34,12 @@ _EXPORTS = {
     "start_server": "serving.server",
     "spawn_server": "serving.server",
     "free_port": "serving.server",
+    "Batcher": "serving.batching",
+    "BatchingParameters": "serving.batching",
+    "Session": "serving.session",
+    "SessionOptions": "serving.session",
+    "SessionStore": "serving.session",
+    "VersionPolicy": "serving.model_config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,6 +28,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _flag(text: str) -> bool:
+    """TF Serving's bool flags: `--enable_batching`, `--enable_batching=true`, `--enable_batching=false`."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, received {text}")
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     tfs = parser.add_argument_group("TensorFlow Serving flags")
     tfs.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500; 0 = no gRPC, no TensorFlow)")
@@ -39,6 +49,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     tfs.add_argument(
         "--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request timeout (default 30000; 504 after)"
+    )
+    tfs.add_argument(
+        "--enable_batching",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="merge concurrent predictions into batches (exact for variable-length sequences)",
+    )
+    tfs.add_argument(
+        "--batching_parameters_file",
+        help="BatchingParameters text file: max_batch_size, batch_timeout_micros, num_batch_threads, "
+        "max_enqueued_batches (default: TF Serving's 1000, 0, CPUs, 10)",
+    )
+    tfs.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="how often the base paths are rescanned for new/removed versions (default 1; 0 = only at start)",
     )
     own = parser.add_argument_group("rnnkit flags")
     own.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -62,6 +91,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--grpc_tensor_content", action="store_true", help="reply with tensor_content instead of typed *_val fields"
     )
     own.add_argument("--drain_seconds", type=float, default=30.0, help="how long SIGTERM waits for requests (30)")
+    own.add_argument(
+        "--num_versions",
+        type=_positive,
+        default=1,
+        help="serve the newest N versions of each model (default 1; a config's model_version_policy wins)",
+    )
+    own.add_argument(
+        "--batching_bucket_width",
+        type=int,
+        default=0,
+        help="length buckets for batching padded sequences: 0 = powers of two (default), N = N steps wide",
+    )
+    own.add_argument(
+        "--session_idle_seconds",
+        type=float,
+        default=60.0,
+        help="a streaming session (sequence_id) idle this long is dropped (default 60)",
+    )
+    own.add_argument(
+        "--max_sessions", type=_positive, default=1000, help="most live streaming sessions (default 1000; then 429)"
+    )
     own.add_argument("--log_level", default="WARNING", help="logging level (default WARNING)")
     parser.set_defaults(func=run)
     return parser
@@ -78,14 +128,24 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.batching import BatchingParameters, read_batching_parameters
     from serving.errors import ServingError
-    from serving.model_config import ModelConfigError
+    from serving.model_config import ModelConfigError, VersionPolicy
     from serving.onnx_backend import RuntimeOptions
     from serving.rest import RestOptions
     from serving.server import ModelServer, ServerOptions, load_registry, model_configs
+    from serving.session import SessionOptions
     from serving.signature import Limits
 
     try:
+        batching: BatchingParameters | None = None
+        if args.enable_batching:
+            batching = read_batching_parameters(args.batching_parameters_file, args.batching_bucket_width)
+        elif args.batching_parameters_file:
+            raise ValueError("--batching_parameters_file needs --enable_batching")
+        sessions = SessionOptions(args.session_idle_seconds, args.max_sessions)
+        if sessions.idle_seconds <= 0:
+            raise ValueError(f"--session_idle_seconds must be positive, received {sessions.idle_seconds:g}")
         configs = model_configs(args.model_name, args.model_base_path, args.model_config_file)
         registry = load_registry(
             configs,
@@ -93,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             Limits(args.max_batch_size, args.max_sequence_length),
             RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device),
+            VersionPolicy("latest", args.num_versions),
         )
     except (ModelConfigError, ServingError, ValueError) as error:
         print(f"rnnkit serve: {error}", file=sys.stderr)
@@ -110,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         grpc_workers=args.grpc_workers,
         grpc_tensor_content=args.grpc_tensor_content,
         drain_seconds=args.drain_seconds,
+        batching=batching,
+        sessions=sessions,
+        poll_seconds=args.file_system_poll_wait_seconds,
     )
     try:
         return ModelServer(registry, options).serve_forever()

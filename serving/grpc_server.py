@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
 
+from serving.batching import Batcher
 from serving.errors import Code, grpc_message, invalid_argument, wire_error
 from serving.metrics import Metrics
 from serving.registry import ModelRegistry
@@ -45,6 +46,7 @@ def start_grpc_server(
     workers: int = 8,
     max_message_bytes: int = -1,
     tensor_content: bool = False,
+    batcher: Batcher | None = None,
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server``."""
     import grpc
@@ -58,10 +60,13 @@ def start_grpc_server(
         def Predict(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 spec = grpc_codec.model_spec(request.model_spec)
-                predictor = registry.resolve(spec.name, spec.version, spec.label)
-                signature = predictor.signature(spec.signature_name)
-                inputs, wanted = grpc_codec.decode_predict_request(request, signature)
-                outputs = predictor.predict(inputs, spec.signature_name)
+                with registry.lease(spec.name, spec.version, spec.label) as predictor:
+                    signature = predictor.signature(spec.signature_name)
+                    inputs, wanted = grpc_codec.decode_predict_request(request, signature)
+                    if batcher is not None:
+                        outputs = batcher.predict(predictor, inputs, spec.signature_name)
+                    else:
+                        outputs = predictor.predict(inputs, spec.signature_name)
                 return grpc_codec.encode_predict_response(
                     {k: outputs[k] for k in wanted},
                     predictor.name,
@@ -75,8 +80,9 @@ def start_grpc_server(
         def GetModelMetadata(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 spec = grpc_codec.model_spec(request.model_spec)
-                predictor = registry.resolve(spec.name, spec.version, spec.label)
-                return grpc_codec.metadata_response(request, predictor.name, predictor.version, predictor.signatures)
+                with registry.lease(spec.name, spec.version, spec.label) as predictor:
+                    signatures = predictor.signatures
+                return grpc_codec.metadata_response(request, predictor.name, predictor.version, signatures)
 
             return _call(context, metrics, registry, request.model_spec.name, "GetModelMetadata", job)
 
@@ -95,6 +101,8 @@ def start_grpc_server(
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
     ]
+    if batcher is not None:  # request threads wait for their batch: enough of them to fill batches
+        workers += min(batcher.params.max_batch_size * batcher.params.num_batch_threads, 512)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-grpc"), options=options
     )

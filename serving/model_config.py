@@ -1,8 +1,8 @@
 """TF Serving's ``--model_config_file``: a ``ModelServerConfig`` in protobuf text format.
 
 Only what rnnkit's server uses is interpreted (``model_config_list { config { name base_path
-version_labels } }``); other fields (``model_platform``, ``model_version_policy``, ...) are read
-and ignored. The reader is a small text-format parser so that no TensorFlow protos are
+model_version_policy version_labels } }``); other fields (``model_platform``, ...) are read and
+ignored. The reader is a small text-format parser so that no TensorFlow protos are
 needed on the ONNX Runtime path.
 """
 
@@ -33,11 +33,46 @@ class ModelConfigError(ValueError):
     """The model config file cannot be read or has an unusable entry."""
 
 
+POLICIES = ("latest", "all", "specific")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions on disk are served (TF Serving's ``ServableVersionPolicy``).
+
+    ``latest``: the newest ``num_versions`` that load; ``all``: every version; ``specific``:
+    the listed ``versions``. Versions that failed to load are skipped, so with ``latest`` the
+    previous version keeps serving when a new one is broken.
+    """
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise ModelConfigError(f"version policy must be one of {POLICIES}; received {self.kind!r}")
+        if self.kind == "latest" and self.num_versions < 1:
+            raise ModelConfigError(f"latest {{ num_versions }} must be >= 1; received {self.num_versions}")
+
+    def candidates(self, on_disk: list[int]) -> list[int]:
+        """Versions worth loading, newest first."""
+        newest_first = sorted(on_disk, reverse=True)
+        if self.kind == "specific":
+            return [v for v in newest_first if v in self.versions]
+        return newest_first
+
+    def wanted(self) -> int | None:
+        """How many of the candidates to serve (None = all of them)."""
+        return self.num_versions if self.kind == "latest" else None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
     base_path: str
     version_labels: dict[str, int] = field(default_factory=dict)
+    version_policy: VersionPolicy | None = None  # None: the server's default (--num_versions)
 
 
 def _tokens(text: str, source: str) -> list[tuple[str, str, int]]:
@@ -114,6 +149,31 @@ def _one(fields: Message, name: str, kind: type, where: str) -> object:
     return values[0]
 
 
+def _policy(entry: Message, where: str) -> VersionPolicy | None:
+    blocks = entry.get("model_version_policy", [])
+    if not blocks:
+        return None
+    if len(blocks) != 1 or not isinstance(blocks[0], dict) or len(blocks[0]) != 1:
+        raise ModelConfigError(f"{where}: `model_version_policy` must hold one of latest {{}}, all {{}}, specific {{}}")
+    ((kind, values),) = blocks[0].items()
+    body = values[0] if len(values) == 1 else None
+    if kind not in POLICIES or not isinstance(body, dict):
+        raise ModelConfigError(
+            f"{where}: `model_version_policy` must hold one of {POLICIES} as a block; received {kind!r}"
+        )
+    if kind == "latest":
+        count = body.get("num_versions", [1])
+        if len(count) != 1 or not isinstance(count[0], int):
+            raise ModelConfigError(f"{where}: latest {{ num_versions: N }} needs one integer; received {count!r}")
+        return VersionPolicy("latest", int(count[0]))
+    if kind == "specific":
+        versions = body.get("versions", [])
+        if not versions or not all(isinstance(v, int) for v in versions):
+            raise ModelConfigError(f"{where}: specific {{ versions: N ... }} needs integers; received {versions!r}")
+        return VersionPolicy("specific", versions=tuple(int(str(v)) for v in versions))
+    return VersionPolicy("all")
+
+
 def parse_model_config(text: str, source: str = "<config>") -> list[ModelConfig]:
     root = parse_text_format(text, source)
     lists = root.get("model_config_list", [])
@@ -133,7 +193,7 @@ def parse_model_config(text: str, source: str = "<config>") -> list[ModelConfig]
             if not isinstance(label, dict):
                 raise ModelConfigError(f"{where}: `version_labels` must be a {{ key value }} block")
             labels[str(_one(label, "key", str, where))] = int(str(_one(label, "value", int, where)))
-        configs.append(ModelConfig(name, base_path, labels))
+        configs.append(ModelConfig(name, base_path, labels, _policy(entry, where)))
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,8 +31,12 @@ from serving.signature import (
     Limits,
     Manifest,
     Signature,
+    StatePair,
     validate,
 )
+
+if TYPE_CHECKING:
+    from serving.session import Session
 
 ONNX_FILES = {DEFAULT_SIGNATURE: "model.onnx", STEP_SIGNATURE: "step.onnx"}
 
@@ -97,6 +101,7 @@ class Predictor:
         limits: Limits = NO_LIMITS,
         path: str | None = None,
         backend_name: str = "custom",
+        manifest: Manifest | None = None,
     ) -> None:
         if DEFAULT_SIGNATURE not in backends:
             raise ValueError(f"a Predictor needs a '{DEFAULT_SIGNATURE}' backend; received {sorted(backends)}")
@@ -105,6 +110,7 @@ class Predictor:
         self.path = path
         self.limits = limits
         self.backend_name = backend_name
+        self.manifest = manifest
         self._backends = dict(backends)
         self._closed = False
         self._lock = threading.Lock()
@@ -140,7 +146,7 @@ class Predictor:
                 made.close()
             raise
         version = int(os.path.basename(version_dir)) if os.path.basename(version_dir).isdigit() else manifest.version
-        return cls(manifest.model_name, version, backends, limits, version_dir, backend)
+        return cls(manifest.model_name, version, backends, limits, version_dir, backend, manifest)
 
     @property
     def signatures(self) -> dict[str, Signature]:
@@ -161,9 +167,57 @@ class Predictor:
 
     def predict(self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
         """Validate `inputs` (name -> array-like) and run the signature; outputs by name."""
-        backend = self._backend(signature_name)
-        arrays = validate(backend.signature(), inputs, self.limits)
-        return backend.predict(arrays)
+        return self.run(self.validate(inputs, signature_name), signature_name)
+
+    def validate(self, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
+        """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes."""
+        return validate(self._backend(signature_name).signature(), inputs, self.limits)
+
+    def run(self, arrays: Mapping[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE) -> dict[str, np.ndarray]:
+        """Run the signature on arrays that :meth:`validate` returned (the batcher merges those)."""
+        return self._backend(signature_name).predict(arrays)
+
+    # ------------------------------------------------------------------------------ streaming
+
+    @property
+    def zero_padding_invariant(self) -> bool:
+        """Whether requests of different lengths may be batched by zero right-padding (from rnnkit.json)."""
+        return bool(self.manifest is not None and self.manifest.zero_padding_invariant)
+
+    @property
+    def states(self) -> tuple[StatePair, ...]:
+        """The step graph's recurrent states (input, output, units); empty when the model cannot stream."""
+        if STEP_SIGNATURE not in self._backends:
+            return ()
+        if self.manifest is not None and self.manifest.states:
+            return self.manifest.states
+        # no manifest (a hand-built predictor): the step signature's extra tensors, paired in order
+        step, default = self._backends[STEP_SIGNATURE].signature(), self._backends[DEFAULT_SIGNATURE].signature()
+        ins = [s for s in step.inputs if s.name not in default.input_names]
+        outs = [s for s in step.outputs if s.name not in default.output_names]
+        return tuple(StatePair(i.name, o.name, int(i.shape[-1] or 0)) for i, o in zip(ins, outs))
+
+    def streaming_error(self) -> ServingError | None:
+        """Why this version cannot stream (the reason export recorded), or None when it can."""
+        if STEP_SIGNATURE in self._backends and self.states:
+            return None
+        reason = (self.manifest.streaming_reason if self.manifest is not None else None) or (
+            f"it has no '{STEP_SIGNATURE}' signature"
+        )
+        return ServingError(
+            Code.FAILED_PRECONDITION,
+            f"model '{self.name}' version {self.version} cannot stream (no sessions): {reason}",
+        )
+
+    def session(self) -> Session:
+        """A streaming session: ``step(chunk) -> outputs`` carrying the RNN state between chunks.
+
+        States start at zeros; ``reset()`` zeroes them, ``close()`` ends the session. Bidirectional
+        (non-streamable) models raise a :class:`ServingError` naming export's reason.
+        """
+        from serving.session import Session
+
+        return Session(self)
 
     def describe(self) -> dict[str, Any]:
         """Backend facts per signature (runtime, device, providers, fallback)."""

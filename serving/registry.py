@@ -1,26 +1,40 @@
 """The models a server serves: name -> versions -> :class:`Predictor`, and how requests find them.
 
-Every version on disk under a model's base path is loaded at start; requests without a version
-go to the newest available one, ``/versions/N`` (gRPC ``version``) to N, ``/labels/L``
-(``version_label``) to the version the config file gives that label. A version that fails to
-load is reported as ``END`` with its error, as TF Serving does, and the others still serve.
-Lookup failures carry TF Serving's texts and codes.
+Which versions serve follows each model's version policy (TF Serving's ``model_version_policy``;
+default: the newest one). :meth:`ModelRegistry.poll` rescans the base paths (a thread repeats it
+every ``--file_system_poll_wait_seconds``): new version directories are loaded, and a version
+the policy no longer wants, or whose directory is gone, is retired. A version that fails to load
+is reported as ``END`` with its error, as TF Serving does, and is skipped by the policy, so the
+previous version keeps serving. Hidden (``.rnnkit-tmp-*``) and non-integer directories are
+ignored, and export publishes versions by an atomic rename, so half-written versions are never
+seen.
+
+Requests hold a :meth:`ModelRegistry.lease` on the version they resolved to: a retired version
+is closed only when its last request in flight has finished, so requests finish on the version
+they started with while new requests already go to the new one. Requests without a version go
+to the newest served one, ``/versions/N`` (gRPC ``version``) to N, ``/labels/L``
+(``version_label``) to the version the config file gives that label. Lookup failures carry TF
+Serving's texts and codes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
-from serving.model_config import ModelConfig
+from serving.model_config import ModelConfig, VersionPolicy
 from serving.predictor import Predictor, version_dirs
 
 log = logging.getLogger("rnnkit.serving")
 
+LOADING = "LOADING"
 AVAILABLE = "AVAILABLE"
 END = "END"
+LATEST_ONE = VersionPolicy()
 
 
 @dataclass(frozen=True)
@@ -38,41 +52,164 @@ class ServedModel:
     version_labels: Mapping[str, int] = field(default_factory=dict)
     predictors: dict[int, Predictor] = field(default_factory=dict)
     failures: dict[int, tuple[Code, str]] = field(default_factory=dict)
+    policy: VersionPolicy = LATEST_ONE
+    loading: set[int] = field(default_factory=set)
+    unloaded: set[int] = field(default_factory=set)
+    warned_empty: bool = False
 
     def latest(self) -> Predictor | None:
         return self.predictors[max(self.predictors)] if self.predictors else None
 
 
+class Lease:
+    """A request's hold on one version: ``with registry.lease(name) as predictor: ...``."""
+
+    def __init__(self, registry: ModelRegistry, predictor: Predictor) -> None:
+        self._registry = registry
+        self.predictor = predictor
+        self._released = False
+
+    def __enter__(self) -> Predictor:
+        return self.predictor
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._registry._release(self.predictor)
+
+
 class ModelRegistry:
-    def __init__(self, models: Iterable[ServedModel] = ()) -> None:
+    def __init__(self, models: Iterable[ServedModel] = (), loader: Callable[[str], Predictor] | None = None) -> None:
         self._models = {m.name: m for m in models}
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._in_flight: dict[int, int] = {}  # id(predictor) -> leases held
+        self._retiring: dict[int, Predictor] = {}  # unloaded, closing when their last lease ends
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     @classmethod
-    def load(cls, configs: Iterable[ModelConfig], loader: Callable[[str], Predictor]) -> ModelRegistry:
-        """Load every version directory of every configured model with `loader(version_dir)`."""
-        models = []
-        for config in configs:
-            model = ServedModel(config.name, config.base_path, dict(config.version_labels))
-            found = version_dirs(config.base_path)
-            if not found:
-                log.warning("No versions of servable %s found under base path %s", config.name, config.base_path)
-            for version, path in sorted(found.items()):
-                try:
-                    model.predictors[version] = loader(path)
-                except Exception as error:  # a broken version must not stop the others
-                    code, message, _ = wire_error(error if isinstance(error, ServingError) else _load_error(error))
-                    log.error("model %s version %d failed to load: %s", config.name, version, message)
-                    model.failures[version] = (code, message)
-            models.append(model)
-        return cls(models)
+    def load(
+        cls,
+        configs: Iterable[ModelConfig],
+        loader: Callable[[str], Predictor],
+        default_policy: VersionPolicy = LATEST_ONE,
+    ) -> ModelRegistry:
+        """Serve `configs`: load the versions each policy wants with `loader(version_dir)`."""
+        models = [
+            ServedModel(c.name, c.base_path, dict(c.version_labels), policy=c.version_policy or default_policy)
+            for c in configs
+        ]
+        registry = cls(models, loader)
+        registry.poll()
+        return registry
 
     @classmethod
     def of(cls, predictors: Iterable[Predictor]) -> ModelRegistry:
-        """A registry over already-built predictors (tests, embedding)."""
+        """A registry over already-built predictors (tests, embedding); nothing is polled."""
         models: dict[str, ServedModel] = {}
         for predictor in predictors:
             models.setdefault(predictor.name, ServedModel(predictor.name)).predictors[predictor.version] = predictor
         return cls(models.values())
+
+    # --------------------------------------------------------------------------- hot reload
+
+    def poll(self) -> None:
+        """Rescan every base path once: load what the policies want, retire what they no longer do."""
+        if self._loader is None:
+            return
+        with self._poll_lock:
+            for model in list(self._models.values()):
+                if model.base_path:
+                    self._poll_model(model, self._loader)
+
+    def _poll_model(self, model: ServedModel, loader: Callable[[str], Predictor]) -> None:
+        on_disk = version_dirs(model.base_path)
+        if not on_disk and not model.warned_empty:
+            log.warning("No versions of servable %s found under base path %s", model.name, model.base_path)
+        model.warned_empty = not on_disk
+        with self._lock:
+            loaded = dict(model.predictors)
+            failed = set(model.failures)
+        wanted = model.policy.wanted()
+        chosen: dict[int, Predictor] = {}
+        for version in model.policy.candidates([v for v in on_disk if v not in failed]):
+            if wanted is not None and len(chosen) >= wanted:
+                break
+            if version in loaded:
+                chosen[version] = loaded[version]
+                continue
+            with self._lock:
+                model.loading.add(version)
+            try:
+                chosen[version] = loader(on_disk[version])
+                log.info("model %s version %d loaded", model.name, version)
+            except Exception as error:  # a broken version must not stop the others
+                code, message, _ = wire_error(error if isinstance(error, ServingError) else _load_error(error))
+                log.error("model %s version %d failed to load: %s", model.name, version, message)
+                with self._lock:
+                    model.failures[version] = (code, message)
+            finally:
+                with self._lock:
+                    model.loading.discard(version)
+        retired = [p for v, p in loaded.items() if v not in chosen]
+        with self._lock:  # one step: new versions in, old ones out; requests never see neither
+            model.predictors = dict(sorted(chosen.items()))
+            model.unloaded.difference_update(chosen)
+            model.unloaded.update(v for v in loaded if v not in chosen)
+        for predictor in retired:
+            log.info("model %s version %d unloading", model.name, predictor.version)
+            self._retire(predictor)
+
+    def start_polling(self, interval_seconds: float) -> None:
+        """Poll the base paths every `interval_seconds` in a background thread (until :meth:`close`)."""
+        if interval_seconds <= 0 or self._poller is not None or self._loader is None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_seconds):
+                try:
+                    self.poll()
+                except Exception:  # keep polling; the error is in the log
+                    log.exception("polling the model base paths failed")
+
+        self._poller = threading.Thread(target=loop, name="rnnkit-poll", daemon=True)
+        self._poller.start()
+
+    # ------------------------------------------------------------------------------ leases
+
+    def lease(self, name: str, version: int | None = None, label: str | None = None) -> Lease:
+        """Resolve the version a request names and hold it until the lease is released."""
+        with self._lock:
+            predictor = self._resolve(name, version, label)
+            self._in_flight[id(predictor)] = self._in_flight.get(id(predictor), 0) + 1
+        return Lease(self, predictor)
+
+    def _release(self, predictor: Predictor) -> None:
+        with self._lock:
+            left = self._in_flight.get(id(predictor), 1) - 1
+            if left > 0:
+                self._in_flight[id(predictor)] = left
+                return
+            self._in_flight.pop(id(predictor), None)
+            closing = self._retiring.pop(id(predictor), None)
+        if closing is not None:
+            closing.close()
+
+    def _retire(self, predictor: Predictor) -> None:
+        with self._lock:
+            if self._in_flight.get(id(predictor), 0) > 0:
+                self._retiring[id(predictor)] = predictor
+                return
+        predictor.close()
+
+    # ------------------------------------------------------------------------------ lookups
 
     @property
     def names(self) -> list[str]:
@@ -82,10 +219,15 @@ class ModelRegistry:
         return self._models.get(name)
 
     def available(self) -> bool:
-        return any(m.predictors for m in self._models.values())
+        with self._lock:
+            return any(m.predictors for m in self._models.values())
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Predictor:
-        """The predictor a request names; TF Serving's errors when there is none."""
+        """The predictor a request names, without a lease (it may be retired at any time)."""
+        with self._lock:
+            return self._resolve(name, version, label)
+
+    def _resolve(self, name: str, version: int | None, label: str | None) -> Predictor:
         model = self._models.get(name)
         if label is not None:
             if model is None or label not in model.version_labels:
@@ -101,24 +243,50 @@ class ModelRegistry:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return predictor
 
+    def versions(self, name: str) -> list[int]:
+        """Versions of `name` serving now, newest first."""
+        with self._lock:
+            model = self._models.get(name)
+            return sorted(model.predictors, reverse=True) if model is not None else []
+
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Version states, newest first (GetModelStatus)."""
-        model = self._models.get(name)
-        if model is None or not (model.predictors or model.failures):
+        with self._lock:
+            model = self._models.get(name)
+            entries: dict[int, VersionStatus] = {}
+            if model is not None:
+                entries.update({v: VersionStatus(v, END) for v in model.unloaded})
+                entries.update({v: VersionStatus(v, LOADING) for v in model.loading})
+                entries.update({v: VersionStatus(v, END, c.name, m) for v, (c, m) in model.failures.items()})
+                entries.update({v: VersionStatus(v, AVAILABLE) for v in model.predictors})
+        if not entries:
             raise not_found(f"Could not find any versions of model {name}")
-        entries = [VersionStatus(v, AVAILABLE) for v in model.predictors]
-        entries += [VersionStatus(v, END, code.name, message) for v, (code, message) in model.failures.items()]
         if version is not None:
-            entries = [e for e in entries if e.version == version]
-            if not entries:
+            if version not in entries:
                 raise not_found(f"Could not find version {version} of model {name}")
-        return sorted(entries, key=lambda e: -e.version)
+            return [entries[version]]
+        return [entries[v] for v in sorted(entries, reverse=True)]
 
     def predictors(self) -> list[Predictor]:
-        return [p for m in self._models.values() for p in m.predictors.values()]
+        with self._lock:
+            return [p for m in self._models.values() for p in m.predictors.values()]
+
+    def loaded_versions(self) -> dict[str, int]:
+        """How many versions of each model are serving (for the metrics)."""
+        with self._lock:
+            return {name: len(m.predictors) for name, m in self._models.items()}
 
     def close(self) -> None:
-        for predictor in self.predictors():
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(30)
+        with self._poll_lock, self._lock:
+            closing = [p for m in self._models.values() for p in m.predictors.values()]
+            closing += list(self._retiring.values())
+            for model in self._models.values():
+                model.predictors = {}
+            self._retiring.clear()
+        for predictor in closing:
             predictor.close()
 
 

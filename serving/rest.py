@@ -1,16 +1,22 @@
-"""The TF Serving REST v1 front: a Starlette app over a :class:`ModelRegistry`.
+"""The REST front: TF Serving REST v1 and KServe v2 (Open Inference Protocol), a Starlette app
+over a :class:`ModelRegistry`.
 
 Routing reproduces TF Serving's two regexes (case-insensitive, on the raw path), so every
 path TF Serving accepts works here and every other ``/v1/...`` path gets its
 ``Malformed request`` error. Decoding, the runtime and encoding run in a worker thread under
 ``--rest_api_timeout_in_ms``; exceptions become ``{"error": ...}`` replies in one place,
 :func:`_reply_error`, through :func:`serving.errors.wire_error`.
+
+Requests hold a lease on the version they resolved to (hot reload closes a version only after
+its last request). With a :class:`~serving.batching.Batcher`, predictions go through it; KServe
+requests carrying Triton's ``sequence_id`` stream through the :class:`~serving.session.SessionStore`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +30,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import rest_codec
-from serving.errors import Code, ServingError, invalid_argument, wire_error
+from serving import kserve_codec, rest_codec
+from serving.batching import Batcher
+from serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
 from serving.metrics import CONTENT_TYPE, Metrics
+from serving.predictor import Predictor
 from serving.registry import ModelRegistry
+from serving.session import SessionStore, sequence_id
+from serving.signature import DEFAULT_SIGNATURE
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 JSON = "application/json"
@@ -38,6 +48,8 @@ _GET = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
 )
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 _NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
@@ -62,22 +74,35 @@ class _Call:
 
 
 class RestFront:
-    def __init__(self, registry: ModelRegistry, options: RestOptions, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        options: RestOptions,
+        metrics: Metrics,
+        batcher: Batcher | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self.registry = registry
         self.options = options
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="rnnkit-rest")
+        self.batcher = batcher
+        self.sessions = sessions if sessions is not None else SessionStore()
+        workers = max(1, options.workers)
+        if batcher is not None:  # request threads wait for their batch: enough of them to fill batches
+            workers += min(batcher.params.max_batch_size * batcher.params.num_batch_threads, 512)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-rest")
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
         if request.method == "GET" and path == METRICS_PATH:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-        if not _V1.fullmatch(path):
+        v2 = _V2.fullmatch(path) is not None
+        if not v2 and not _V1.fullmatch(path):
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
         call = _Call()
         started = time.perf_counter()
         try:
-            response = await self._dispatch(request, path, call)
+            response = await (self._dispatch_v2 if v2 else self._dispatch)(request, path, call)
             code = Code.OK
         except Exception as error:
             response, code = self._reply_error(error)
@@ -118,19 +143,88 @@ class RestFront:
         return name if self.registry.model(name) is not None else "(unknown)"
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> Response:
-        predictor = self.registry.resolve(name, version, label)
-        runtime = {"backend": predictor.backend_name, "signatures": predictor.describe()}
-        text = rest_codec.metadata_json(predictor.name, predictor.version, predictor.signatures, runtime)
+        with self.registry.lease(name, version, label) as predictor:
+            runtime = {"backend": predictor.backend_name, "signatures": predictor.describe()}
+            text = rest_codec.metadata_json(predictor.name, predictor.version, predictor.signatures, runtime)
         return Response(text, media_type=JSON)
 
     def _post(self, name: str, version: int | None, label: str | None, verb: str, body: bytes) -> Response:
-        predictor = self.registry.resolve(name, version, label)
-        doc = rest_codec.parse_json(body)
-        if verb != "predict":
-            return _unsupported_verb(verb, doc, predictor.signatures)
-        parsed = rest_codec.decode_predict_request(doc, predictor.signatures)
-        outputs = predictor.predict(parsed.inputs, parsed.signature_name)
+        with self.registry.lease(name, version, label) as predictor:
+            doc = rest_codec.parse_json(body)
+            if verb != "predict":
+                return _unsupported_verb(verb, doc, predictor.signatures)
+            parsed = rest_codec.decode_predict_request(doc, predictor.signatures)
+            outputs = self._predict(predictor, parsed.inputs, parsed.signature_name)
         return Response(rest_codec.encode_predict_response(outputs, parsed.row_format), media_type=JSON)
+
+    def _predict(self, predictor: Predictor, inputs: Any, signature_name: str) -> Any:
+        if self.batcher is not None:
+            return self.batcher.predict(predictor, inputs, signature_name)
+        return predictor.predict(inputs, signature_name)
+
+    # ------------------------------------------------------------------------------ KServe v2
+
+    async def _dispatch_v2(self, request: Request, path: str, call: _Call) -> Response:
+        method = request.method
+        if method == "GET" and path in ("/v2", "/v2/"):
+            return Response(kserve_codec.server_metadata_json(_package_version()), media_type=JSON)
+        if method == "GET" and path == "/v2/health/live":
+            return Response('{"live": true}', media_type=JSON)
+        if method == "GET" and path == "/v2/health/ready":
+            ready = self.registry.available()
+            return Response(f'{{"ready": {str(ready).lower()}}}', status_code=200 if ready else 400, media_type=JSON)
+        match = _V2_MODEL.fullmatch(path)
+        if match is None:
+            raise not_found(f"Not found: {method} {path} is not a KServe v2 endpoint")
+        name, version_text, action = unquote(match.group(1)), match.group(2), match.group(3)
+        version = _v2_version(version_text)
+        call.model = self._metric_name(name)
+        if method == "GET" and action == "ready":
+            call.api = "ready"
+            try:
+                self.registry.resolve(name, version)
+                ready = True
+            except ServingError:
+                ready = False
+            text = json.dumps({"name": name, "ready": ready})
+            return Response(text, status_code=200 if ready else 400, media_type=JSON)
+        if method == "GET" and action is None:
+            call.api = "metadata"
+            with self.registry.lease(name, version) as predictor:
+                text = kserve_codec.model_metadata_json(
+                    name,
+                    self.registry.versions(name),
+                    kserve_codec.PLATFORMS.get(predictor.backend_name, predictor.backend_name),
+                    predictor.signature(DEFAULT_SIGNATURE),
+                )
+            return Response(text, media_type=JSON)
+        if method == "POST" and action == "infer":
+            call.api = "infer"
+            if "inference-header-content-length" in request.headers:
+                raise invalid_argument("binary tensor data (Inference-Header-Content-Length) is not supported")
+            body = await self._body(request)
+            return await self._in_worker(lambda: self._infer(name, version, body))
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def _infer(self, name: str, version: int | None, body: bytes) -> Response:
+        doc = kserve_codec.parse_body(body)
+        parameters = doc.get("parameters") if isinstance(doc, dict) else None
+        if not isinstance(parameters, dict):
+            parameters = {}
+        key = sequence_id(parameters)
+        if key is None:
+            with self.registry.lease(name, version) as predictor:
+                request = kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE))
+                outputs = self._predict(predictor, request.inputs, DEFAULT_SIGNATURE)
+        else:
+            start, end = bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end"))
+            with self.sessions.lease(self.registry, name, version, None, key, start) as predictor:
+                request = kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE))
+                outputs = self.sessions.step(predictor, key, request.inputs, start, end)
+        text = kserve_codec.encode_infer_response(
+            predictor.name, predictor.version, outputs, request.outputs, request.id
+        )
+        return Response(text, media_type=JSON)
 
     async def _body(self, request: Request) -> bytes:
         limit = self.options.max_body_bytes
@@ -165,6 +259,23 @@ class RestFront:
         self.pool.shutdown(wait=True)
 
 
+def _v2_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise invalid_argument(f"model version must be an integer; received {unquote(text)!r}")
+    return int(text)
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rnnkit")
+    except Exception:  # not installed as a distribution
+        return "unknown"
+
+
 def _int(text: str | None) -> int | None:
     return int(text) if text is not None else None
 
@@ -184,9 +295,18 @@ def _unsupported_verb(verb: str, doc: Any, signatures: Any) -> Response:
     )
 
 
-def app(registry: ModelRegistry, options: RestOptions = DEFAULT_REST, metrics: Metrics | None = None) -> Starlette:
-    """The REST app (ASGI). Run it with uvicorn, or in-process with Starlette's TestClient."""
-    front = RestFront(registry, options, metrics or Metrics())
+def app(
+    registry: ModelRegistry,
+    options: RestOptions = DEFAULT_REST,
+    metrics: Metrics | None = None,
+    batcher: Batcher | None = None,
+    sessions: SessionStore | None = None,
+) -> Starlette:
+    """The REST app (ASGI). Run it with uvicorn, or in-process with Starlette's TestClient.
+
+    `batcher`: dynamic batching (off when None); `sessions`: where KServe sequences keep their
+    state (a default :class:`SessionStore` when None)."""
+    front = RestFront(registry, options, metrics or Metrics(), batcher, sessions)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

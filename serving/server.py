@@ -14,6 +14,10 @@ As a child process (what ``rnnkit serve`` runs)::
 
 Shutdown: SIGTERM/SIGINT (or ``stop``) closes the listening sockets, lets requests in flight
 finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes the models.
+
+While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
+unload after their requests), predictions go through a :class:`~serving.batching.Batcher` when
+``batching`` is set, and KServe sequences keep their state in a :class:`~serving.session.SessionStore`.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.batching import Batcher, BatchingParameters
 from serving.metrics import Metrics
-from serving.model_config import ModelConfig, read_model_config
+from serving.model_config import ModelConfig, VersionPolicy, read_model_config
 from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.predictor import Predictor
-from serving.registry import ModelRegistry
+from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, app
+from serving.session import DEFAULT_SESSIONS, SessionOptions, SessionStore
 from serving.signature import NO_LIMITS, Limits
 
 log = logging.getLogger("rnnkit.serving")
@@ -50,6 +56,9 @@ class ServerOptions:
     grpc_workers: int = 8
     grpc_tensor_content: bool = False
     drain_seconds: float = 30.0
+    batching: BatchingParameters | None = None  # --enable_batching (None = off)
+    sessions: SessionOptions = field(default_factory=SessionOptions)
+    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
 
 
 def load_registry(
@@ -58,11 +67,14 @@ def load_registry(
     device: str = "cpu",
     limits: Limits = NO_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
+    policy: VersionPolicy = LATEST_ONE,
 ) -> ModelRegistry:
+    """Load the versions each model's policy wants (`policy` where the config names none)."""
+
     def loader(version_dir: str) -> Predictor:
         return Predictor.load(version_dir, backend, device, limits=limits, options=runtime)
 
-    return ModelRegistry.load(configs, loader)
+    return ModelRegistry.load(configs, loader, policy)
 
 
 def model_configs(
@@ -87,6 +99,11 @@ class ModelServer:
         self.registry = registry
         self.options = options
         self.metrics = Metrics()
+        self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
+        self.sessions = SessionStore(options.sessions)
+        self.metrics.live_sessions = self.sessions.live
+        self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
+        self.metrics.loaded_versions = registry.loaded_versions
         self._grpc: Any = None
         self._uvicorn: Any = None
         self._thread: threading.Thread | None = None
@@ -111,12 +128,13 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
+                self.batcher,
             )
         if self.options.rest_api_port:
             import uvicorn
 
             config = uvicorn.Config(
-                app(self.registry, self.options.rest, self.metrics),
+                app(self.registry, self.options.rest, self.metrics, self.batcher, self.sessions),
                 host=self.options.host,
                 port=self.options.rest_api_port,
                 log_level="warning",
@@ -133,6 +151,7 @@ class ModelServer:
                     self.stop()
                     raise OSError(f"the REST server did not start on {self.rest_url}")
                 time.sleep(0.01)
+        self.registry.start_polling(self.options.poll_seconds)
         log.info("serving %s (REST %s, gRPC %s)", self.registry.names, self.rest_url, self.grpc_target)
         return self
 
@@ -147,6 +166,9 @@ class ModelServer:
             self._thread.join(grace + 5)
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 5)
+        if self.batcher is not None:
+            self.batcher.close()
+        self.sessions.close()
         self.registry.close()
 
     def serve_forever(self) -> int:
@@ -197,16 +219,23 @@ def start_server(
     limits: Limits = NO_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     rest: RestOptions = DEFAULT_REST,
+    batching: BatchingParameters | None = None,
+    sessions: SessionOptions = DEFAULT_SESSIONS,
+    poll_seconds: float = 1.0,
+    policy: VersionPolicy = LATEST_ONE,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; gRPC off
     unless `port` is given, ``None`` = a free port). Call ``.stop()`` when done."""
     configs = model_configs(model_name, model_base_path, model_config_file)
-    registry = load_registry(configs, backend, device, limits, runtime)
+    registry = load_registry(configs, backend, device, limits, runtime, policy)
     options = ServerOptions(
         host=host,
         rest_api_port=free_port(host) if rest_api_port is None else rest_api_port,
         port=free_port(host) if port is None else port,
         rest=rest,
+        batching=batching,
+        sessions=sessions,
+        poll_seconds=poll_seconds,
     )
     return ModelServer(registry, options).start()
 

@@ -82,6 +82,16 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class StatePair:
+    """One recurrent state of a step graph: fed as `input`, returned as `output` for the next chunk."""
+
+    input: str
+    output: str
+    units: int
+    layer: str = ""
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parts of ``rnnkit.json`` the server uses."""
 
@@ -91,6 +101,12 @@ class Manifest:
     signatures: Mapping[str, Signature]
     streamable: bool = False
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # why the model cannot stream (from export), when it cannot
+    streaming_reason: str | None = None
+    states: tuple[StatePair, ...] = ()
+    # appending all-zero time steps leaves the answers unchanged: requests of different lengths
+    # may be batched by zero right-padding (sequence outputs sliced back)
+    zero_padding_invariant: bool = False
 
     @classmethod
     def read(cls, version_dir: str) -> Manifest:
@@ -116,11 +132,16 @@ class Manifest:
         signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs)}
         streaming = data.get("streaming") or {}
         names = data.get("signatures") or [DEFAULT_SIGNATURE]
+        states: tuple[StatePair, ...] = ()
         if streaming.get("streamable") and STEP_SIGNATURE in names:
-            states = streaming.get("states") or []
-            state_in = tuple(TensorSpec(s["input"], "float32", (None, int(s["units"]))) for s in states)
-            state_out = tuple(TensorSpec(s["output"], "float32", (None, int(s["units"]))) for s in states)
+            states = tuple(
+                StatePair(str(s["input"]), str(s["output"]), int(s["units"]), str(s.get("layer", "")))
+                for s in streaming.get("states") or []
+            )
+            state_in = tuple(TensorSpec(s.input, "float32", (None, s.units)) for s in states)
+            state_out = tuple(TensorSpec(s.output, "float32", (None, s.units)) for s in states)
             signatures[STEP_SIGNATURE] = Signature(STEP_SIGNATURE, inputs + state_in, outputs + state_out)
+        reason = streaming.get("reason")
         return cls(
             str(data["model_name"]),
             int(data["version"]),
@@ -128,6 +149,9 @@ class Manifest:
             signatures,
             bool(streaming.get("streamable")),
             data,
+            None if reason is None else str(reason),
+            states,
+            bool(data.get("zero_padding_invariant", False)),
         )
 
 

@@ -5,7 +5,12 @@ weights are zero (so its output is exactly 0) concatenated with the input frame,
 layer that reads 0.5 * x + 2 off the frame. Expected outputs are written down by hand.
 """
 
+import atexit
+import functools
 import logging
+import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -60,3 +65,47 @@ def build_repository(base: str) -> dict:
     export_model(models["half_v2"], base, "half")
     export_model(models["pair"], base, "pair")
     return models
+
+
+# ------------------------------------------------------------------ Serving II (shared, built once)
+
+STREAMING_KINDS = ("LSTM", "GRU", "SimpleRNN")
+
+
+def streaming_model(kind: str, masked: bool = True, units: int = 8) -> keras.Model:
+    """Masking(0) -> `kind` (sequences) -> Dense `y` per step, and a second `kind` whose final
+    state is `last`: one sequence output and one final output, zero-padding invariant when masked."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((None, 3), name="x")
+    h = keras.layers.Masking(0.0)(inp) if masked else inp
+    seq = getattr(rk, kind)(units, return_sequences=True, name="rec")(h)
+    last = getattr(rk, kind)(4, name="rec2")(seq)
+    return keras.Model(inp, {"y": keras.layers.Dense(2, name="y")(seq), "last": last})
+
+
+@functools.cache
+def shared_repository() -> str:
+    """One repository for the Serving II tests, exported once per test process:
+    lstm/gru/simplernn (masked, streamable, zero-padding invariant), plain (unmasked LSTM: not
+    invariant), pair (bidirectional: cannot stream), and staged half versions 1 (0.5x+2) and
+    2 (0.5x+3) under `staging/` for hot-reload tests to publish."""
+    base = tempfile.mkdtemp(prefix="rnnkit-serving2-")
+    atexit.register(shutil.rmtree, base, True)
+    for kind in STREAMING_KINDS:
+        export_model(streaming_model(kind), base, kind.lower())
+    export_model(streaming_model("LSTM", masked=False), base, "plain")
+    export_model(two_input_model(), base, "pair")
+    staging = os.path.join(base, "staging")
+    export_model(half_plus_two(2.0), staging, "half", version=1)
+    export_model(half_plus_two(3.0), staging, "half", version=2)
+    return base
+
+
+def publish(staged_version_dir: str, model_dir: str, version: int) -> str:
+    """Copy a staged version into `model_dir` the way export publishes: a hidden temp dir renamed into place."""
+    os.makedirs(model_dir, exist_ok=True)
+    hidden = os.path.join(model_dir, f".rnnkit-tmp-{version}-test")
+    shutil.copytree(staged_version_dir, hidden)
+    final = os.path.join(model_dir, str(version))
+    os.rename(hidden, final)
+    return final

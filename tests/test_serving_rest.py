@@ -12,7 +12,7 @@ import serving_repo
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import FakeBackend, Limits, Predictor, RestOptions, Signature, TensorSpec, app
-from serving.model_config import ModelConfig
+from serving.model_config import ModelConfig, VersionPolicy
 from serving.registry import ModelRegistry
 from serving.server import load_registry
 
@@ -35,7 +35,7 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(repo):
     configs = [
-        ModelConfig("half", os.path.join(repo, "half"), {"stable": 1, "canary": 2}),
+        ModelConfig("half", os.path.join(repo, "half"), {"stable": 1, "canary": 2}, VersionPolicy("all")),
         ModelConfig("pair", os.path.join(repo, "pair")),
     ]
     registry = load_registry(configs, limits=Limits(max_batch_size=8, max_sequence_length=50))
@@ -228,7 +228,7 @@ def test_raw_body_errors(client):
 
 
 def test_non_v1_paths_get_html_404(client):
-    reply = client.get("/v2/health/ready")
+    reply = client.get("/v3/health/ready")  # /v2 is KServe (tests/test_serving_kserve.py)
     assert reply.status_code == 404 and reply.headers["content-type"].startswith("text/html")
 
 

@@ -34,7 +34,8 @@ def repo(tmp_path_factory):
     with open(config, "w") as handle:
         handle.write(
             "model_config_list {\n"
-            f'  config {{ name: "half" base_path: "{base}/half" version_labels {{ key: "stable" value: 1 }} }}\n'
+            f'  config {{ name: "half" base_path: "{base}/half" version_labels {{ key: "stable" value: 1 }}\n'
+            "           model_version_policy { all {} } }\n"
             f'  config {{ name: "pair" base_path: "{base}/pair" }}\n'
             "}\n"
         )

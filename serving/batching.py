@@ -1,0 +1,344 @@
+"""Dynamic batching that stays exact for variable-length sequences.
+
+Concurrent requests for the same model version and signature are merged into one runtime call
+of up to ``max_batch_size`` rows, waiting at most ``batch_timeout_micros`` for an underfull
+batch, on ``num_batch_threads`` threads (TF Serving's ``BatchingParameters``, read from the same
+text file as ``--batching_parameters_file``).
+
+Exactness, the part TF Serving gets wrong for RNNs (it pads with the tensor's first element,
+tensorflow/serving#1279): requests are only merged when the answer cannot change.
+
+- When export found the model *zero-padding invariant* (``rnnkit.json``: appending all-zero
+  steps leaves the answers unchanged, i.e. the model masks zero padding), requests of different
+  lengths are grouped by length bucket (powers of two, or ``bucket_width`` steps), right-padded
+  with zeros to the longest in the batch, and sequence outputs are sliced back to each
+  request's own length.
+- Otherwise only requests whose shapes are identical are merged.
+
+Rows are independent in every recurrent model, so each batched answer equals the unbatched
+answer for that request. A queue holding ``max_enqueued_batches`` full batches refuses more
+work with TF Serving's UNAVAILABLE (HTTP 503); a request larger than ``max_batch_size`` is
+INVALID_ARGUMENT with TF Serving's text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import Code, ServingError, invalid_argument
+from serving.metrics import Metrics
+from serving.model_config import Message, ModelConfigError, parse_text_format
+from serving.predictor import Predictor
+from serving.signature import DEFAULT_SIGNATURE, Signature
+
+log = logging.getLogger("rnnkit.serving")
+
+# Fields of TF Serving's BatchingParameters this server reads; the others are accepted and ignored.
+BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
+IGNORED_FIELDS = (
+    "thread_pool_name",
+    "pad_variable_length_inputs",
+    "enable_large_batch_splitting",
+    "max_execution_batch_size",
+)
+THREAD_POOL_NAME = "model_server_batch_threads"
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's ``BatchingParameters``; defaults are its ``BasicBatchScheduler`` defaults."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_enqueued_batches: int = 10
+    allowed_batch_sizes: tuple[int, ...] = ()
+    # rnnkit: length buckets for zero-padding-invariant models (0 = powers of two)
+    bucket_width: int = 0
+
+    def __post_init__(self) -> None:
+        for name in BATCHING_FIELDS:
+            if int(getattr(self, name)) < (0 if name == "batch_timeout_micros" else 1):
+                raise ValueError(f"batching parameter `{name}` must be positive; received {getattr(self, name)}")
+        if self.bucket_width < 0:
+            raise ValueError(f"`bucket_width` must be >= 0 (0 = powers of two); received {self.bucket_width}")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError(f"allowed_batch_sizes must be increasing positive integers; received {list(sizes)}")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
+                    f"{sizes[-1]}; expected {self.max_batch_size}"
+                )
+
+
+def _scalar(fields: Message, name: str, source: str) -> int | None:
+    values = fields.get(name, [])
+    if not values:
+        return None
+    value = values[-1]
+    if isinstance(value, dict):  # the Int64Value wrapper: `max_batch_size { value: 64 }`
+        inner = value.get("value", [])
+        value = inner[-1] if inner else 0
+    if not isinstance(value, int):
+        raise ModelConfigError(f"{source}: `{name}` must be an integer (`{name} {{ value: N }}`); received {value!r}")
+    return value
+
+
+def parse_batching_parameters(
+    text: str, source: str = "<batching parameters>", bucket_width: int = 0
+) -> BatchingParameters:
+    """TF Serving's ``--batching_parameters_file`` text format -> :class:`BatchingParameters`."""
+    fields = parse_text_format(text, source)
+    unknown = sorted(set(fields) - set(BATCHING_FIELDS) - set(IGNORED_FIELDS) - {"allowed_batch_sizes"})
+    if unknown:
+        raise ModelConfigError(
+            f"{source}: unknown batching parameters {unknown}; expected {list(BATCHING_FIELDS)} "
+            f"(+ allowed_batch_sizes; ignored: {list(IGNORED_FIELDS)})"
+        )
+    given = {name: _scalar(fields, name, source) for name in BATCHING_FIELDS}
+    sizes = fields.get("allowed_batch_sizes", [])
+    if not all(isinstance(s, int) for s in sizes):
+        raise ModelConfigError(f"{source}: allowed_batch_sizes must be integers; received {sizes!r}")
+    try:
+        return BatchingParameters(
+            **{k: v for k, v in given.items() if v is not None},
+            allowed_batch_sizes=tuple(int(str(s)) for s in sizes),
+            bucket_width=bucket_width,
+        )
+    except ValueError as error:
+        raise ModelConfigError(f"{source}: {error}") from None
+
+
+def read_batching_parameters(path: str | None, bucket_width: int = 0) -> BatchingParameters:
+    if not path:
+        return BatchingParameters(bucket_width=bucket_width)
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ModelConfigError(f"cannot read batching parameters file {path!r}: {error}") from error
+    return parse_batching_parameters(text, path, bucket_width)
+
+
+# ------------------------------------------------------------------------------- the batcher
+
+
+def _timed(signature: Signature) -> set[str]:
+    """Inputs with a dynamic time axis (axis 1)."""
+    return {s.name for s in signature.inputs if s.rank >= 2 and s.shape[1] is None}
+
+
+def _sequence_outputs(signature: Signature) -> set[str]:
+    return {s.name for s in signature.outputs if s.rank >= 2 and s.shape[1] is None}
+
+
+@dataclass
+class _Task:
+    predictor: Predictor
+    signature_name: str
+    arrays: dict[str, np.ndarray]
+    rows: int
+    steps: int | None  # the request's length when it may be zero-padded, else None
+    future: Future[dict[str, np.ndarray]]
+    enqueued: float
+
+
+@dataclass
+class _Group:
+    """Tasks that may share a batch: same version, signature and shape (or length bucket)."""
+
+    lane: tuple[int, str]
+    tasks: deque[_Task] = field(default_factory=deque)
+    rows: int = 0
+
+
+class Batcher:
+    """Merges concurrent requests; ``predict`` blocks its caller until the batch ran."""
+
+    def __init__(self, params: BatchingParameters = BatchingParameters(), metrics: Metrics | None = None) -> None:
+        self.params = params
+        self.metrics = metrics
+        self._cond = threading.Condition()
+        self._groups: dict[tuple[Any, ...], _Group] = {}
+        self._lane_rows: dict[tuple[int, str], int] = {}
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"rnnkit-batch-{i}", daemon=True)
+            for i in range(params.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def predict(
+        self, predictor: Predictor, inputs: Mapping[str, Any], signature_name: str = DEFAULT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        """Validate, queue, wait for the batch; this request's outputs (as ``Predictor.predict``)."""
+        signature_name = signature_name or DEFAULT_SIGNATURE
+        arrays = predictor.validate(inputs, signature_name)
+        return self.submit(predictor, arrays, signature_name).result()
+
+    def submit(
+        self, predictor: Predictor, arrays: dict[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE
+    ) -> Future[dict[str, np.ndarray]]:
+        """Queue validated `arrays`; a future of this request's outputs."""
+        rows = int(next(iter(arrays.values())).shape[0]) if arrays else 1
+        limit = self.params.max_batch_size
+        if rows > limit:
+            raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {limit}")
+        signature = predictor.signature(signature_name)
+        timed = _timed(signature)
+        lengths = {int(arrays[name].shape[1]) for name in timed}
+        steps: int | None = None
+        if predictor.zero_padding_invariant and signature_name == DEFAULT_SIGNATURE and len(lengths) == 1:
+            steps = lengths.pop()
+        shapes = tuple(
+            (name, a.dtype.str, a.shape[2:] if steps is not None and name in timed else a.shape[1:])
+            for name, a in sorted(arrays.items())
+        )
+        lane = (id(predictor), signature_name)
+        key = (*lane, shapes, None if steps is None else self._bucket(steps))
+        task = _Task(predictor, signature_name, arrays, rows, steps, Future(), time.perf_counter())
+        with self._cond:
+            if self._closing:
+                raise ServingError(Code.UNAVAILABLE, "the server is shutting down; the batch queue is closed")
+            capacity = self.params.max_enqueued_batches * limit
+            queued = self._lane_rows.get(lane, 0)
+            if queued + rows > capacity:
+                raise ServingError(
+                    Code.UNAVAILABLE,
+                    "The batch scheduling queue to which this task was submitted is full; "
+                    f"{queued} rows wait for model '{predictor.name}' version {predictor.version} "
+                    f"(max_enqueued_batches={self.params.max_enqueued_batches} x max_batch_size={limit}); retry later",
+                )
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(lane)
+            group.tasks.append(task)
+            group.rows += rows
+            self._lane_rows[lane] = queued + rows
+            self._cond.notify()
+        return task.future
+
+    def _bucket(self, steps: int) -> int:
+        width = self.params.bucket_width
+        return (steps - 1) // width if width > 0 else (steps - 1).bit_length()
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._run(batch)
+
+    def _next_batch(self) -> list[_Task] | None:
+        timeout = self.params.batch_timeout_micros / 1e6
+        limit = self.params.max_batch_size
+        with self._cond:
+            while True:
+                now = time.perf_counter()
+                best: tuple[float, tuple[Any, ...]] | None = None
+                wake = float("inf")
+                for key, group in self._groups.items():
+                    oldest = group.tasks[0].enqueued
+                    if group.rows >= limit or now >= oldest + timeout or self._closing:
+                        if best is None or oldest < best[0]:
+                            best = (oldest, key)
+                    else:
+                        wake = min(wake, oldest + timeout)
+                if best is not None:
+                    return self._take(best[1])
+                if self._closing:
+                    return None
+                self._cond.wait(None if wake == float("inf") else max(wake - now, 0.0))
+
+    def _take(self, key: tuple[Any, ...]) -> list[_Task]:
+        group = self._groups[key]
+        batch: list[_Task] = []
+        rows = 0
+        while group.tasks and rows + group.tasks[0].rows <= self.params.max_batch_size:
+            task = group.tasks.popleft()
+            batch.append(task)
+            rows += task.rows
+        group.rows -= rows
+        self._lane_rows[group.lane] -= rows
+        if not group.tasks:
+            del self._groups[key]
+        if not self._lane_rows[group.lane]:
+            del self._lane_rows[group.lane]
+        return batch
+
+    def _run(self, batch: Sequence[_Task]) -> None:
+        started = time.perf_counter()
+        first = batch[0]
+        predictor, signature_name = first.predictor, first.signature_name
+        try:
+            if len(batch) == 1 and not self.params.allowed_batch_sizes:
+                results = [predictor.run(first.arrays, signature_name)]
+            else:
+                results = self._run_merged(batch)
+        except BaseException as error:  # every request of the batch gets the runtime's error
+            for task in batch:
+                task.future.set_exception(error)
+            return
+        for task, result in zip(batch, results):
+            task.future.set_result(result)
+        if self.metrics is not None:
+            rows = sum(t.rows for t in batch)
+            waits = [(started - t.enqueued) * 1e6 for t in batch]
+            self.metrics.record_batch(predictor.name, signature_name, rows, waits, THREAD_POOL_NAME)
+
+    def _run_merged(self, batch: Sequence[_Task]) -> list[dict[str, np.ndarray]]:
+        first = batch[0]
+        predictor, signature_name = first.predictor, first.signature_name
+        signature = predictor.signature(signature_name)
+        timed = _timed(signature)
+        padded = max(t.steps for t in batch) if first.steps is not None else None  # type: ignore[type-var]
+        rows = sum(t.rows for t in batch)
+        target = next((s for s in self.params.allowed_batch_sizes if s >= rows), rows)
+        merged: dict[str, np.ndarray] = {}
+        for name, sample in first.arrays.items():
+            parts = []
+            for task in batch:
+                array = task.arrays[name]
+                if padded is not None and name in timed and array.shape[1] < padded:
+                    width = [(0, 0), (0, padded - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+                    array = np.pad(array, width)
+                parts.append(array)
+            if target > rows:  # allowed_batch_sizes: fill with zero rows, dropped below
+                shape = (target - rows, *parts[0].shape[1:])
+                parts.append(np.zeros(shape, sample.dtype))
+            merged[name] = np.concatenate(parts, axis=0)
+        outputs = predictor.run(merged, signature_name)
+        sequences = _sequence_outputs(signature)
+        results: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for task in batch:
+            own: dict[str, np.ndarray] = {}
+            for name, value in outputs.items():
+                part = value[offset : offset + task.rows]
+                if padded is not None and name in sequences and part.shape[1] == padded and task.steps != padded:
+                    part = part[:, : task.steps]
+                own[name] = part
+            results.append(own)
+            offset += task.rows
+        return results
+
+    def close(self) -> None:
+        """Run what is queued, then stop the batch threads."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(30)

@@ -1,0 +1,246 @@
+"""KServe v2 / Open Inference Protocol REST JSON <-> arrays, as pure functions (no sockets).
+
+Request: ``{"id", "parameters", "inputs": [{"name", "shape", "datatype", "data"}], "outputs": [{"name"}]}``
+with row-major ``data`` (flat or nested); response: ``{"model_name", "model_version", "id",
+"parameters", "outputs": [{"name", "shape", "datatype", "data"}]}``; errors ``{"error": "..."}``
+(rendered by the front through :func:`serving.errors.wire_error`). Triton's sequence parameters
+(``sequence_id``, ``sequence_start``, ``sequence_end``) travel in the request ``parameters``.
+The binary tensor extension is not supported and is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import invalid_argument
+from serving.signature import Signature, TensorSpec, numpy_dtype
+
+# rnnkit.json dtype -> KServe v2 datatype
+DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "str": "BYTES",
+}
+KNOWN_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+    "BF16",
+)
+PLATFORMS = {"onnx": "onnxruntime_onnx", "tf": "tensorflow_savedmodel"}
+SERVER_EXTENSIONS = ("sequence",)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None  # None: every output
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _datatype(spec: TensorSpec) -> str:
+    return DATATYPES[spec.dtype]
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": _datatype(spec), "shape": [-1 if d is None else d for d in spec.shape]}
+
+
+def parse_body(body: bytes) -> Any:
+    if not body.strip():
+        raise invalid_argument("failed to parse the request JSON buffer: the document is empty")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
+
+
+def _flatten(data: Any, name: str) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [data]
+    while stack:  # iterative, row-major
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+def _check_values(values: list[Any], datatype: str, name: str) -> None:
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in values):
+            raise invalid_argument(f"input '{name}': datatype BYTES expects JSON strings")
+    elif datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            raise invalid_argument(f"input '{name}': datatype BOOL expects JSON true/false")
+    elif datatype.startswith(("INT", "UINT")):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON integers")
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
+
+
+def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
+    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape."""
+    if not isinstance(item, Mapping):
+        raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
+    name = spec.name
+    for key in ("shape", "datatype", "data"):
+        if key not in item:
+            if (
+                key == "data"
+                and isinstance(item.get("parameters"), Mapping)
+                and "binary_data_size" in item["parameters"]
+            ):
+                raise invalid_argument(f"input '{name}': binary tensor data is not supported; send JSON 'data'")
+            raise invalid_argument(f"input '{name}' is missing '{key}'")
+    shape, datatype = item["shape"], item["datatype"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise invalid_argument(f"input '{name}': 'shape' must be a list of non-negative integers; received {shape!r}")
+    if datatype not in KNOWN_DATATYPES:
+        raise invalid_argument(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {list(KNOWN_DATATYPES)}"
+        )
+    expected = _datatype(spec)
+    if datatype != expected:
+        raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
+    values = _flatten(item["data"], name)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
+    _check_values(values, datatype, name)
+    array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    return array.reshape(shape)
+
+
+def decode_infer_request(doc: Any, signature: Signature) -> InferRequest:
+    """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters."""
+    if not isinstance(doc, Mapping):
+        raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
+    items = doc.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise invalid_argument("the inference request needs a non-empty 'inputs' list")
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, Mapping):
+        raise invalid_argument("'parameters' must be a JSON object")
+    specs = {s.name: s for s in signature.inputs}
+    inputs: dict[str, np.ndarray] = {}
+    for item in items:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str):
+            raise invalid_argument("each entry of 'inputs' needs a string 'name'")
+        if name not in specs:
+            raise invalid_argument(f"unexpected inference input '{name}'; the model takes {signature.input_names}")
+        if name in inputs:
+            raise invalid_argument(f"input '{name}' is given twice")
+        inputs[name] = decode_tensor(item, specs[name])
+    missing = [n for n in signature.input_names if n not in inputs]
+    if missing:
+        raise invalid_argument(f"expected {len(specs)} inputs {signature.input_names}; missing {missing}")
+    wanted: list[str] | None = None
+    if "outputs" in doc:
+        requested = doc["outputs"]
+        if not isinstance(requested, list):
+            raise invalid_argument("'outputs' must be a list of {\"name\": ...} objects")
+        wanted = []
+        for entry in requested:
+            out = entry.get("name") if isinstance(entry, Mapping) else None
+            if not isinstance(out, str):
+                raise invalid_argument("each entry of 'outputs' needs a string 'name'")
+            if out not in signature.output_names:
+                raise invalid_argument(
+                    f"unexpected inference output '{out}'; the model returns {signature.output_names}"
+                )
+            if isinstance(entry.get("parameters"), Mapping) and entry["parameters"].get("binary_data"):
+                raise invalid_argument(f"output '{out}': binary tensor data is not supported")
+            wanted.append(out)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid_argument(f"'id' must be a string; received {request_id!r}")
+    return InferRequest(request_id, dict(parameters), inputs, wanted)
+
+
+def _datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    name = array.dtype.name
+    if name not in DATATYPES:
+        raise invalid_argument(f"output dtype {name} has no KServe v2 datatype")
+    return DATATYPES[name]
+
+
+def _data(array: np.ndarray) -> list[Any]:
+    flat = array.reshape(-1)
+    if flat.dtype.kind in "OUS":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return list(flat.tolist())
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    wanted: Sequence[str] | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
+    names = list(outputs) if wanted is None else list(wanted)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    doc["outputs"] = [
+        {
+            "name": name,
+            "datatype": _datatype_of(outputs[name]),
+            "shape": list(outputs[name].shape),
+            "data": _data(outputs[name]),
+        }
+        for name in names
+    ]
+    return json.dumps(doc)
+
+
+def model_metadata_json(name: str, versions: Sequence[int], platform: str, signature: Signature) -> str:
+    return json.dumps(
+        {
+            "name": name,
+            "versions": [str(v) for v in versions],
+            "platform": platform,
+            "inputs": [tensor_metadata(s) for s in signature.inputs],
+            "outputs": [tensor_metadata(s) for s in signature.outputs],
+        }
+    )
+
+
+def server_metadata_json(version: str) -> str:
+    return json.dumps({"name": "rnnkit", "version": version, "extensions": list(SERVER_EXTENSIONS)})
