@@ -189,7 +189,21 @@ def wire_latency(model_dir: str, n: int) -> None:
         p50, p99 = percentiles(
             timed(lambda: client.post("/v1/models/small:predict", content=content, headers=headers), n)
         )
-        print(f"REST :predict  (concurrency 1)           p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+        print(f"REST :predict  (concurrency 1, httpx)    p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+        # The same request from the standard library's keep-alive client: httpx itself costs ~0.3 ms.
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", rest, timeout=30)
+
+        def lean_post() -> int:
+            connection.request("POST", "/v1/models/small:predict", content, headers)
+            response = connection.getresponse()
+            response.read()
+            return response.status
+
+        p50l, p99l = percentiles(timed(lean_post, n))
+        print(f"REST :predict  (concurrency 1, http.client) p50 {p50l:.3f} ms  p99 {p99l:.3f} ms")
+        connection.close()
         channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()
