@@ -47,10 +47,26 @@ _TO_WIRE: dict[str, tuple[int, str]] = {
 
 @functools.lru_cache(maxsize=1)
 def protos() -> SimpleNamespace:
-    """The generated message modules (imports TensorFlow's proto package on first call)."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-    from tensorflow.core.protobuf import meta_graph_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+    """The generated message modules (loaded on first call, without starting TensorFlow)."""
+    from serving.tfs_protos import import_proto_modules
+
+    (
+        tensor_pb2,
+        tensor_shape_pb2,
+        types_pb2,
+        meta_graph_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        predict_pb2,
+    ) = import_proto_modules(
+        "tensorflow.core.framework.tensor_pb2",
+        "tensorflow.core.framework.tensor_shape_pb2",
+        "tensorflow.core.framework.types_pb2",
+        "tensorflow.core.protobuf.meta_graph_pb2",
+        "tensorflow_serving.apis.get_model_metadata_pb2",
+        "tensorflow_serving.apis.get_model_status_pb2",
+        "tensorflow_serving.apis.predict_pb2",
+    )
 
     return SimpleNamespace(
         tensor=tensor_pb2,

@@ -2,8 +2,8 @@
 (GetModelStatus), on grpcio with the servicer classes of ``tensorflow-serving-api``, so the
 official client works unchanged.
 
-Those generated modules import TensorFlow, so everything here is imported inside
-:func:`start_grpc_server`: a server started with ``--port 0`` never loads TensorFlow.
+Those generated modules import TensorFlow's proto modules; ``serving.tfs_protos`` loads them
+without starting TensorFlow itself, inside :func:`start_grpc_server`.
 Exceptions become gRPC statuses in one place (:func:`_call`) via ``wire_error``, with the
 same codes and texts as the REST front.
 """
@@ -50,13 +50,19 @@ def start_grpc_server(
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server``."""
     import grpc
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
     from serving import grpc_codec
+    from serving.tfs_protos import import_proto_modules
+
+    model_service_pb2_grpc, prediction_service_pb2_grpc = import_proto_modules(
+        "tensorflow_serving.apis.model_service_pb2_grpc", "tensorflow_serving.apis.prediction_service_pb2_grpc"
+    )
+    prediction_servicer: Any = prediction_service_pb2_grpc.PredictionServiceServicer
+    model_servicer: Any = model_service_pb2_grpc.ModelServiceServicer
 
     grpc_codec.protos()  # load the messages now, not on the first request
 
-    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    class PredictionService(prediction_servicer):
         def Predict(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 spec = grpc_codec.model_spec(request.model_spec)
@@ -86,7 +92,7 @@ def start_grpc_server(
 
             return _call(context, metrics, registry, request.model_spec.name, "GetModelMetadata", job)
 
-    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    class ModelService(model_servicer):
         def GetModelStatus(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 if not request.HasField("model_spec"):

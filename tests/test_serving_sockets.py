@@ -3,6 +3,10 @@ a child process, the official tensorflow_serving gRPC client, raw HTTP, metrics,
 draining requests in flight."""
 
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -24,6 +28,7 @@ from tensorflow_serving.apis import (
 from serving import spawn_server, start_server
 
 pytestmark = pytest.mark.slow  # child processes and real sockets
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +240,40 @@ def test_sigterm_drains_requests_in_flight(repo):
     assert not errors, errors
     assert results == [(200, [3.5])] * 3
     assert exit_code == 0
+
+
+def test_grpc_front_serves_the_official_protos_without_starting_tensorflow(repo):
+    """The gRPC front loads TF Serving's proto modules through serving.tfs_protos: the server
+    process answers a Predict over a real socket and never imports tensorflow.python."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import grpc
+        import serving
+        from serving.tfs_protos import import_proto_modules
+
+        server = serving.start_server(sys.argv[1] + "/half", "half", port=None, rest_api_port=0)
+        predict_pb2, stubs = import_proto_modules(
+            "tensorflow_serving.apis.predict_pb2", "tensorflow_serving.apis.prediction_service_pb2_grpc"
+        )
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half"
+        tensor = request.inputs["x"]
+        tensor.dtype = 1  # DT_FLOAT
+        for size in (1, 2, 1):
+            tensor.tensor_shape.dim.add().size = size
+        tensor.float_val.extend([4.0, 6.0])
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            reply = stubs.PredictionServiceStub(channel).Predict(request, timeout=30)
+        server.stop()
+        print(list(reply.outputs["y"].float_val))
+        print(sorted({m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.python", "keras"))}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, repo[0]], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer, loaded = proc.stdout.strip().splitlines()[-2:]
+    assert answer == "[5.0, 6.0]"  # version 2 of half: 0.5 * x + 3 for x = 4, 6
+    assert loaded == "[]"
