@@ -101,7 +101,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--batching_bucket_width",
         type=int,
         default=0,
-        help="length buckets for batching padded sequences: 0 = powers of two (default), N = N steps wide",
+        help="length buckets for batching padded sequences: 0 = quarter-octaves (default), N = N steps wide",
     )
     own.add_argument(
         "--session_idle_seconds",
