@@ -86,6 +86,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=0,
         help="run requests with bodies up to this size on the event loop, skipping the worker thread (default 0)",
     )
+    own.add_argument(
+        "--rest_inline_predict_us",
+        type=float,
+        default=500.0,
+        help="when no other request is being handled, run a small :predict on the event loop if the model's "
+        "recent requests took under this many CPU microseconds (default 500; 0 = never)",
+    )
     own.add_argument("--grpc_workers", type=_positive, default=8, help="threads running gRPC requests (default 8)")
     own.add_argument(
         "--grpc_tensor_content", action="store_true", help="reply with tensor_content instead of typed *_val fields"
@@ -166,7 +173,11 @@ def run(args: argparse.Namespace) -> int:
         rest_api_port=args.rest_api_port,
         port=args.port,
         rest=RestOptions(
-            args.rest_api_timeout_in_ms, args.max_request_bytes, args.rest_workers, args.rest_inline_bytes
+            args.rest_api_timeout_in_ms,
+            args.max_request_bytes,
+            args.rest_workers,
+            args.rest_inline_bytes,
+            args.rest_inline_predict_us,
         ),
         grpc_workers=args.grpc_workers,
         grpc_tensor_content=args.grpc_tensor_content,

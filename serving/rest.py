@@ -52,6 +52,8 @@ _V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 _NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+AUTO_INLINE_MAX_BYTES = 16 << 10  # larger bodies always go to a worker thread
+RECENT_WEIGHT = 0.2  # weight of the newest :predict duration in a model's running estimate
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,11 @@ class RestOptions:
     timeout_ms: int = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
     max_body_bytes: int = 16 << 20  # --max_request_bytes
     workers: int = 4  # threads running decode + runtime + encode
-    inline_body_bytes: int = 0  # bodies up to this size run on the event loop (no thread hop); 0 = never
+    inline_body_bytes: int = 0  # bodies up to this size always run on the event loop (no thread hop); 0 = never
+    # A :predict that arrives while no other request is being handled also runs on the event loop when its
+    # model's recent requests took less than this much CPU (and the body is small, batching off): at low load the
+    # thread hop (~0.15 ms) costs more than it buys; under load requests still spread over the workers. 0 = never.
+    inline_predict_us: float = 500.0
 
 
 DEFAULT_REST = RestOptions()
@@ -91,6 +97,8 @@ class RestFront:
         if batcher is not None:  # request threads wait for their batch: enough of them to fill batches
             workers += min(batcher.params.max_batch_size * batcher.params.num_batch_threads, 512)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-rest")
+        self.recent_predict_us: dict[str, float] = {}  # model name -> running estimate of :predict time
+        self.active = 0  # requests being handled now (changed on the event loop only)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
@@ -101,11 +109,14 @@ class RestFront:
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
         call = _Call()
         started = time.perf_counter()
+        self.active += 1
         try:
             response = await (self._dispatch_v2 if v2 else self._dispatch)(request, path, call)
             code = Code.OK
         except Exception as error:
             response, code = self._reply_error(error)
+        finally:
+            self.active -= 1
         if call.model:
             self.metrics.record(call.model, call.api, "REST", code, (time.perf_counter() - started) * 1e6)
         return response
@@ -124,9 +135,14 @@ class RestFront:
                 raise invalid_argument(f"Malformed request: {method} {path}")
             call.model, call.api = self._metric_name(unquote(name)), verb
             body = await self._body(request)
-            if len(body) <= self.options.inline_body_bytes:
-                return self._post(unquote(name), _int(version), _label(label), verb, body)
-            return await self._in_worker(lambda: self._post(unquote(name), _int(version), _label(label), verb, body))
+            model = unquote(name)
+
+            def job() -> Response:
+                return self._timed_post(model, _int(version), _label(label), verb, body)
+
+            if self.runs_inline(model, len(body)):
+                return job()
+            return await self._in_worker(job)
         if get is not None:
             name, version, label, metadata = get.groups()
             if name is None:
@@ -147,6 +163,28 @@ class RestFront:
             runtime = {"backend": predictor.backend_name, "signatures": predictor.describe()}
             text = rest_codec.metadata_json(predictor.name, predictor.version, predictor.signatures, runtime)
         return Response(text, media_type=JSON)
+
+    def runs_inline(self, model: str, body_bytes: int) -> bool:
+        """Whether a :predict for `model` runs on the event loop instead of a worker thread."""
+        if body_bytes <= self.options.inline_body_bytes:
+            return True
+        if self.batcher is not None or self.options.inline_predict_us <= 0 or body_bytes > AUTO_INLINE_MAX_BYTES:
+            return False  # a batched request waits for its batch: it must never block the loop
+        if self.active > 1:
+            return False  # under load, requests spread over the worker threads (and cores)
+        return self.recent_predict_us.get(model, float("inf")) < self.options.inline_predict_us
+
+    def _timed_post(self, name: str, version: int | None, label: str | None, verb: str, body: bytes) -> Response:
+        # CPU time of this thread (decode, runtime with one intra-op thread, encode): unlike wall time it
+        # leaves out waiting for the GIL, so a request measured in a worker thread is not overrated.
+        started = time.thread_time()
+        try:
+            return self._post(name, version, label, verb, body)
+        finally:
+            took = (time.thread_time() - started) * 1e6
+            previous = self.recent_predict_us.get(name)
+            estimate = took if previous is None else (1 - RECENT_WEIGHT) * previous + RECENT_WEIGHT * took
+            self.recent_predict_us[name] = estimate
 
     def _post(self, name: str, version: int | None, label: str | None, verb: str, body: bytes) -> Response:
         with self.registry.lease(name, version, label) as predictor:

@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +49,22 @@ class RestPredictRequest:
 
 # ----------------------------------------------------------------------------------- parsing
 
+_fast_loads: Callable[[bytes], Any] | None
+try:  # orjson parses request bodies ~5x faster than the standard library (the `serve` extra installs it)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - optional
+    _fast_loads = None
+
 
 def parse_json(body: bytes) -> Any:
     """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS)."""
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(body)
+        except ValueError:  # NaN/Infinity tokens, huge integers, errors: the standard parser decides
+            pass
     try:
         return json.loads(body)
     except UnicodeDecodeError as error:
@@ -148,7 +159,7 @@ def _shape_of(value: Any) -> list[int]:
     return shape
 
 
-def _check(value: Any, shape: Sequence[int], level: int, exact: tuple[type, ...], check: Any) -> None:
+def _check(value: Any, shape: Sequence[int], level: int, exact: frozenset[type], check: Any) -> None:
     if level == len(shape):
         if isinstance(value, list):
             raise invalid_argument(f"JSON Value: {_dump(value)} found at incorrect level: {level + 1}")
@@ -163,6 +174,8 @@ def _check(value: Any, shape: Sequence[int], level: int, exact: tuple[type, ...]
             f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
         )
     if level == len(shape) - 1:
+        if exact.issuperset(map(type, value)):  # the common case, decided in C
+            return
         for item in value:
             if type(item) not in exact:
                 if isinstance(item, list):
@@ -200,7 +213,7 @@ def _checked_shape(value: Any, spec: TensorSpec) -> list[int]:
         )
     shape = _shape_of(value)
     exact, check = _scalar_checker(spec.dtype)
-    _check(value, shape, 0, exact, check)
+    _check(value, shape, 0, frozenset(exact), check)
     return shape
 
 

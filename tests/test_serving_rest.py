@@ -312,3 +312,38 @@ def test_prometheus_metrics_parse_with_tf_serving_names(client):
     counts = [s for s in latency.samples if s.name.endswith("_count") and s.labels["API"] == "predict"]
     assert counts and counts[0].labels == {"model_name": "half", "API": "predict", "entrypoint": "REST"}
     assert any(s.labels.get("le") == "+Inf" for s in latency.samples)
+
+
+def test_small_requests_run_inline_only_when_idle_and_fast():
+    """The event-loop fast path: chosen for small bodies of models measured fast, never under load,
+    never with batching, and turned off by inline_predict_us=0."""
+    from serving.batching import Batcher, BatchingParameters
+    from serving.metrics import Metrics
+    from serving.registry import ModelRegistry
+    from serving.rest import AUTO_INLINE_MAX_BYTES, RestFront, RestOptions
+
+    front = RestFront(ModelRegistry(), RestOptions(), Metrics())
+    assert not front.runs_inline("m", 100)  # never measured yet: a worker thread measures it first
+    front.recent_predict_us["m"] = 120.0
+    front.active = 1  # only this request
+    assert front.runs_inline("m", 100)
+    assert not front.runs_inline("m", AUTO_INLINE_MAX_BYTES + 1)
+    front.active = 3
+    assert not front.runs_inline("m", 100)
+    front.active = 1
+    front.recent_predict_us["m"] = 5000.0
+    assert not front.runs_inline("m", 100)
+    front.close()
+    off = RestFront(ModelRegistry(), RestOptions(inline_predict_us=0), Metrics())
+    off.recent_predict_us["m"], off.active = 1.0, 1
+    assert not off.runs_inline("m", 100)
+    off.close()
+    batcher = Batcher(BatchingParameters(4, 1000, 1, 10))
+    batched = RestFront(ModelRegistry(), RestOptions(), Metrics(), batcher)
+    batched.recent_predict_us["m"], batched.active = 1.0, 1
+    assert not batched.runs_inline("m", 100)
+    forced = RestFront(ModelRegistry(), RestOptions(inline_body_bytes=1 << 20), Metrics())
+    assert forced.runs_inline("m", 100)  # the explicit --rest_inline_bytes override
+    batched.close()
+    forced.close()
+    batcher.close()
