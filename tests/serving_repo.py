@@ -109,3 +109,11 @@ def publish(staged_version_dir: str, model_dir: str, version: int) -> str:
     final = os.path.join(model_dir, str(version))
     os.rename(hidden, final)
     return final
+
+
+def assert_error(reply, status, text):
+    """A REST reply is TF Serving's error envelope with `status` and `text` in its message."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    body = reply.json()
+    assert list(body) == ["error"] and text in body["error"], body

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import serving_repo
+from serving_repo import assert_error
 
 from serving import Predictor, ServingError
 from serving import kserve_codec as codec
@@ -36,13 +37,6 @@ def client():
         with TestClient(app(registry)) as c:
             yield c
     registry.close()
-
-
-def assert_error(reply, status, text):
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json")
-    body = reply.json()
-    assert list(body) == ["error"] and text in body["error"], body
 
 
 # --------------------------------------------------------------------------- health, metadata

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import serving_repo
 from prometheus_client.parser import text_string_to_metric_families
+from serving_repo import assert_error
 
 from serving import FakeBackend, Limits, Predictor, RestOptions, Signature, TensorSpec, app
 from serving.model_config import ModelConfig, VersionPolicy
@@ -42,13 +43,6 @@ def client(repo):
     with client_for(registry, RestOptions(max_body_bytes=4096)) as c:
         yield c
     registry.close()
-
-
-def assert_error(reply, status, text):
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json")
-    body = reply.json()
-    assert list(body) == ["error"] and text in body["error"], body
 
 
 # ----------------------------------------------------------------------------- predict forms
