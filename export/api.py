@@ -130,6 +130,7 @@ def export_model(
                         f"parity check failed for '{key}': max |difference| {gap:.3e} exceeds tolerance "
                         f"{tolerance:.0e}; version {version} was not published"
                     )
+            report.files = repository.inventory(staging)
             with open(os.path.join(staging, repository.MANIFEST), "w") as handle:
                 handle.write(report.dumps())
             if _before_publish is not None:

@@ -172,6 +172,18 @@ def fsync_tree(root: str) -> None:
         fsync_path(directory)
 
 
+def inventory(directory: str) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under `directory` (``rnnkit.json``'s ``files``:
+    a reader can check that a version is whole)."""
+    return {
+        os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"): os.path.getsize(
+            os.path.join(root, name)
+        )
+        for root, _, names in sorted(os.walk(directory))
+        for name in sorted(names)
+    }
+
+
 def _umasked(mode: int) -> int:
     """`mode` less the process umask (mkdtemp/mkstemp create 0700/0600; published entries should
     be readable by a server running as another user, as a plain mkdir/open would make them)."""
