@@ -68,9 +68,7 @@ def copy_repo(published, tmp_path):
     base = tmp_path / "models"
     shutil.copytree(published, base)
     # the copy's models.config must point at the copy
-    (base / "models.config").write_text(
-        (base / "models.config").read_text().replace(str(published), str(base))
-    )
+    (base / "models.config").write_text((base / "models.config").read_text().replace(str(published), str(base)))
     return base
 
 
@@ -178,7 +176,7 @@ def test_stale_staging_rule(tmp_path):
         }
         model = tmp_path / "m"
         model.mkdir()
-        for key, name in names.items():
+        for name in names.values():
             (model / name).mkdir()
             (model / name / "model.onnx").write_bytes(b"partial")
         dead_file = tmp_path / f"{repository.TMP_PREFIX}{host}-{dead_pid()}-x1y2"  # a staged config
@@ -292,7 +290,10 @@ def test_cli_errors_still_reach_stderr(published, tmp_path, capsys):
     tiny_model().save(path)
     args = ["export", str(path), "--model_base_path", str(published), "--model_name", "m", "--version", "1"]
     assert main(args) == 1
-    assert capsys.readouterr().err == f"rnnkit export: {str(published / 'm' / '1')!r} already exists; published versions are never overwritten\n"
+    assert (
+        capsys.readouterr().err
+        == f"rnnkit export: {str(published / 'm' / '1')!r} already exists; published versions are never overwritten\n"
+    )
 
 
 def test_models_config_after_failures_still_parses(published):
