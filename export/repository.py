@@ -112,14 +112,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(path: str, now: float | None = None) -> bool:
+def is_stale(path: str) -> bool:
     """Whether a ``.rnnkit-tmp-*`` entry belongs to no running export (see the module docstring)."""
     match = OWNER.match(os.path.basename(path))
     if match and match["host"] == _host_tag():
         pid = int(match["pid"])
         return pid != os.getpid() and not _pid_alive(pid)
     try:
-        age = (time.time() if now is None else now) - os.lstat(path).st_mtime
+        age = time.time() - os.lstat(path).st_mtime
     except FileNotFoundError:
         return False
     return age > STALE_AFTER_SECONDS
@@ -152,7 +152,8 @@ def remove_stale_staging(base: str) -> list[str]:
 
 def fsync_path(path: str) -> None:
     """fsync one file or directory (directories: their entries, i.e. names created or renamed)."""
-    handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY)
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    handle = os.open(path, flags)
     try:
         os.fsync(handle)
     except OSError as error:  # some filesystems cannot fsync a directory
