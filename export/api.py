@@ -64,8 +64,9 @@ def export_model(
     Writes SavedModel (signatures ``serving_default`` and, for streamable models, ``step``,
     plus the TF Serving warmup file) and/or ONNX (``model.onnx`` with fused recurrent ops,
     ``step.onnx``), checks parity Keras vs SavedModel vs ONNX Runtime (``verify``), writes
-    ``rnnkit.json``, then renames the version into place and updates ``models.config`` and the
-    Triton ``config.pbtxt`` files. On any failure nothing is published and ExportError is raised.
+    ``rnnkit.json``, stages ``models.config`` and the Triton ``config.pbtxt`` files, fsyncs, then
+    renames the version into place and replaces the configs (`repository.Publication`). On any
+    failure nothing is published (no new version, configs unchanged) and ExportError is raised.
     ``strict``: a recurrent layer that cannot be fused is an error instead of a loop fallback.
     """
     import keras
@@ -98,7 +99,7 @@ def export_model(
     )
     report.zero_padding_invariant = zero_padding_invariant(model, io)
     try:
-        with repository.staged_directory(final) as staging:
+        with repository.publication(final) as (pending, staging):
             if "savedmodel" in chosen:
                 report.signatures = write_savedmodel(model, io, plan, staging)
                 gpu_ops = gpu_only_ops(staging)
@@ -129,28 +130,17 @@ def export_model(
                         f"parity check failed for '{key}': max |difference| {gap:.3e} exceeds tolerance "
                         f"{tolerance:.0e}; version {version} was not published"
                     )
+            report.files = repository.inventory(staging)
             with open(os.path.join(staging, repository.MANIFEST), "w") as handle:
                 handle.write(report.dumps())
             if _before_publish is not None:
                 _before_publish(staging)
+            repository.stage_server_configs(pending, base, name, version, chosen, io.inputs, io.outputs, plan)
     except (ExportError, StrictExportError, repository.RepositoryError):
         raise
     except Exception as error:
         raise ExportError(f"export of {name!r} version {version} failed, nothing was published: {error}") from error
 
-    if "savedmodel" in chosen:
-        repository.write_models_config(base)
-    if "onnx" in chosen:
-        repository.write_text_atomically(
-            os.path.join(model_dir, "config.pbtxt"), repository.triton_config(name, io.inputs, io.outputs)
-        )
-        if plan.reason is None:
-            step_name = name + repository.STEP_SUFFIX
-            repository.publish_triton_step(base, name, version, os.path.join(final, "step.onnx"))
-            repository.write_text_atomically(
-                os.path.join(base, step_name, "config.pbtxt"),
-                repository.triton_step_config(step_name, io.inputs, io.outputs, plan),
-            )
     log.info("%s", report.summary())
     return report
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
 
 from export.report import DEFAULT_TOLERANCE, FORMATS
+
+LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py")
+OWN_MODULES = r"(rnnkit|export)(\.|$)"  # warnings from these modules are the command's own
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,15 +32,88 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strict", action="store_true", help="fail if a recurrent layer cannot be fused")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity tolerance (1e-5)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show TensorFlow, absl and tf2onnx log lines and warnings"
+    )
     parser.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def library_output(verbose: bool) -> Iterator[None]:
+    """Where TensorFlow's, absl's and tf2onnx's output goes while the command runs.
+
+    Default: the command prints only its own lines. Native output on file descriptor 2 (the
+    start-up and device lines of TensorFlow's C++ runtime and absl, which TF_CPP_MIN_LOG_LEVEL
+    does not cover before absl is initialised) goes to a temporary file that is discarded;
+    Python's ``sys.stderr`` keeps the real stderr; the library loggers are set to ERROR and
+    Python warnings raised outside rnnkit/export are ignored. ``verbose``: all of it passes, with
+    TensorFlow's C++ log at INFO when TensorFlow is not imported yet.
+    """
+    if verbose:
+        if "tensorflow" not in sys.modules:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        with _log_warnings_to_stderr():
+            yield
+        return
+    loggers = {name: logging.getLogger(name) for name in LIBRARY_LOGGERS}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    python_stderr = sys.stderr
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness: not on fd 2
+        on_fd2 = False
+    python_stderr.flush()
+    real_fd2 = os.dup(2)
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=OWN_MODULES)
+        for logger in loggers.values():
+            logger.setLevel(logging.ERROR)
+        os.dup2(sink.fileno(), 2)
+        if on_fd2:
+            sys.stderr = open(real_fd2, "w", buffering=1, closefd=False)
+        try:
+            with _log_warnings_to_stderr():
+                yield
+        finally:
+            sys.stderr.flush()
+            if on_fd2:
+                sys.stderr.close()
+                sys.stderr = python_stderr
+            os.dup2(real_fd2, 2)
+            os.close(real_fd2)
+            for name, logger in loggers.items():
+                logger.setLevel(levels[name])
+
+
+@contextlib.contextmanager
+def _log_warnings_to_stderr() -> Iterator[None]:
+    """Log records of WARNING and above to the current ``sys.stderr`` unless logging is set up."""
+    root = logging.getLogger()
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if handler is not None:
+            root.removeHandler(handler)
+
+
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     if not os.path.isfile(args.model) or not args.model.endswith(".keras"):
         print(f"rnnkit export: MODEL must be an existing .keras file. Received: {args.model!r}", file=sys.stderr)
         return 2
+    with library_output(args.verbose):
+        return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
     import keras
 
     import rnnkit.layers  # noqa: F401  (registers rnnkit classes for deserialization)

@@ -14,12 +14,19 @@ from typing import Any
 import numpy as np
 
 from export.model_io import ModelIO, TensorInfo
+from export.report import ExportError
 from export.savedmodel import DEFAULT_SIGNATURE, STEP_SIGNATURE
 from export.step import StreamingPlan
 from export.warmup import sample_inputs
 
 CASES = ((1, 5), (3, 11), (4, 17))
 CHUNKS = (2, 3)  # chunk lengths cycled over the sequence (the last chunk takes the rest)
+SIDES = {  # backend key -> what produced its answers (for error messages)
+    "savedmodel": "the SavedModel (serving_default)",
+    "savedmodel_step": "the SavedModel's step signature fed in chunks",
+    "onnx": "model.onnx (ONNX Runtime)",
+    "onnx_step": "step.onnx (ONNX Runtime) fed in chunks",
+}
 
 
 @dataclass
@@ -40,11 +47,17 @@ class ParityResult:
         return self.worst[1] <= self.tolerance
 
     def record(self, key: str, want: Any, got: Any) -> None:
+        """Record max |want - got| under `key` ("<backend>/<output>"); shapes are compared first."""
         got = np.asarray(got)
         want = np.asarray(want)
-        diff = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max()) if want.size else 0.0
         if want.shape != got.shape:
-            diff = float("inf")
+            backend, _, output = key.partition("/")
+            case = f" (batch {self.cases[-1][0]}, {self.cases[-1][1]} steps)" if self.cases else ""
+            raise ExportError(
+                f"parity check failed for output '{output}'{case}: Keras gives shape {tuple(want.shape)} but "
+                f"{SIDES.get(backend, backend)} gives shape {tuple(got.shape)}; the shapes must be equal"
+            )
+        diff = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max()) if want.size else 0.0
         self.max_abs_diff[key] = max(self.max_abs_diff.get(key, 0.0), diff)
 
     def to_json(self) -> dict[str, Any]:
@@ -141,6 +154,11 @@ def check_parity(
         for backend, run in runners.items():
             got = _chunked(run, io, plan, inputs) if backend.endswith("_step") else run(inputs)
             for info in io.outputs:
+                if info.name not in got:
+                    raise ExportError(
+                        f"parity check failed: {SIDES.get(backend, backend)} has no output '{info.name}' "
+                        f"(its outputs: {sorted(got)})"
+                    )
                 result.record(f"{backend}/{info.name}", want[info.name], got[info.name])
     return result
 

@@ -38,6 +38,7 @@ class ExportReport:
     # Appending all-zero steps leaves the answers unchanged (see export.parity.zero_padding_invariant):
     # a server may batch different lengths by zero right-padding and stay exact.
     zero_padding_invariant: bool = False
+    files: dict[str, int] = field(default_factory=dict)  # every other file of the version -> bytes
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, **self.__dict__}

@@ -8,17 +8,31 @@ Layout (ARCHITECTURE.md, contract 3)::
     <base>/<name>_step/config.pbtxt   Triton sequence-batched step model with implicit state
     <base>/<name>_step/<version>/step.onnx
 
-A version is written under a hidden temporary name beside its final place and renamed into
-place only when complete and verified, so a server polling <base> never sees half of it.
+Everything one export makes visible is staged first (`Publication`): each version directory
+under a hidden ``.rnnkit-tmp-*`` name beside its final place, each config file as a hidden
+temporary file beside the one it replaces. Staged files and directories are fsynced, then
+`Publication.commit` renames the versions into place and replaces the configs. A failure
+before the commit removes what was staged; a failure during it also takes back what it had
+already made visible, so a failed export never leaves a new version (or a changed config)
+behind. A server polling <base> never sees half a version.
+
+Staging names carry their owner, ``.rnnkit-tmp-<host>-<pid>-…``; an export killed with
+SIGKILL leaves its staging behind, and the next export under the same base removes it
+(`remove_stale_staging`: the owner is a process of this host that no longer exists, or, for a
+name without an owner of this host, it is older than `STALE_AFTER_SECONDS`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 from export.model_io import TensorInfo
@@ -26,6 +40,8 @@ from export.step import StreamingPlan
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TMP_PREFIX = ".rnnkit-tmp-"
+STALE_AFTER_SECONDS = 24 * 3600  # for staging names without an owner on this host
+OWNER = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-")
 MANIFEST = "rnnkit.json"
 STEP_SUFFIX = "_step"
 TRITON_MAX_BATCH = 64
@@ -70,41 +86,215 @@ def check_base_path(base_path: str) -> str:
     base = os.path.abspath(base_path)
     try:
         os.makedirs(base, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=base, prefix=TMP_PREFIX):
+        with tempfile.NamedTemporaryFile(dir=base, prefix=staging_prefix()):
             pass
     except OSError as error:
         raise RepositoryError(f"model_base_path {base!r} is not a writable directory: {error}") from error
     return base
 
 
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def staging_prefix(label: str = "") -> str:
+    """``.rnnkit-tmp-<host>-<pid>-<label>``: the owner of a staging entry is in its name."""
+    return f"{TMP_PREFIX}{_host_tag()}-{os.getpid()}-{label}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_stale(path: str) -> bool:
+    """Whether a ``.rnnkit-tmp-*`` entry belongs to no running export (see the module docstring)."""
+    match = OWNER.match(os.path.basename(path))
+    if match and match["host"] == _host_tag():
+        pid = int(match["pid"])
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_AFTER_SECONDS
+
+
+def remove_stale_staging(base: str) -> list[str]:
+    """Remove stale staging entries in `base` and in each model directory under it; return them."""
+    removed: list[str] = []
+    try:
+        directories = [base] + [
+            os.path.join(base, e) for e in sorted(os.listdir(base)) if os.path.isdir(os.path.join(base, e))
+        ]
+    except FileNotFoundError:
+        return removed
+    for directory in directories:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in sorted(os.listdir(directory)):
+                path = os.path.join(directory, entry)
+                if not entry.startswith(TMP_PREFIX) or not is_stale(path):
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                if not os.path.lexists(path):
+                    removed.append(path)
+    return removed
+
+
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (directories: their entries, i.e. names created or renamed)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    handle = os.open(path, flags)
+    try:
+        os.fsync(handle)
+    except OSError as error:  # some filesystems cannot fsync a directory
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file under `root`, then every directory bottom-up, `root` last."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                fsync_path(path)
+        fsync_path(directory)
+
+
+def inventory(directory: str) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under `directory` (``rnnkit.json``'s ``files``:
+    a reader can check that a version is whole)."""
+    return {
+        os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"): os.path.getsize(
+            os.path.join(root, name)
+        )
+        for root, _, names in sorted(os.walk(directory))
+        for name in sorted(names)
+    }
+
+
+def _umasked(mode: int) -> int:
+    """`mode` less the process umask (mkdtemp/mkstemp create 0700/0600; published entries should
+    be readable by a server running as another user, as a plain mkdir/open would make them)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _write_synced(path: str, text: str) -> None:
+    with open(path, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class Publication:
+    """Everything one export makes visible, staged hidden and made visible by `commit`.
+
+    `stage_version` gives a hidden directory to fill for a final version directory;
+    `stage_text` writes a config file's new text beside it. `commit` fsyncs what was staged,
+    renames the versions into place (the publishing step) and then replaces the configs; if any
+    of that fails it takes back what it had done (renamed versions removed, replaced configs
+    restored) and re-raises. `abort` removes everything staged.
+    """
+
+    def __init__(self) -> None:
+        self.versions: list[tuple[str, str]] = []  # (staging directory, final directory)
+        self.texts: list[tuple[str, str]] = []  # (staged file, final file)
+
+    def stage_version(self, final: str) -> str:
+        if os.path.exists(final):
+            raise RepositoryError(f"{final!r} already exists; published versions are never overwritten")
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=staging_prefix(os.path.basename(final) + "-"), dir=parent)
+        self.versions.append((staging, final))
+        os.chmod(staging, _umasked(0o777))
+        return staging
+
+    def stage_text(self, path: str, text: str) -> None:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        handle, staged = tempfile.mkstemp(prefix=staging_prefix(), dir=directory)
+        os.close(handle)
+        self.texts.append((staged, path))
+        os.chmod(staged, _umasked(0o666))
+        _write_synced(staged, text)
+
+    def commit(self) -> None:
+        for staging, _ in self.versions:
+            fsync_tree(staging)
+        published: list[str] = []
+        replaced: list[tuple[str, bytes | None]] = []
+        try:
+            for staging, final in self.versions:
+                if os.path.exists(final):
+                    raise RepositoryError(f"{final!r} already exists; published versions are never overwritten")
+                os.rename(staging, final)  # atomic on one filesystem
+                published.append(final)
+            for staged, path in self.texts:
+                try:
+                    with open(path, "rb") as old:
+                        previous: bytes | None = old.read()
+                except FileNotFoundError:
+                    previous = None
+                os.replace(staged, path)
+                replaced.append((path, previous))
+            for directory in dict.fromkeys(os.path.dirname(p) for p in published + [p for _, p in self.texts]):
+                fsync_path(directory)
+        except BaseException:
+            self._take_back(published, replaced)
+            raise
+
+    def _take_back(self, published: list[str], replaced: list[tuple[str, bytes | None]]) -> None:
+        for path, previous in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if previous is None:
+                    os.unlink(path)
+                else:
+                    handle, staged = tempfile.mkstemp(prefix=staging_prefix(), dir=os.path.dirname(path))
+                    with os.fdopen(handle, "wb") as out:
+                        out.write(previous)
+                    os.replace(staged, path)
+        for final in reversed(published):
+            hidden = os.path.join(os.path.dirname(final), staging_prefix(os.path.basename(final) + "-undo"))
+            with contextlib.suppress(OSError):
+                os.rename(final, hidden)
+                shutil.rmtree(hidden, ignore_errors=True)
+
+    def abort(self) -> None:
+        for staging, _ in self.versions:
+            shutil.rmtree(staging, ignore_errors=True)
+        for staged, _ in self.texts:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+
+
 @contextlib.contextmanager
-def staged_directory(final: str) -> Iterator[str]:
-    """Yield a temporary directory beside `final`; rename it to `final` if the block succeeds,
-    delete it if it fails. An existing `final` is never touched."""
-    if os.path.exists(final):
-        raise RepositoryError(f"{final!r} already exists; published versions are never overwritten")
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.path.basename(final)}-", dir=parent)
+def publication(final: str) -> Iterator[tuple[Publication, str]]:
+    """Stage version directory `final` (yielded with the publication) and commit on success;
+    on any failure nothing staged stays behind. Stale staging under the repository (two levels
+    above `final`) is removed first. An existing `final` is never touched."""
+    remove_stale_staging(os.path.dirname(os.path.dirname(final)))
+    pending = Publication()
     try:
-        yield staging
-        os.rename(staging, final)  # atomic on one filesystem; fails if final appeared meanwhile
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(path)
-    handle, staging = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(staging, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(staging)
-        raise
+        staging = pending.stage_version(final)
+        yield pending, staging
+        pending.commit()
+    finally:
+        pending.abort()  # after a commit only what it did not consume (nothing) is left
 
 
 def tf_serving_models(base: str) -> list[str]:
@@ -117,10 +307,11 @@ def tf_serving_models(base: str) -> list[str]:
     return found
 
 
-def write_models_config(base: str) -> str:
-    """(Re)write <base>/models.config covering every SavedModel model under <base>."""
+def models_config(base: str, pending: tuple[str, ...] = ()) -> str:
+    """<base>/models.config text: every SavedModel model under <base>, plus `pending` names
+    (models whose first SavedModel version is being published)."""
     blocks = []
-    for name in tf_serving_models(base):
+    for name in sorted(set(tf_serving_models(base)) | set(pending)):
         blocks.append(
             "  config {\n"
             f'    name: "{name}"\n'
@@ -129,10 +320,7 @@ def write_models_config(base: str) -> str:
             "    model_version_policy { latest { num_versions: 1 } }\n"
             "  }\n"
         )
-    text = "model_config_list {\n" + "".join(blocks) + "}\n"
-    path = os.path.join(base, "models.config")
-    write_text_atomically(path, text)
-    return path
+    return "model_config_list {\n" + "".join(blocks) + "}\n"
 
 
 def _dims(shape: list[int | None]) -> str:
@@ -193,13 +381,33 @@ def triton_step_config(name: str, inputs: list[TensorInfo], outputs: list[Tensor
     )
 
 
-def publish_triton_step(base: str, name: str, version: int, step_onnx: str) -> str:
-    """<base>/<name>_step/<version>/step.onnx (a hard link to the version's file when possible)."""
-    final = os.path.join(base, name + STEP_SUFFIX, str(version))
-    with staged_directory(final) as staging:
-        target = os.path.join(staging, "step.onnx")
+def stage_server_configs(
+    pending: Publication,
+    base: str,
+    name: str,
+    version: int,
+    formats: list[str],
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    plan: StreamingPlan,
+) -> None:
+    """Stage what a new version of `name` changes beside its directory: ``models.config``
+    (SavedModel), the Triton ``config.pbtxt`` and, for streamable models, the ``<name>_step``
+    version (``step.onnx`` hard-linked from the staged version when possible) and its config."""
+    staging, _ = pending.versions[0]
+    if "savedmodel" in formats:
+        pending.stage_text(os.path.join(base, "models.config"), models_config(base, pending=(name,)))
+    if "onnx" not in formats:
+        return
+    pending.stage_text(os.path.join(base, name, "config.pbtxt"), triton_config(name, inputs, outputs))
+    if plan.reason is None:
+        step_name = name + STEP_SUFFIX
+        step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
+        source, target = os.path.join(staging, "step.onnx"), os.path.join(step_staging, "step.onnx")
         try:
-            os.link(step_onnx, target)
+            os.link(source, target)
         except OSError:
-            shutil.copyfile(step_onnx, target)
-    return final
+            shutil.copyfile(source, target)
+        pending.stage_text(
+            os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
+        )
