@@ -340,6 +340,8 @@ def analyze(model: Any, state_seeds: list[Any] | None = None) -> Verdict:
         return Verdict(
             False, blocked.reason + ": chunk-by-chunk execution would differ from the full run", blocked.layer
         )
+    if not any(kinds[id(t)] == PER_STEP for t in inputs):
+        return Verdict(False, "no input has a dynamic time axis (axis 1), so there is nothing to cut into chunks")
     for tensor in outputs:
         if kinds[id(tensor)] == STATE:
             return Verdict(False, "an encoder state is itself a model output", None)
