@@ -153,7 +153,19 @@ def recurrent_layers_called(model: Any, io: ModelIO, sample: dict[str, np.ndarra
     return seen
 
 
-def _streaming_layers(seen: list[Any]) -> tuple[list[StreamingLayer], str | None, str | None]:
+def _inside_time_distributed(model: Any) -> set[int]:
+    """Layers wrapped by TimeDistributed: they restart on every time step, so they carry no state."""
+    return {
+        id(inner)
+        for wrapper in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(wrapper, keras.layers.TimeDistributed)
+        for inner in wrapper.layer._flatten_layers(include_self=True, recursive=True)
+    }
+
+
+def _streaming_layers(model: Any, seen: list[Any]) -> tuple[list[StreamingLayer], str | None, str | None]:
+    per_step = _inside_time_distributed(model)
+    seen = [layer for layer in seen if id(layer) not in per_step]
     layers = []
     for layer in seen:
         if getattr(layer, "forward_layer", None) is not None:
@@ -199,7 +211,7 @@ def discover(model: Any, io: ModelIO, streaming: str = "auto") -> StreamingPlan:
         if verdict.cuts:
             return _encoder_decoder(model, io, verdict)
         return StreamingPlan([], verdict.reason, verdict.layer, "none")
-    layers, reason, layer_name = _streaming_layers(recurrent_layers_called(model, io))
+    layers, reason, layer_name = _streaming_layers(model, recurrent_layers_called(model, io))
     if reason is not None:
         return StreamingPlan([], reason, layer_name, "none")
     inputs, outputs = _tensors_by_name(model, io)
@@ -245,7 +257,7 @@ def _encoder_decoder(model: Any, io: ModelIO, verdict: Verdict) -> StreamingPlan
         return refused
     decoder_io = ModelIO(targets + placeholders, list(io.outputs), "list", "list" if len(io.outputs) > 1 else "single")
     sample = {t.name: np.zeros([1] + [d or 2 for d in t.shape[1:]], dtype=t.dtype) for t in decoder_io.inputs}
-    layers, reason, layer_name = _streaming_layers(recurrent_layers_called(decoder, decoder_io, sample))
+    layers, reason, layer_name = _streaming_layers(decoder, recurrent_layers_called(decoder, decoder_io, sample))
     if reason is not None:
         refused.reason = f"{verdict.reason}; the decoder cannot stream: {reason}"
         return refused
@@ -284,6 +296,8 @@ class LoopStateSubstitute:
         self.final: dict[str, list[Any]] = {}
 
     def __call__(self, layer: Any, sequences: Any, mask: Any, initial_state: Any, training: Any) -> Any:
+        if layer.name not in self.initial:  # not a streamed layer (e.g. inside TimeDistributed)
+            return NotImplemented
         returns_state = layer.return_state
         layer.return_state = True
         try:

@@ -70,7 +70,7 @@ def multi_input_dict_outputs():
     return keras.Model(
         {"audio": audio, "meta": meta},
         {
-            "frames": L.TimeDistributed(L.Dense(2))(h),
+            "frames": L.TimeDistributed(keras.Sequential([L.Dense(5, activation="tanh"), L.Dense(2)]))(h),
             "label": L.Dense(3, activation="softmax")(L.Concatenate()([last, meta])),
         },
     )
@@ -101,6 +101,14 @@ def lstm_peepholes():
     return keras.Model(x, {"steps": L.Dense(2)(y), "last": L.Dense(1)(last)})
 
 
+def hierarchical_char_word():
+    """Characters -> word vectors (an LSTM per word, inside TimeDistributed) -> a GRU over words."""
+    chars = keras.Input((None, 5, F), name="chars")
+    words = L.TimeDistributed(rk.LSTM(H, name="char_lstm"), name="word_encoder")(chars)
+    y = L.GRU(H, return_sequences=True, name="word_gru")(words)
+    return keras.Model(chars, {"y": L.Dense(2)(y)})
+
+
 # name -> (builder, fused op counts in model.onnx, streaming mode, layer named by the verdict)
 CORPUS = {
     "attention_text_classifier": (attention_text_classifier, {"LSTM": 1}, "none", "attention"),
@@ -111,6 +119,7 @@ CORPUS = {
     "stacked_bidirectional_residual": (stacked_bidirectional_residual, {"LSTM": 2, "GRU": 1}, "none", "bi1"),
     "gru_reset_before": (gru_reset_before, {"GRU": 1}, "step", None),
     "lstm_peepholes": (lstm_peepholes, {"LSTM": 2}, "step", None),
+    "hierarchical_char_word": (hierarchical_char_word, {"LSTM": 1, "GRU": 1}, "step", None),
 }
 ISSUE_MODELS = ("cnn_lstm", "encoder_decoder", "tagger")
 
@@ -177,6 +186,8 @@ def test_corpus_exports_fused_exact_with_the_right_streaming_verdict(base, case)
     streaming = manifest["streaming"]
     assert streaming["mode"] == mode and streaming["layer"] == layer
     assert streaming["streamable"] is (mode == "step")
+    if case == "hierarchical_char_word":  # the LSTM inside TimeDistributed restarts every word: no carried state
+        assert [s["layer"] for s in streaming["states"]] == ["word_gru"]
     files = set(os.listdir(report.path))
     assert ("step.onnx" in files) is (mode == "step")
     assert {"encoder.onnx", "decoder_step.onnx"} <= files if mode == "encoder_decoder" else not files & {"encoder.onnx"}
@@ -193,7 +204,9 @@ def test_corpus_exports_fused_exact_with_the_right_streaming_verdict(base, case)
         np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=TOLERANCE, err_msg=name)
 
 
-@pytest.mark.parametrize("case", ["multi_input_dict_outputs", "gru_reset_before", "lstm_peepholes"])
+@pytest.mark.parametrize(
+    "case", ["multi_input_dict_outputs", "gru_reset_before", "lstm_peepholes", "hierarchical_char_word"]
+)
 def test_step_graph_streams_like_keras(base, case):
     model, report = exported(base, case)
     io = ModelIO.of(model)
