@@ -5,6 +5,7 @@ and serves (``serving.Predictor`` in-process) with the answers Keras gives.
 The three models of issue 16 (CNN-LSTM, encoder-decoder, tagger with a TimeDistributed head)
 failed to export before; they are cases here and are also served."""
 
+import collections
 import functools
 import json
 import logging
@@ -342,3 +343,25 @@ def test_cli_streaming_flag(tmp_path, capsys):
     )
     assert main(args) == 0
     assert "streaming: none (layer 'conv' (Conv1D) convolves over time" in capsys.readouterr().out
+
+
+def test_encoder_decoder_savedmodel_signatures_and_warmup(base):
+    import tensorflow as tf
+
+    from export.warmup import read_warmup
+
+    _, report = exported(base, "encoder_decoder")
+    assert report.signatures == ["serving_default", "encoder", "decoder_step"]
+    for key in ("savedmodel_encoder_decoder/logits", "onnx_encoder_decoder/logits"):
+        assert report.parity["max_abs_diff"][key] <= TOLERANCE
+    loaded = tf.saved_model.load(report.path)
+    encoder, decoder = loaded.signatures["encoder"], loaded.signatures["decoder_step"]
+    assert sorted(encoder.structured_outputs) == ["dec_c_in", "dec_h_in"]
+    assert sorted(decoder.structured_outputs) == ["dec_c_out", "dec_h_out", "logits"]
+    replayed = collections.Counter()
+    for request in read_warmup(report.path):
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert all(np.isfinite(v.numpy()).all() for v in outputs.values())
+        replayed[request.model_spec.signature_name] += 1
+    assert replayed == {"serving_default": 4, "encoder": 4, "decoder_step": 4}
