@@ -3,7 +3,9 @@
 ``export_model(model, base_path, name, ...) -> ExportReport`` writes a version directory with
 a SavedModel (``serving_default`` + ``step``, warmup file), ONNX with every recurrent layer as
 one fused LSTM/GRU/RNN op (``model.onnx``, ``step.onnx``), ``rnnkit.json``, and the server
-configs, after checking Keras vs SavedModel vs ONNX Runtime parity.
+configs, after checking Keras vs SavedModel vs ONNX Runtime parity. Step graphs exist only for
+models that provably stream chunk by chunk (``export.streamability``); encoder-decoder models
+get ``encoder`` + ``decoder_step`` graphs instead.
 
 Heavy imports (TensorFlow, tf2onnx) happen on first use of ``export_model``, not on import.
 """

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from export import repository
 from export.model_io import ModelIO
-from export.onnx_export import StrictExportError, to_onnx, to_onnx_step
+from export.onnx_export import StrictExportError, to_onnx, to_onnx_encoder, to_onnx_step
 from export.parity import check_parity, zero_padding_invariant
 from export.report import DEFAULT_TOLERANCE, FORMATS, ExportError, ExportReport
 from export.savedmodel import gpu_only_ops, write_savedmodel
-from export.step import discover
+from export.step import (
+    DECODER_STEP_FILE,
+    DECODER_STEP_SIGNATURE,
+    ENCODER_FILE,
+    ENCODER_SIGNATURE,
+    STREAMING_MODES,
+    StreamingPlan,
+    discover,
+)
 from export.twins import with_rnnkit_twins
 from export.warmup import write_warmup
 
@@ -57,6 +66,7 @@ def export_model(
     strict: bool = False,
     verify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    streaming: str = "auto",
     _before_publish: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export `model` as version `version` (default: next integer) of `name` under `base_path`.
@@ -68,9 +78,15 @@ def export_model(
     renames the version into place and replaces the configs (`repository.Publication`). On any
     failure nothing is published (no new version, configs unchanged) and ExportError is raised.
     ``strict``: a recurrent layer that cannot be fused is an error instead of a loop fallback.
+    ``streaming``: ``"auto"`` builds step graphs only where chunked execution provably equals the
+    full run (``export.streamability``; the reason is recorded when it does not), ``"off"`` never,
+    ``"required"`` fails (naming the layer and reason) when the model cannot stream. In ``"auto"``
+    a step graph that fails to build or to match the full model is dropped, never the full model.
     """
     import keras
 
+    if streaming not in STREAMING_MODES:
+        raise ValueError(f"argument `streaming` must be one of {STREAMING_MODES}. Received: streaming={streaming!r}")
     if not isinstance(model, keras.Model):
         raise ValueError(f"argument `model` must be a keras.Model. Received: {type(model).__name__}")
     chosen = _check_formats(formats)
@@ -84,7 +100,11 @@ def export_model(
 
     io = ModelIO.of(model)
     model, swapped = with_rnnkit_twins(model)
-    plan = discover(model, io)
+    plan = discover(model, io, streaming)
+    if streaming == "required" and plan.mode not in ("step", "encoder_decoder"):
+        raise ExportError(
+            f"--streaming required: model {name!r} cannot be streamed: {plan.reason}; nothing was published"
+        )
     report = ExportReport(
         name,
         version,
@@ -92,7 +112,6 @@ def export_model(
         chosen,
         [t.to_json() for t in io.inputs],
         [t.to_json() for t in io.outputs],
-        streaming=plan.to_json(),
         swapped_native_layers=swapped,
         versions=_versions(),
         opset=opset if "onnx" in chosen else None,
@@ -100,36 +119,15 @@ def export_model(
     report.zero_padding_invariant = zero_padding_invariant(model, io)
     try:
         with repository.publication(final) as (pending, staging):
-            if "savedmodel" in chosen:
-                report.signatures = write_savedmodel(model, io, plan, staging)
-                gpu_ops = gpu_only_ops(staging)
-                if gpu_ops:
-                    raise ExportError(f"the SavedModel contains GPU-only ops {gpu_ops}; it would not run on CPU")
-                signature_inputs = {"serving_default": io.inputs}
-                if plan.reason is None:
-                    signature_inputs["step"] = io.inputs + plan.state_inputs()
-                report.warmup_records = write_warmup(staging, name, signature_inputs)
-            if "onnx" in chosen:
-                result = to_onnx(model, io, opset=opset, strict=strict)
-                _save_onnx(result.model, os.path.join(staging, "model.onnx"))
-                report.fused_layers, report.fallbacks, report.op_census = (
-                    result.fused_layers,
-                    result.fallbacks,
-                    result.op_census,
-                )
-                if plan.reason is None:
-                    step = to_onnx_step(model, io, plan, opset=opset, strict=strict)
-                    _save_onnx(step.model, os.path.join(staging, "step.onnx"))
-                    report.step_op_census = step.op_census
-            if verify:
-                parity = check_parity(model, io, plan, staging, chosen, tolerance)
-                report.parity = parity.to_json()
-                if not parity.passed:
-                    key, gap = parity.worst
-                    raise ExportError(
-                        f"parity check failed for '{key}': max |difference| {gap:.3e} exceeds tolerance "
-                        f"{tolerance:.0e}; version {version} was not published"
-                    )
+            try:
+                _write_version(model, io, plan, staging, chosen, opset, strict, verify, tolerance, report)
+            except _StepGraphFailed as failure:
+                if streaming == "required":
+                    raise ExportError(f"--streaming required: {failure}; version {version} was not published") from None
+                log.warning("%s; exporting the full model without streaming graphs", failure)
+                plan = plan.without_step(f"{failure} (the full model was exported without it)")
+                _clear(staging)
+                _write_version(model, io, plan, staging, chosen, opset, strict, verify, tolerance, report)
             report.files = repository.inventory(staging)
             with open(os.path.join(staging, repository.MANIFEST), "w") as handle:
                 handle.write(report.dumps())
@@ -148,3 +146,92 @@ def export_model(
 def _save_onnx(model_proto: Any, path: str) -> None:
     with open(path, "wb") as handle:
         handle.write(model_proto.SerializeToString())
+
+
+class _StepGraphFailed(Exception):
+    """A streaming graph could not be built or does not match the full model."""
+
+
+_STREAMING_BACKENDS = ("_step/", "_encoder_decoder/")
+
+
+def _clear(directory: str) -> None:
+    for entry in os.listdir(directory):
+        path = os.path.join(directory, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def _write_version(
+    model: Any,
+    io: ModelIO,
+    plan: StreamingPlan,
+    staging: str,
+    chosen: list[str],
+    opset: int,
+    strict: bool,
+    verify: bool,
+    tolerance: float,
+    report: ExportReport,
+) -> None:
+    """Write every artifact of one version into `staging` and check parity; fill `report`."""
+    pair = plan.encoder_decoder
+    report.streaming = plan.to_json()
+    report.step_op_census, report.encoder_op_census, report.decoder_step_op_census = {}, {}, {}
+    if "savedmodel" in chosen:
+        try:
+            report.signatures = write_savedmodel(model, io, plan, staging)
+        except Exception as error:
+            if plan.reason is None or pair is not None:
+                _clear(staging)
+                raise _StepGraphFailed(f"the streaming signatures could not be written: {error}") from error
+            raise
+        gpu_ops = gpu_only_ops(staging)
+        if gpu_ops:
+            raise ExportError(f"the SavedModel contains GPU-only ops {gpu_ops}; it would not run on CPU")
+        signature_inputs = {"serving_default": io.inputs}
+        if plan.reason is None:
+            signature_inputs["step"] = plan.step_inputs(io)
+        if pair is not None:
+            signature_inputs[ENCODER_SIGNATURE] = pair.source
+            signature_inputs[DECODER_STEP_SIGNATURE] = pair.plan.step_inputs(pair.decoder_io)
+        report.warmup_records = write_warmup(staging, report.model_name, signature_inputs)
+    if "onnx" in chosen:
+        result = to_onnx(model, io, opset=opset, strict=strict)
+        _save_onnx(result.model, os.path.join(staging, "model.onnx"))
+        report.fused_layers, report.fallbacks, report.op_census = (
+            result.fused_layers,
+            result.fallbacks,
+            result.op_census,
+        )
+        try:
+            if plan.reason is None:
+                step = to_onnx_step(model, io, plan, opset=opset, strict=strict)
+                _save_onnx(step.model, os.path.join(staging, "step.onnx"))
+                report.step_op_census = step.op_census
+            if pair is not None:
+                encoder = to_onnx_encoder(pair, opset=opset, strict=strict)
+                _save_onnx(encoder.model, os.path.join(staging, ENCODER_FILE))
+                decoder = to_onnx_step(pair.decoder, pair.decoder_io, pair.plan, opset=opset, strict=strict)
+                _save_onnx(decoder.model, os.path.join(staging, DECODER_STEP_FILE))
+                report.encoder_op_census, report.decoder_step_op_census = encoder.op_census, decoder.op_census
+        except StrictExportError:
+            raise
+        except Exception as error:
+            raise _StepGraphFailed(f"the ONNX streaming graph could not be built: {error}") from error
+    if verify:
+        parity = check_parity(model, io, plan, staging, chosen, tolerance)
+        report.parity = parity.to_json()
+        if not parity.passed:
+            key, gap = parity.worst
+            if any(marker in key for marker in _STREAMING_BACKENDS):
+                raise _StepGraphFailed(
+                    f"the streaming graph failed its parity check ('{key}': max |difference| {gap:.3e} exceeds "
+                    f"tolerance {tolerance:.0e})"
+                )
+            raise ExportError(
+                f"parity check failed for '{key}': max |difference| {gap:.3e} exceeds tolerance "
+                f"{tolerance:.0e}; version {report.version} was not published"
+            )

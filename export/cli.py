@@ -31,6 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (14-18, default 17)")
     parser.add_argument("--strict", action="store_true", help="fail if a recurrent layer cannot be fused")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the parity check")
+    parser.add_argument(
+        "--streaming",
+        choices=("auto", "off", "required"),
+        default="auto",
+        help="step graphs: auto (only where chunked streaming is provably exact), off, required (fail if not)",
+    )
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity tolerance (1e-5)")
     parser.add_argument(
         "--verbose", action="store_true", help="also show TensorFlow, absl and tf2onnx log lines and warnings"
@@ -136,6 +142,7 @@ def _export(args: argparse.Namespace) -> int:
             strict=args.strict,
             verify=args.verify,
             tolerance=args.tolerance,
+            streaming=args.streaming,
         )
     except (ExportError, ValueError) as error:
         print(f"rnnkit export: {error}", file=sys.stderr)

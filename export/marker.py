@@ -122,13 +122,13 @@ class MarkerSubstitute:
             if getattr(layer, "forward_layer", None) is None or layer.name not in self.fallbacks:
                 self.fallbacks[layer.name] = str(error)
             log.warning("layer %s is not fused (tf2onnx loop fallback): %s", layer.name, error)
-            if self.state_io is not None and getattr(layer, "forward_layer", None) is None:
+            if self.state_io is not None and layer.name in self.state_io:
                 loop = LoopStateSubstitute(self.state_io)  # step graph: keep the state wiring
                 result = loop(layer, sequences, mask, initial_state, training)
                 self.final_states[layer.name] = loop.final[layer.name]
                 return result
             return NotImplemented
-        wants_states = self.state_io is not None
+        wants_states = self.state_io is not None and layer.name in self.state_io  # a streamed layer
         if wants_states:
             if plan.direction != "forward":
                 raise UnfusableError(f"layer '{layer.name}': {plan.direction} layers cannot stream")

@@ -20,7 +20,8 @@ from onnx import helper
 from export.marker import MarkerSubstitute
 from export.model_io import ModelIO, TensorInfo
 from export.splice import MARKER_DOMAIN, splice_markers
-from export.step import StreamingPlan, step_function
+from export.step import EncoderDecoder, StreamingPlan, step_function
+from export.time_distributed import flattened_time_distributed
 from export.twins import unswapped_native_layers
 from rnnkit.layers import trace_substitution
 
@@ -155,7 +156,8 @@ def to_onnx(model: Any, io: ModelIO, opset: int = 17, strict: bool = False) -> O
         return io.call(model, dict(zip(names, tensors)))
 
     substitute = MarkerSubstitute(fallbacks=unswapped_native_layers(model))
-    return _convert_checked(fn, io.inputs, io.outputs, substitute, opset, strict)
+    with flattened_time_distributed(model):
+        return _convert_checked(fn, io.inputs, io.outputs, substitute, opset, strict)
 
 
 def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17, strict: bool = False) -> OnnxResult:
@@ -167,6 +169,12 @@ def to_onnx_step(model: Any, io: ModelIO, plan: StreamingPlan, opset: int = 17, 
         return substitute
 
     fn = step_function(model, io, plan, with_states)
-    return _convert_checked(
-        fn, io.inputs + plan.state_inputs(), io.outputs + plan.state_outputs(), substitute, opset, strict
-    )
+    with flattened_time_distributed(model):
+        return _convert_checked(fn, plan.step_inputs(io), io.outputs + plan.state_outputs(), substitute, opset, strict)
+
+
+def to_onnx_encoder(pair: EncoderDecoder, opset: int = 17, strict: bool = False) -> OnnxResult:
+    """The encoder graph of an encoder-decoder model: source inputs -> the decoder's ``*_in`` states."""
+    substitute = MarkerSubstitute(fallbacks=unswapped_native_layers(pair.encoder))
+    with flattened_time_distributed(pair.encoder):
+        return _convert_checked(pair.encoder_function(), pair.source, pair.encoder_outputs(), substitute, opset, strict)

@@ -2,7 +2,8 @@
 
 Several batch sizes and lengths; every other row is right-padded with zeros (so masking
 models see padding) and one row gets a hole. Streamable models are also fed in chunks through
-the ``step`` signature and ``step.onnx``; the chunked answer must equal the full one.
+the ``step`` signature and ``step.onnx``; encoder-decoder models through the encoder, then the
+decoder step in chunks; the chunked answer must equal the full one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import numpy as np
 from export.model_io import ModelIO, TensorInfo
 from export.report import ExportError
 from export.savedmodel import DEFAULT_SIGNATURE, STEP_SIGNATURE
-from export.step import StreamingPlan
+from export.step import (
+    DECODER_STEP_FILE,
+    DECODER_STEP_SIGNATURE,
+    ENCODER_FILE,
+    ENCODER_SIGNATURE,
+    EncoderDecoder,
+    StreamingPlan,
+)
 from export.warmup import sample_inputs
 
 CASES = ((1, 5), (3, 11), (4, 17))
@@ -88,71 +96,108 @@ def is_sequence(info: TensorInfo) -> bool:
     return len(info.shape) >= 3 and info.shape[1] is None
 
 
-def _chunked(run_step: Any, io: ModelIO, plan: StreamingPlan, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def _chunked(
+    run_step: Any,
+    outputs: list[TensorInfo],
+    plan: StreamingPlan,
+    inputs: dict[str, np.ndarray],
+    states: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Feed `inputs` through a step graph in chunks (sequence inputs cut, side inputs whole)."""
     batch = next(iter(inputs.values())).shape[0]
-    steps = next(a.shape[1] for a in inputs.values())
-    states = {t.name: np.zeros([batch, int(t.shape[1] or 0)], np.float32) for t in plan.state_inputs()}
-    pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in io.outputs}
+    steps = max((inputs[n].shape[1] for n in plan.sequence_inputs), default=1)
+    if states is None:
+        states = {t.name: np.zeros([batch, int(t.shape[1] or 0)], np.float32) for t in plan.state_inputs()}
+    pieces: dict[str, list[np.ndarray]] = {t.name: [] for t in outputs}
     start, index = 0, 0
     while start < steps:
         stop = steps if index >= 2 else min(steps, start + CHUNKS[index % len(CHUNKS)])
-        feed = {name: array[:, start:stop] for name, array in inputs.items()}
-        outputs = run_step({**feed, **states})
+        feed = {name: array[:, start:stop] if name in plan.sequence_inputs else array for name, array in inputs.items()}
+        result = run_step({**feed, **states})
         for layer in plan.layers:
             for state_in, state_out in zip(layer.inputs(), layer.outputs()):
-                states[state_in] = np.asarray(outputs[state_out])
-        for info in io.outputs:
-            pieces[info.name].append(np.asarray(outputs[info.name]))
+                states[state_in] = np.asarray(result[state_out])
+        for info in outputs:
+            pieces[info.name].append(np.asarray(result[info.name]))
         start, index = stop, index + 1
     return {
-        info.name: np.concatenate(pieces[info.name], axis=1) if is_sequence(info) else pieces[info.name][-1]
-        for info in io.outputs
+        info.name: np.concatenate(pieces[info.name], axis=1)
+        if info.name in plan.sequence_outputs
+        else pieces[info.name][-1]
+        for info in outputs
     }
+
+
+def _encoder_then_decoder(
+    run_encoder: Any, run_decoder: Any, pair: EncoderDecoder, inputs: dict[str, np.ndarray]
+) -> Any:
+    """The encoder on the source inputs, then the decoder step over the target inputs in chunks."""
+    states = {k: np.asarray(v) for k, v in run_encoder({t.name: inputs[t.name] for t in pair.source}).items()}
+    source = {t.name for t in pair.source}
+    targets = {name: array for name, array in inputs.items() if name not in source}
+    return _chunked(run_decoder, pair.decoder_io.outputs, pair.plan, targets, states)
+
+
+def _savedmodel_runner(loaded: Any, name: str) -> Any:
+    import tensorflow as tf
+
+    signature = loaded.signatures[name]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {k: v.numpy() for k, v in signature(**{n: tf.constant(a) for n, a in feed.items()}).items()}
+
+    return run
+
+
+def _onnx_runner(path: str) -> Any:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        return dict(zip(names, session.run(names, feed)))
+
+    return run
 
 
 def check_parity(
     model: Any, io: ModelIO, plan: StreamingPlan, directory: str, formats: list[str], tolerance: float
 ) -> ParityResult:
-    import onnxruntime as ort
-
+    """Parity of every graph written: ``<backend>/<output>`` for the full model, ``<backend>_step``
+    for the chunked step graph, ``<backend>_encoder_decoder`` for encoder + chunked decoder step."""
     result = ParityResult(tolerance)
     runners: dict[str, Any] = {}
+    pair = plan.encoder_decoder
     if "savedmodel" in formats:
         import tensorflow as tf
 
         loaded = tf.saved_model.load(directory)
-        signature = loaded.signatures[DEFAULT_SIGNATURE]
-
-        def run_savedmodel(feed: dict[str, np.ndarray]) -> dict[str, Any]:
-            return {k: v.numpy() for k, v in signature(**{n: tf.constant(a) for n, a in feed.items()}).items()}
-
-        runners["savedmodel"] = run_savedmodel
+        runners["savedmodel"] = _savedmodel_runner(loaded, DEFAULT_SIGNATURE)
         if plan.reason is None:
-            step_signature = loaded.signatures[STEP_SIGNATURE]
-
-            def run_savedmodel_step(feed: dict[str, np.ndarray]) -> dict[str, Any]:
-                out = step_signature(**{n: tf.constant(a) for n, a in feed.items()})
-                return {k: v.numpy() for k, v in out.items()}
-
-            runners["savedmodel_step"] = run_savedmodel_step
+            step = _savedmodel_runner(loaded, STEP_SIGNATURE)
+            runners["savedmodel_step"] = lambda feed, step=step: _chunked(step, io.outputs, plan, feed)
+        if pair is not None:
+            encoder = _savedmodel_runner(loaded, ENCODER_SIGNATURE)
+            decoder = _savedmodel_runner(loaded, DECODER_STEP_SIGNATURE)
+            runners["savedmodel_encoder_decoder"] = lambda feed, e=encoder, d=decoder: _encoder_then_decoder(
+                e, d, pair, feed
+            )
     if "onnx" in formats:
-        for key, filename in (("onnx", "model.onnx"), ("onnx_step", "step.onnx")):
-            path = os.path.join(directory, filename)
-            if key == "onnx_step" and plan.reason is not None:
-                continue
-            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            names = [o.name for o in session.get_outputs()]
-
-            def run_onnx(feed: dict[str, np.ndarray], session: Any = session, names: list[str] = names) -> dict:
-                return dict(zip(names, session.run(names, feed)))
-
-            runners[key] = run_onnx
+        runners["onnx"] = _onnx_runner(os.path.join(directory, "model.onnx"))
+        if plan.reason is None:
+            step = _onnx_runner(os.path.join(directory, "step.onnx"))
+            runners["onnx_step"] = lambda feed, step=step: _chunked(step, io.outputs, plan, feed)
+        if pair is not None:
+            encoder = _onnx_runner(os.path.join(directory, ENCODER_FILE))
+            decoder = _onnx_runner(os.path.join(directory, DECODER_STEP_FILE))
+            runners["onnx_encoder_decoder"] = lambda feed, e=encoder, d=decoder: _encoder_then_decoder(e, d, pair, feed)
     for seed, (batch, steps) in enumerate(CASES):
         inputs = parity_inputs(io, batch, steps, seed)
         result.cases.append([batch, steps])
         want = {k: np.asarray(v) for k, v in io.call(model, inputs).items()}
         for backend, run in runners.items():
-            got = _chunked(run, io, plan, inputs) if backend.endswith("_step") else run(inputs)
+            got = run(inputs)
             for info in io.outputs:
                 if info.name not in got:
                     raise ExportError(

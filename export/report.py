@@ -30,6 +30,8 @@ class ExportReport:
     swapped_native_layers: list[str] = field(default_factory=list)
     op_census: dict[str, int] = field(default_factory=dict)
     step_op_census: dict[str, int] = field(default_factory=dict)
+    encoder_op_census: dict[str, int] = field(default_factory=dict)
+    decoder_step_op_census: dict[str, int] = field(default_factory=dict)
     warmup_records: int = 0
     parity: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -62,6 +64,12 @@ class ExportReport:
         streaming = self.streaming
         if streaming.get("streamable"):
             lines.append(f"  streaming: step graph with {len(streaming['states'])} state tensor(s)")
+        elif streaming.get("encoder_decoder"):
+            pair = streaming["encoder_decoder"]
+            lines.append(
+                f"  streaming: encoder graph + decoder step graph with {len(pair['states'])} state tensor(s) "
+                f"({streaming.get('reason')})"
+            )
         else:
             lines.append(f"  streaming: none ({streaming.get('reason')})")
         padding = "exact (zero padding is masked)" if self.zero_padding_invariant else "same-length only"

@@ -1,7 +1,8 @@
 """The TF-Serving half of a version directory: SavedModel with named signatures.
 
 ``serving_default`` takes the model's inputs by name (batch and time dynamic) and returns its
-outputs by name (never ``output_0``). Streamable models also get ``step`` (see ``step.py``).
+outputs by name (never ``output_0``). Streamable models also get ``step``; encoder-decoder models
+get ``encoder`` and ``decoder_step`` instead (see ``step.py``).
 rnnkit layers never trace cuDNN kernels, and native Keras RNN layers are swapped for their
 rnnkit twins before export, so the graph holds no GPU-only op; ``gpu_only_ops`` checks that.
 """
@@ -14,7 +15,14 @@ from typing import Any
 import tensorflow as tf
 
 from export.model_io import ModelIO, TensorInfo
-from export.step import LoopStateSubstitute, StreamingPlan, step_function
+from export.step import (
+    DECODER_STEP_SIGNATURE,
+    ENCODER_SIGNATURE,
+    LoopStateSubstitute,
+    StreamingPlan,
+    step_function,
+)
+from export.time_distributed import flattened_time_distributed
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -26,8 +34,7 @@ def _specs(infos: list[TensorInfo]) -> list[tf.TensorSpec]:
     return [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in infos]
 
 
-def write_savedmodel(model: Any, io: ModelIO, plan: StreamingPlan, directory: str) -> list[str]:
-    """Write the SavedModel into `directory`; return the signature names."""
+def _write_savedmodel(model: Any, io: ModelIO, plan: StreamingPlan, directory: str) -> list[str]:
     import keras
 
     archive = keras.export.ExportArchive()
@@ -41,10 +48,28 @@ def write_savedmodel(model: Any, io: ModelIO, plan: StreamingPlan, directory: st
     signatures = [DEFAULT_SIGNATURE]
     if plan.reason is None:
         step = step_function(model, io, plan, LoopStateSubstitute)
-        archive.add_endpoint(STEP_SIGNATURE, step, input_signature=_specs(io.inputs + plan.state_inputs()))
+        archive.add_endpoint(STEP_SIGNATURE, step, input_signature=_specs(plan.step_inputs(io)))
         signatures.append(STEP_SIGNATURE)
+    pair = plan.encoder_decoder
+    if pair is not None:
+        archive.add_endpoint(ENCODER_SIGNATURE, pair.encoder_function(), input_signature=_specs(pair.source))
+        decoder_step = step_function(pair.decoder, pair.decoder_io, pair.plan, LoopStateSubstitute)
+        archive.add_endpoint(
+            DECODER_STEP_SIGNATURE, decoder_step, input_signature=_specs(pair.plan.step_inputs(pair.decoder_io))
+        )
+        signatures += [ENCODER_SIGNATURE, DECODER_STEP_SIGNATURE]
     archive.write_out(directory, verbose=False)
     return signatures
+
+
+def write_savedmodel(model: Any, io: ModelIO, plan: StreamingPlan, directory: str) -> list[str]:
+    """Write the SavedModel into `directory`; return the signature names.
+
+    TimeDistributed layers are traced as their layer on the flattened batch x time axis (Keras's
+    own dynamic-time path returns wrong shapes in a SavedModel; see ``time_distributed.py``).
+    """
+    with flattened_time_distributed(model):
+        return _write_savedmodel(model, io, plan, directory)
 
 
 def gpu_only_ops(directory: str) -> list[str]:
