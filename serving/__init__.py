@@ -19,7 +19,7 @@ _EXPORTS = {
     "Signature": "serving.signature",
     "TensorSpec": "serving.signature",
     "Limits": "serving.signature",
-    "RuntimeOptions": "serving.onnx_backend",
+    "RuntimeOptions": "serving.backend",
     "Backend": "serving.backend",
     "FakeBackend": "serving.backend",
     "ServingError": "serving.errors",

@@ -135,10 +135,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.backend import RuntimeOptions
     from serving.batching import BatchingParameters, read_batching_parameters
     from serving.errors import ServingError
     from serving.model_config import ModelConfigError, VersionPolicy
-    from serving.onnx_backend import RuntimeOptions
     from serving.rest import RestOptions
     from serving.server import ModelServer, ServerOptions, load_registry, model_configs
     from serving.session import SessionOptions

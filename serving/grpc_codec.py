@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import Code, ServingError, invalid_argument
-from serving.registry import VersionStatus
-from serving.rest_codec import METHOD_PREDICT
-from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, Signature, TensorSpec
+from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, Signature, TensorSpec
+from serving.status import VersionStatus
 
 # DataType number -> (numpy dtype, typed TensorProto field)
 _FROM_WIRE: dict[int, tuple[Any, str]] = {

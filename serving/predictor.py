@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.backend import BACKENDS, DEVICES, Backend
+from serving.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, Backend, RuntimeOptions
 from serving.errors import Code, ModelLoadError, ServingError
-from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.signature import (
     DEFAULT_SIGNATURE,
     MANIFEST,

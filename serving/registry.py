@@ -28,21 +28,11 @@ from types import TracebackType
 from serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
 from serving.model_config import ModelConfig, VersionPolicy
 from serving.predictor import Predictor, version_dirs
+from serving.status import AVAILABLE, END, LOADING, VersionStatus
 
 log = logging.getLogger("rnnkit.serving")
 
-LOADING = "LOADING"
-AVAILABLE = "AVAILABLE"
-END = "END"
 LATEST_ONE = VersionPolicy()
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
 
 
 @dataclass

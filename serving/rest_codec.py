@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from serving.errors import Code, ServingError, invalid_argument
-from serving.registry import VersionStatus
-from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, Signature, TensorSpec, numpy_dtype
+from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, Signature, TensorSpec, numpy_dtype
+from serving.status import VersionStatus
 
-METHOD_PREDICT = "tensorflow/serving/predict"
 # dtype -> the TF type name TF Serving prints in conversion errors
 TF_TYPE_NAMES = {
     "float32": "float",

@@ -34,10 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.batching import Batcher, BatchingParameters
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config
-from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.predictor import Predictor
 from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, app

@@ -20,6 +20,8 @@ from serving.errors import ModelLoadError, ValidationError
 MANIFEST = "rnnkit.json"
 DEFAULT_SIGNATURE = "serving_default"
 STEP_SIGNATURE = "step"
+# SignatureDef method name both TF Serving codecs (REST metadata, gRPC metadata) print
+METHOD_PREDICT = "tensorflow/serving/predict"
 # Dtypes a manifest may name (numpy names); anything else is refused at load time.
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 # numpy dtype name -> (TensorFlow DataType name, number); the wire names of both codecs.

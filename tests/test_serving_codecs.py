@@ -8,7 +8,6 @@ import pytest
 
 from serving.errors import HTTP_STATUS, Code, ServingError, wire_error
 from serving.model_config import ModelConfigError, parse_model_config
-from serving.registry import VersionStatus
 from serving.rest_codec import (
     decode_predict_request,
     encode_predict_response,
@@ -18,6 +17,7 @@ from serving.rest_codec import (
     status_json,
 )
 from serving.signature import Limits, Manifest, Signature, TensorSpec, validate
+from serving.status import VersionStatus
 
 ONE = {
     "serving_default": Signature(
