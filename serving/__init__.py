@@ -36,9 +36,11 @@ _EXPORTS = {
     "free_port": "serving.server",
     "Batcher": "serving.batching",
     "BatchingParameters": "serving.batching",
-    "Session": "serving.session",
-    "SessionOptions": "serving.session",
-    "SessionStore": "serving.session",
+    "Session": "serving.streaming",
+    "StepGraph": "serving.streaming",
+    "SessionOptions": "serving.session_store",
+    "SessionStore": "serving.session_store",
+    "Dispatch": "serving.dispatch",
     "VersionPolicy": "serving.model_config",
 }
 

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.model_config import ModelConfigError, VersionPolicy
     from serving.rest import RestOptions
     from serving.server import ModelServer, ServerOptions, load_registry, model_configs
-    from serving.session import SessionOptions
+    from serving.session_store import SessionOptions
     from serving.signature import Limits
 
     try:

@@ -169,7 +169,14 @@ def _set(names: Sequence[str]) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-def decode_predict_request(request: Any, signature: Signature) -> tuple[dict[str, np.ndarray], list[str]]:
+@dataclass(frozen=True)
+class GrpcPredictRequest:
+    signature_name: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]  # the output names to return: the filter, or all in signature order
+
+
+def decode_predict_request(request: Any, signature: Signature) -> GrpcPredictRequest:
     """Inputs by name and the output names to return (the filter, or all in signature order)."""
     expected = signature.input_names
     sent = list(request.inputs.keys())
@@ -197,7 +204,7 @@ def decode_predict_request(request: Any, signature: Signature) -> tuple[dict[str
         if alias in wanted:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         wanted.append(alias)
-    return inputs, wanted or outputs
+    return GrpcPredictRequest(signature.name, inputs, wanted or outputs)
 
 
 def encode_predict_response(

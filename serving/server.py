@@ -17,7 +17,7 @@ finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes th
 
 While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
 unload after their requests), predictions go through a :class:`~serving.batching.Batcher` when
-``batching`` is set, and KServe sequences keep their state in a :class:`~serving.session.SessionStore`.
+``batching`` is set, and KServe sequences keep their state in a :class:`~serving.session_store.SessionStore`.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from typing import Any
 
 from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.batching import Batcher, BatchingParameters
+from serving.dispatch import Dispatch
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config
 from serving.predictor import Predictor
 from serving.registry import LATEST_ONE, ModelRegistry
-from serving.rest import DEFAULT_REST, RestOptions, app
-from serving.session import DEFAULT_SESSIONS, SessionOptions, SessionStore
+from serving.rest import DEFAULT_REST, RestOptions, rest_app
+from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
 from serving.signature import NO_LIMITS, Limits
 
 log = logging.getLogger("rnnkit.serving")
@@ -101,6 +102,7 @@ class ModelServer:
         self.metrics = Metrics()
         self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
         self.sessions = SessionStore(options.sessions)
+        self.dispatch = Dispatch(registry, self.metrics, self.batcher, self.sessions)
         self.metrics.live_sessions = self.sessions.live
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
         self.metrics.loaded_versions = registry.loaded_versions
@@ -122,19 +124,17 @@ class ModelServer:
             from serving.grpc_server import start_grpc_server
 
             self._grpc = start_grpc_server(
-                self.registry,
+                self.dispatch,
                 f"{self.options.host}:{self.options.port}",
-                self.metrics,
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
-                self.batcher,
             )
         if self.options.rest_api_port:
             import uvicorn
 
             config = uvicorn.Config(
-                app(self.registry, self.options.rest, self.metrics, self.batcher, self.sessions),
+                rest_app(self.dispatch, self.options.rest),
                 host=self.options.host,
                 port=self.options.rest_api_port,
                 log_level="warning",

@@ -373,7 +373,8 @@ def test_grpc_predict_request_errors():
     with pytest.raises(ServingError, match="duplicate output tensor alias: logits"):
         decode_predict_request(request, sig)
     request.output_filter[:] = []
-    inputs, wanted = decode_predict_request(request, sig)
+    decoded = decode_predict_request(request, sig)
+    inputs, wanted = decoded.inputs, decoded.outputs
     assert set(inputs) == {"seq", "n"} and wanted == ["logits"]
     with pytest.raises(ServingError, match="ModelSpec has no name specified"):
         model_spec(protos().predict.PredictRequest().model_spec)
