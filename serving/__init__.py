@@ -35,7 +35,7 @@ _EXPORTS = {
     "spawn_server": "serving.server",
     "free_port": "serving.server",
     "Batcher": "serving.batching",
-    "BatchingParameters": "serving.batching",
+    "BatchingParameters": "serving.batching_config",
     "Session": "serving.streaming",
     "StepGraph": "serving.streaming",
     "SessionOptions": "serving.session_store",

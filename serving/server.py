@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
-from serving.batching import Batcher, BatchingParameters
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters
 from serving.dispatch import Dispatch
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving.errors import HTTP_STATUS, Code, ServingError, wire_error
-from serving.model_config import ModelConfigError, parse_model_config
+from serving.model_config import parse_model_config
 from serving.rest_codec import (
     decode_predict_request,
     encode_predict_response,
@@ -18,6 +18,7 @@ from serving.rest_codec import (
 )
 from serving.signature import Limits, Manifest, Signature, TensorSpec, validate
 from serving.status import VersionStatus
+from serving.text_format import ConfigError
 
 ONE = {
     "serving_default": Signature(
@@ -306,7 +307,7 @@ def test_model_config_reads_what_export_writes_plus_labels():
     ],
 )
 def test_model_config_errors(text, message):
-    with pytest.raises(ModelConfigError, match=None) as caught:
+    with pytest.raises(ConfigError, match=None) as caught:
         parse_model_config(text, "models.config")
     assert message in str(caught.value) and "models.config" in str(caught.value)
 
