@@ -24,7 +24,6 @@ INVALID_ARGUMENT with TF Serving's text.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -42,8 +41,6 @@ from serving.errors import Code, ServingError, invalid_argument
 from serving.metrics import Metrics
 from serving.predictor import Predictor
 from serving.signature import DEFAULT_SIGNATURE, Signature
-
-log = logging.getLogger("rnnkit.serving")
 
 THREAD_POOL_NAME = "model_server_batch_threads"  # TF Serving's label on the queuing-latency metric
 QUARTERS_PER_OCTAVE = 4  # default length buckets: 2 ** (1/4) ~ 1.19 apart
