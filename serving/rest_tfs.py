@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving import rest_codec
+from serving import rest_codec, tfs_json
 from serving.dispatch import Call, Dispatch, Target
 from serving.errors import invalid_argument
 from serving.predictor import Predictor
@@ -85,7 +85,7 @@ class TfsRoutes:
 
     def _post(self, target: Target, verb: str, body: bytes) -> Response:
         def decode(predictor: Predictor) -> rest_codec.RestPredictRequest:
-            doc = rest_codec.parse_json(body)
+            doc = tfs_json.parse_json(body)
             if verb != "predict":
                 _refuse_verb(verb, doc, predictor.signatures)
             return rest_codec.decode_predict_request(doc, predictor.signatures)

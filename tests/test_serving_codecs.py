@@ -8,17 +8,11 @@ import pytest
 
 from serving.errors import HTTP_STATUS, Code, ServingError, wire_error
 from serving.model_config import parse_model_config
-from serving.rest_codec import (
-    decode_predict_request,
-    encode_predict_response,
-    encode_tensor,
-    metadata_json,
-    parse_json,
-    status_json,
-)
+from serving.rest_codec import decode_predict_request, encode_predict_response, metadata_json, status_json
 from serving.signature import Limits, Manifest, Signature, TensorSpec, validate
 from serving.status import VersionStatus
 from serving.text_format import ConfigError
+from serving.tfs_json import encode_tensor, parse_json
 
 ONE = {
     "serving_default": Signature(
