@@ -13,7 +13,7 @@ from export.onnx_export import StrictExportError, to_onnx, to_onnx_step
 from export.parity import check_parity, zero_padding_invariant
 from export.report import DEFAULT_TOLERANCE, FORMATS, ExportError, ExportReport
 from export.savedmodel import gpu_only_ops, write_savedmodel
-from export.step import discover
+from export.step import plan_streaming
 from export.twins import with_rnnkit_twins
 from export.warmup import write_warmup
 
@@ -83,7 +83,7 @@ def export_model(
 
     io = ModelIO.of(model)
     model, swapped = with_rnnkit_twins(model)
-    plan = discover(model, io)
+    plan = plan_streaming(model, io)
     report = ExportReport(
         name,
         version,

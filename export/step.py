@@ -56,7 +56,7 @@ class StreamingPlan:
         }
 
 
-def discover(model: Any, io: ModelIO) -> StreamingPlan:
+def plan_streaming(model: Any, io: ModelIO) -> StreamingPlan:
     """Run the model once on a tiny input and record its recurrent layers in call order."""
     seen: list[Any] = []
 
