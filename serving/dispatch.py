@@ -18,6 +18,14 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
 
 Nothing here knows HTTP, gRPC or JSON: errors are raised as :class:`~serving.errors.ServingError`
 and each front turns them into wire errors through :func:`serving.errors.wire_error`.
+
+Where new request rules belong: a bound on the request (element budget, batch size, sequence
+length) is a field of the :class:`~serving.signature.Limits` that :meth:`Dispatch.limits_for`
+returns (codecs that must refuse before allocating get the same object from the front); a check
+of the values (non-finite inputs) is a step between :meth:`Dispatch.validate` and
+:meth:`Dispatch.run`; a deadline for synchronous fronts (gRPC) wraps :meth:`Dispatch.run`, as
+:meth:`Dispatch.in_worker` does for REST; state keyed by client input (sessions, metric labels)
+is bounded where it is kept (:class:`~serving.session_store.SessionStore`, :meth:`Dispatch.metric_name`).
 """
 
 from __future__ import annotations
@@ -145,7 +153,8 @@ class Dispatch:
     ) -> Prediction[R]:
         """Steps 1-4 for one chunk of sequence `key`: a new sequence (`start`) runs on the version
         `target` names; later chunks stay on the version their sequence started on while it is
-        served (a sequence whose version was retired is told to start again)."""
+        served (a sequence whose version was retired is told to start again). Validation and limits
+        apply in the session, against the step graph's chunk signature."""
         with self._sequence_lease(target, key, start) as predictor:
             request = decode(predictor)
             outputs = self.sessions.step(predictor, key, request.inputs, start, end)
