@@ -21,7 +21,7 @@ from export.step import (
     ENCODER_SIGNATURE,
     STREAMING_MODES,
     StreamingPlan,
-    discover,
+    plan_streaming,
 )
 from export.twins import with_rnnkit_twins
 from export.warmup import write_warmup
@@ -100,7 +100,7 @@ def export_model(
 
     io = ModelIO.of(model)
     model, swapped = with_rnnkit_twins(model)
-    plan = discover(model, io, streaming)
+    plan = plan_streaming(model, io, streaming)
     if streaming == "required" and plan.mode not in ("step", "encoder_decoder"):
         raise ExportError(
             f"--streaming required: model {name!r} cannot be streamed: {plan.reason}; nothing was published"

@@ -194,10 +194,10 @@ class Trainer:
                 f"Trainer.train_step: `x` must hold 1 to batch_size={self.batch_size} examples. Received: {len(x)}"
             )
         (batch,) = list(self._dataset(np.asarray(x), np.asarray(y), shuffle_epoch=None, drop_remainder=False))
-        return self._host(self._train_fn(*batch))
+        return self._as_python_values(self._train_fn(*batch))
 
     @staticmethod
-    def _host(record: dict) -> dict:
+    def _as_python_values(record: dict) -> dict:
         return {k: (bool(v) if k in ("finite", "clipped") else float(v)) for k, v in record.items()}
 
     # -- data ----------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Trainer:
         try:
             for step, batch in enumerate(self._dataset(task.x_train, task.y_train, epoch, drop)):
                 self.callbacks.on_train_batch_begin(step)
-                record = self._host(self._train_fn(*batch))
+                record = self._as_python_values(self._train_fn(*batch))
                 if not record["finite"]:
                     if self.guard is not None:
                         return {}, {**record, "step": step}
