@@ -241,8 +241,10 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 def check_constant_learning_rate(optimizer) -> None:
-    if isinstance(getattr(optimizer, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule) or (
-        callable(getattr(optimizer, "_learning_rate", None)) and not isinstance(optimizer._learning_rate, keras.Variable)
+    """The guard lowers a learning-rate variable; a schedule (or a callable) cannot be lowered."""
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) or (
+        callable(rate) and not isinstance(rate, keras.Variable)
     ):
         raise ValueError(
             "NonFiniteGuard lowers a constant learning rate; the optimizer has a schedule. "

@@ -152,7 +152,8 @@ def make_optimizer(
         raise ValueError(
             f"Argument `learning_rate` must be a positive number. Received: learning_rate={learning_rate!r}"
         )
-    thresholds = {kind: _check_threshold(kind, value) for kind, value in zip(CLIP_KINDS, (global_clipnorm, clipnorm, clipvalue))}
+    given = (global_clipnorm, clipnorm, clipvalue)
+    thresholds = {kind: _check_threshold(kind, value) for kind, value in zip(CLIP_KINDS, given)}
     chosen = {k: v for k, v in thresholds.items() if v is not None}
     if len(chosen) > 1:
         given = ", ".join(f"{k}={v}" for k, v in chosen.items())
