@@ -131,8 +131,8 @@ def test_layers_call_the_same_backend_kernel_as_keras_with_the_same_arguments(mo
     ours, theirs, x = pair(kind, **options)
     recorder.calls.clear()  # the calls that built the layers
     mask = right_padded_mask()
-    out_ours = ours(x, mask=mask)
-    out_theirs = theirs(x, mask=mask)
+    out_ours = ours(x, mask=mask, training=True)
+    out_theirs = theirs(x, mask=mask, training=True)
     assert len(recorder.calls) == 2  # one each, then both fell back to their step loops
     (args_ours, kw_ours), (args_theirs, kw_theirs) = recorder.calls
     assert kw_ours.keys() == kw_theirs.keys()
@@ -186,7 +186,7 @@ def test_backend_not_supported_falls_back_and_use_cudnn_true_says_why(monkeypatc
     reference(x)
     reference.set_weights(ours.get_weights())
     answers.clear()  # the calls that built the layers
-    np.testing.assert_allclose(ours(x), reference(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours(x, training=True), reference(x), rtol=1e-6, atol=1e-6)
     assert answers == ["not supported"]
     strict = (rk.LSTM if kind == "lstm" else rk.GRU)(5, use_cudnn=True, name="strict")
     with pytest.raises(
@@ -202,12 +202,27 @@ def test_export_trace_and_cell_loop_only_keep_the_cell_loop(monkeypatch):
     layer = rk.LSTM(3)
     x = np.ones((2, 3, 4), "float32")
     with cudnn.cell_loop_only():
-        layer(x)
+        layer(x, training=True)
     with rk.trace_substitution(lambda *args: NotImplemented):
-        layer(x)
+        layer(x, training=True)
     assert recorder.calls == []
-    layer(x)
+    layer(x, training=True)
     assert len(recorder.calls) == 1
+
+
+def test_auto_takes_the_kernel_in_training_calls_only_true_in_every_call(monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr(keras_backend, "gru", recorder)
+    x = np.ones((2, 3, 4), "float32")
+    auto = rk.GRU(3)
+    auto(x)  # inference: the portable loop (what a SavedModel traced on a GPU machine holds)
+    assert recorder.calls == []
+    auto(x, training=True)
+    assert len(recorder.calls) == 1
+    strict = rk.GRU(3, use_cudnn=True)
+    with pytest.raises(ValueError, match="use_cudnn=True, but cuDNN cannot run this layer"):
+        strict(x)  # the recorder answers "not supported"
+    assert len(recorder.calls) == 2
 
 
 # -- 3. the fused path, with cuDNN's kernel emulated ----------------------------------------------------
@@ -306,8 +321,8 @@ def test_fused_path_equals_the_cell_path(
     mask = MASKS[mask_name]
     h0 = np.random.default_rng(2).normal(size=(3, 5)).astype("float32") * 0.5
     initial = [h0, h0 * 0.5] if kind == "lstm" else [h0]
-    got = fused(x, mask=mask, initial_state=initial)
-    want = cell_path(x, mask=mask, initial_state=initial)
+    got = fused(x, mask=mask, initial_state=initial, training=True)
+    want = cell_path(x, mask=mask, initial_state=initial, training=True)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     # the kernel ran unless the mask is one cuDNN cannot express
@@ -321,7 +336,7 @@ def test_emulated_kernel_agrees_with_keras_layers_own_cudnn_path(emulated_cudnn)
     plain(x)
     plain.set_weights(theirs.get_weights())
     emulated_cudnn.clear()
-    np.testing.assert_allclose(theirs(x), plain(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(theirs(x, training=True), plain(x), rtol=1e-5, atol=1e-5)
     assert emulated_cudnn == ["lstm"]
 
 
@@ -335,7 +350,7 @@ def test_fused_path_inside_a_tf_function_with_a_mask(emulated_cudnn, kind):
 
     @tf.function
     def run(x, mask):
-        return fused(x, mask=mask)
+        return fused(x, mask=mask, training=True)
 
     emulated_cudnn.clear()
     for mask, runs in ((MASKS["right-padded"], [kind]), (MASKS["left-padded"], [kind])):

@@ -6,6 +6,11 @@ through Keras's TensorFlow-backend ``lstm``/``gru`` functions — the kernels
 layout, so they pass unchanged). Otherwise, and whenever the backend answers "not supported"
 (``NotImplementedError``: no GPU, no cuDNN op), the cell runs step by step as before.
 
+When: with ``use_cudnn="auto"`` (the default) in training calls only, so inference graphs —
+a SavedModel traced on a GPU machine, a served model — never hold GPU-only ops; with
+``use_cudnn=True`` in every call (as ``keras.layers.LSTM/GRU`` do, and it raises where the
+kernel cannot run).
+
 Static conditions (`RecurrentLayer.cudnn_blockers` lists the ones that fail), Keras's plus
 rnnkit's own: ``use_cudnn`` is ``"auto"`` or ``True``; ``activation`` tanh,
 ``recurrent_activation`` sigmoid; ``use_bias``; not ``unroll``; no ``recurrent_dropout``;

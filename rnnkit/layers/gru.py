@@ -95,7 +95,8 @@ class GRU(RecurrentLayer):
     ``use_cudnn`` (``"auto"``, ``True``, ``False``, as in ``keras.layers.GRU``): run the time
     loop with cuDNN's fused kernel where the configuration allows it (tanh/sigmoid, bias,
     ``reset_after=True``, no recurrent dropout, not unrolled, right-padded masks) and a GPU is
-    there; ``True`` raises when it cannot. See `rnnkit.layers.cudnn`.
+    there: in training calls for ``"auto"`` (inference keeps the portable loop), in every call
+    for ``True``, which raises when it cannot. See `rnnkit.layers.cudnn`.
     """
 
     CELL_CLASS = GRUCell

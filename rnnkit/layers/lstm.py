@@ -126,8 +126,9 @@ class LSTM(RecurrentLayer):
 
     ``use_cudnn`` (``"auto"``, ``True``, ``False``, as in ``keras.layers.LSTM``): run the time
     loop with cuDNN's fused kernel where the configuration allows it (tanh/sigmoid, bias, no
-    peepholes, no recurrent dropout, not unrolled, right-padded masks) and a GPU is there;
-    ``True`` raises when it cannot. See `rnnkit.layers.cudnn`.
+    peepholes, no recurrent dropout, not unrolled, right-padded masks) and a GPU is there: in
+    training calls for ``"auto"`` (inference keeps the portable loop), in every call for
+    ``True``, which raises when it cannot. See `rnnkit.layers.cudnn`.
     """
 
     CELL_CLASS = LSTMCell

@@ -129,7 +129,10 @@ class RecurrentLayer(keras.layers.RNN):
             return super(RecurrentLayer, self).inner_loop(sequences, initial_state, mask=mask, training=training)
 
         blockers = self.cudnn_blockers()
-        if not blockers and not cudnn.cudnn_disabled_here():
+        # "auto" takes the kernel in training calls only: inference graphs (SavedModel export,
+        # serving) then never hold GPU-only ops. use_cudnn=True takes it in every call.
+        wanted = bool(training) or self.use_cudnn is True
+        if not blockers and wanted and not cudnn.cudnn_disabled_here():
             try:
                 return cudnn.run_time_loop(self, sequences, initial_state, mask, training, cell_loop)
             except NotImplementedError:
