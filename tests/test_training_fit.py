@@ -162,6 +162,7 @@ def test_guard_in_fit_recovers_from_a_nan_batch_and_ends_finite():
     assert all(np.isfinite(w).all() for w in model.get_weights())
     logs = history.history
     assert logs["recoveries"] == [1, 2, 3]
+    assert logs["learning_rate"] == pytest.approx([5e-3, 2.5e-3, 1.25e-3])
     for key in ("loss", "val_loss", "grad_norm_mean", "grad_norm_max", "clipped_fraction"):
         assert len(logs[key]) == 3 and all(np.isfinite(logs[key])), key
     # each restore dropped the epoch's first step too: one kept step (the third batch) per epoch

@@ -110,7 +110,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
     3. sets the learning rate to ``lr_factor`` times the rate in use when the event happened;
     4. logs a warning and appends the event to `events`. Training goes on with the next batch.
 
-    Each epoch's logs get ``recoveries`` (cumulative). Works in ``model.fit`` (also under
+    Each epoch's logs get ``recoveries`` (cumulative) and ``learning_rate``. Works in ``model.fit`` (also under
     MirroredStrategy) and in rnnkit's `Trainer`/`train`, which use this same callback. The
     learning rate must be a constant, not a schedule.
     """
@@ -194,6 +194,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._keep_good_state(epoch + 1)
         if logs is not None:
             logs["recoveries"] = self.recoveries
+            logs["learning_rate"] = current_learning_rate(_optimizer_of(self, self.optimizer))
 
     # -- the recovery ------------------------------------------------------------------------------
     def recover(self, batch: int, loss: float | None, grad_norm: float | None) -> dict:
