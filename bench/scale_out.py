@@ -731,19 +731,18 @@ def summarize(load: Load, victim: str, marks: dict[str, float], balancer: HAProx
     s_chunks = load.work.chunks
 
     def on_victim_at_kill(s: SessionLog) -> bool:
-        """Its state lived on the victim when it was killed: in the attempt open at the kill, a chunk
-        was answered there before the kill, or a chunk was in flight across the kill and lost."""
+        """Its state lived on the victim when it was killed: in the attempt open at the kill, the last
+        chunk answered was answered there (and was not the last chunk), or a chunk was in flight across
+        the kill and lost. Chunks sent before the kill count even if their answer arrived after it."""
         if s.done and all(e[5] <= kill for e in s.events):
             return False
-        in_flight = [e for e in s.events if e[4] <= kill <= e[5]]
-        if in_flight and int(in_flight[0][2]) in (0, *BALANCER_ERRORS):
-            return True
-        before = [e for e in s.events if e[5] <= kill]
-        if not before:
+        sent = [e for e in s.events if e[4] <= kill]
+        if not sent:
             return False
-        attempt = before[-1][0]
-        mine = [e for e in before if e[0] == attempt]
-        return mine[-1][3] == victim and mine[-1][2] == "200" and mine[-1][1] < s_chunks - 1
+        if int(sent[-1][2]) in (0, *BALANCER_ERRORS) and sent[-1][5] >= kill:
+            return True
+        answered = [e for e in sent if e[0] == sent[-1][0] and e[2] == "200"]
+        return bool(answered) and answered[-1][3] == victim and answered[-1][1] < s_chunks - 1
 
     killed = [s for s in sessions if on_victim_at_kill(s)]
     others = [s for s in sessions if not on_victim_at_kill(s)]
