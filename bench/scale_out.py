@@ -753,7 +753,13 @@ def summarize(load: Load, victim: str, marks: dict[str, float], balancer: HAProx
         for s in others
         if any(e[2] == "400" and e[3] == victim and e[4] >= marks["restart"] for e in s.events) and s.restarts
     ]
-    survivors = [s for s in others if s not in moved_back]
+    # Sequences started between the kill and the balancer marking the victim down: their first chunk
+    # failed to connect and was redispatched; with 3+ replicas the replica it landed on need not be the
+    # one the hash picks once the victim is out, so a later chunk may get the unknown-sequence 400.
+    in_detection = [
+        s for s in others if s not in moved_back and s.restarts and kill <= s.events[0][4] <= marks["down_seen"]
+    ]
+    survivors = [s for s in others if s not in moved_back and s not in in_detection]
 
     def replicas_of_last_attempt(s: SessionLog) -> set[str]:
         last = s.events[-1][0]
@@ -785,6 +791,7 @@ def summarize(load: Load, victim: str, marks: dict[str, float], balancer: HAProx
         "survivor_sessions_with_errors": sum(1 for s in survivors if s.restarts or s.failure),
         "moved_back_on_rejoin": len(moved_back),
         "sticky_violations": sticky_violations,
+        "started_during_detection_and_moved": len(in_detection),
         "requests_on_rejoined_replica": rejoined,
         "down_after_kill_s": marks["down_seen"] - kill,
         "up_after_restart_s": up - marks["restart"],
@@ -986,6 +993,10 @@ def print_outcome(o: dict[str, Any]) -> None:
         f"  sessions on the killed replica: {o['killed_sessions']}, first error {o['killed_first_error']}, "
         f"completed exactly after sequence_start: {o['killed_completed_after_restart']}, "
         f"still open at the end: {o['killed_unfinished']}"
+    )
+    print(
+        f"  sessions started between the kill and haproxy marking it down, moved once it did (400, restarted): "
+        f"{o['started_during_detection_and_moved']}"
     )
     print(f"  sessions whose chunks were answered by more than one replica: {len(o['sticky_violations'])}")
     print(f"  sessions moved back to the rejoined replica (unknown sequence, restarted): {o['moved_back_on_rejoin']}")
