@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 # (CI); elsewhere that test is skipped and says how to install it.
 haproxy:
 	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && apt-get install -y -qq haproxy) || true
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) || true
 
 test: lint typecheck haproxy
 	$(PY) -m pytest -q

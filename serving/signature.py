@@ -139,7 +139,10 @@ class Manifest:
         streaming = data.get("streaming") or {}
         names = data.get("signatures") or [DEFAULT_SIGNATURE]
         states: tuple[StatePair, ...] = ()
-        if streaming.get("streamable") and STEP_SIGNATURE in names:
+        # A step graph exists in every exported format (the SavedModel's `step` signature, `step.onnx`):
+        # an ONNX-only export lists no SavedModel signatures, yet streams.
+        has_step = STEP_SIGNATURE in names or (not data.get("signatures") and streaming.get("mode", "step") == "step")
+        if streaming.get("streamable") and has_step:
             states = tuple(
                 StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in streaming.get("states") or []
             )
