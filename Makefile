@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(PY) -m rnnkit demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check rnnkit export serving tests bench
+	$(PY) -m ruff check rnnkit rnnkit_cli export serving tests bench
 
 typecheck: $(STAMP)
-	$(PY) -m mypy export serving
+	$(PY) -m mypy export serving rnnkit_cli
 
 test: lint typecheck
 	$(PY) -m pytest -q
