@@ -10,7 +10,16 @@ as ``import keras_hub`` does for its own. This loads Keras and TensorFlow; the c
 
 __version__ = "0.1.0"
 
-from rnnkit import layers  # noqa: E402  (registers the layers with Keras)
-from rnnkit.training import optimizer as _optimizer  # noqa: E402, F401  (registers the optimizers)
+try:
+    from rnnkit import layers  # noqa: E402  (registers the layers with Keras)
+    from rnnkit.training import optimizer as _optimizer  # noqa: E402, F401  (registers the optimizers)
+except ModuleNotFoundError as _error:
+    if _error.name not in ("keras", "tensorflow", "matplotlib", "tqdm"):
+        raise
+    raise ModuleNotFoundError(
+        f"rnnkit's layers and training need Keras and TensorFlow ({_error.name!r} is not installed): "
+        "pip install 'rnnkit[keras]' (the ONNX server alone is 'rnnkit[serve]')",
+        name=_error.name,
+    ) from None
 
 __all__ = ["layers"]

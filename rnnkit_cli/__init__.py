@@ -27,6 +27,8 @@ COMMAND_MODULES = {
     "export": "export.cli",
     "serve": "serving.cli",
 }
+# The extra that installs what each command needs (the core install is numpy only).
+EXTRAS = {"train": "keras", "diagnose": "keras", "bench": "keras", "export": "export", "serve": "serve"}
 # Modules of the other boxes the demo runs (`rnnkit demo` steps 3 and 4). With COMMAND_MODULES,
 # the only place rnnkit (this launcher and the package) names export or serving modules
 # (tests/test_import_direction.py checks).
@@ -60,9 +62,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name and module_name.startswith(error.name):
-                continue  # that box is not part of this installation
-            raise
+            if command in COMMAND_MODULES:  # the command asked for cannot run here: say what is missing
+                hint = "" if "pip install" in str(error) else f" (pip install 'rnnkit[{EXTRAS.get(command, 'all')}]')"
+                raise SystemExit(f"rnnkit {command}: {error}{hint}") from None
+            continue  # listing commands: that box, or a library it needs, is not part of this installation
         for hook in sorted(n for n in dir(module) if n.startswith("add_") and n.endswith("parser")):
             getattr(module, hook)(sub)
     return parser

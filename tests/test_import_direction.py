@@ -85,6 +85,42 @@ def test_the_serve_command_loads_no_keras_tensorflow_or_rnnkit():
     assert not loaded_after("import rnnkit_cli; rnnkit_cli.build_parser('serve')") & {"keras", "tensorflow", "rnnkit"}
 
 
+def test_a_serve_only_install_without_keras_or_tensorflow():
+    """With keras and tensorflow absent (as after `pip install rnnkit[serve]`), `rnnkit serve` runs,
+    `rnnkit --help` lists it, and `import rnnkit` names the extra to install."""
+    code = (
+        "import sys, contextlib, io\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import rnnkit_cli\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "    code = rnnkit_cli.main(['serve', '--model_base_path', '/nonexistent/rnnkit-model', '--port', '0'])\n"
+        "print(code, 'no model version could be loaded' in err.getvalue())\n"
+        "print('serve' in rnnkit_cli.build_parser().format_help())\n"
+        "try:\n"
+        "    import rnnkit\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print(error)\n"
+        "try:\n"
+        "    rnnkit_cli.main(['train', '--out', '/nonexistent'])\n"
+        "except SystemExit as error:\n"
+        "    print(error)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "1 True",
+        "True",
+        "rnnkit's layers and training need Keras and TensorFlow ('keras' is not installed): "
+        "pip install 'rnnkit[keras]' (the ONNX server alone is 'rnnkit[serve]')",
+        "rnnkit train: rnnkit's layers and training need Keras and TensorFlow ('keras' is not installed): "
+        "pip install 'rnnkit[keras]' (the ONNX server alone is 'rnnkit[serve]')",
+    ]
+
+
 def test_importing_rnnkit_layers_loads_no_onnx_or_serving():
     loaded = loaded_after("import rnnkit.layers")
     assert "keras" in loaded  # the check itself works
