@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rnnkit demo
+	$(PY) -m rnnkit_cli demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check rnnkit rnnkit_cli export serving tests bench
