@@ -14,13 +14,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rnnkit demo
+	$(PY) -m rnnkit_cli demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check rnnkit export serving tests bench
+	$(PY) -m ruff check rnnkit rnnkit_cli export serving tests bench
 
 typecheck: $(STAMP)
-	$(PY) -m mypy export serving
+	$(PY) -m mypy export serving rnnkit_cli
 
 # tests/test_scale_out.py runs replicas behind a real HAProxy: install it when missing and we are root
 # (CI); elsewhere that test is skipped and says how to install it.

@@ -96,7 +96,8 @@ def raw_latency(model_dir: str, n: int) -> None:
 
 def serve(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "serving", *args, "--host", "127.0.0.1"],
+        # what the `rnnkit` console script runs (the launcher outside the rnnkit package)
+        [sys.executable, "-m", "rnnkit_cli", "serve", *args, "--host", "127.0.0.1"],
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
@@ -110,7 +111,7 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cold_start(model_dir: str, backend: str, grpc_on: bool) -> tuple[float, float]:
+def cold_start(model_dir: str, backend: str, grpc_on: bool, kserve_grpc: bool = False) -> tuple[float, float]:
     import httpx
 
     from serving import free_port
@@ -131,6 +132,8 @@ def cold_start(model_dir: str, backend: str, grpc_on: bool) -> tuple[float, floa
             str(rest),
             "--port",
             str(grpc_port),
+            "--grpc_inference_port",
+            str(free_port() if kserve_grpc else 0),
         ]
     )
     try:
@@ -231,12 +234,13 @@ def main() -> None:
         raw_latency(model_dir, n)
         wire_latency(model_dir, n)
         print("cold start (process start -> first 200) and peak RSS:")
-        for backend, grpc_on, label in [
-            ("onnx", False, "onnx, REST only (--port 0)"),
-            ("onnx", True, "onnx, REST + gRPC"),
-            ("tf", False, "tf,   REST only (--port 0)"),
+        for backend, grpc_on, kserve_grpc, label in [
+            ("onnx", False, False, "onnx, REST only (--port 0)"),
+            ("onnx", True, False, "onnx, REST + gRPC"),
+            ("onnx", False, True, "onnx, REST + KServe gRPC"),
+            ("tf", False, False, "tf,   REST only (--port 0)"),
         ]:
-            seconds, rss = cold_start(model_dir, backend, grpc_on)
+            seconds, rss = cold_start(model_dir, backend, grpc_on, kserve_grpc)
             print(f"  {label:<28} {seconds:.2f} s   {rss:.0f} MiB")
 
 

@@ -67,6 +67,7 @@ def export_model(
     verify: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     streaming: str = "auto",
+    serving_base_path: str | None = None,
     _before_publish: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export `model` as version `version` (default: next integer) of `name` under `base_path`.
@@ -82,6 +83,9 @@ def export_model(
     full run (``export.streamability``; the reason is recorded when it does not), ``"off"`` never,
     ``"required"`` fails (naming the layer and reason) when the model cannot stream. In ``"auto"``
     a step graph that fails to build or to match the full model is dropped, never the full model.
+    ``serving_base_path``: where servers will see `base_path` (``/models`` when the repository is
+    mounted there in a container); ``models.config`` then names ``<serving_base_path>/<model>``
+    instead of this machine's path.
     """
     import keras
 
@@ -93,6 +97,7 @@ def export_model(
     repository.check_name(name)
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise ValueError(f"argument `version` must be a positive integer. Received: version={version!r}")
+    serving_base = None if serving_base_path is None else repository.check_serving_base_path(serving_base_path)
     base = repository.check_base_path(base_path)
     model_dir = os.path.join(base, name)
     version = version or repository.next_version(model_dir)
@@ -133,7 +138,9 @@ def export_model(
                 handle.write(report.dumps())
             if _before_publish is not None:
                 _before_publish(staging)
-            repository.stage_server_configs(pending, base, name, version, chosen, io.inputs, io.outputs, plan)
+            repository.stage_server_configs(
+                pending, base, name, version, chosen, io.inputs, io.outputs, plan, serving_base
+            )
     except (ExportError, StrictExportError, repository.RepositoryError):
         raise
     except Exception as error:

@@ -26,6 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="path of a .keras file")
     parser.add_argument("--model_base_path", required=True, help="repository root (e.g. models)")
     parser.add_argument("--model_name", required=True, help="model name (directory under the base path)")
+    parser.add_argument(
+        "--serving_base_path",
+        default=None,
+        help="where servers will mount the repository (e.g. /models): models.config names <it>/<model> instead "
+        "of this machine's path (default: the absolute --model_base_path)",
+    )
     parser.add_argument("--version", type=int, default=None, help="version number (default: next integer)")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {FORMATS}")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (14-18, default 17)")
@@ -143,6 +149,7 @@ def _export(args: argparse.Namespace) -> int:
             verify=args.verify,
             tolerance=args.tolerance,
             streaming=args.streaming,
+            serving_base_path=args.serving_base_path,
         )
     except (ExportError, ValueError) as error:
         print(f"rnnkit export: {error}", file=sys.stderr)

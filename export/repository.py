@@ -32,6 +32,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import socket
@@ -314,15 +315,29 @@ def tf_serving_models(base: str) -> list[str]:
     return found
 
 
-def models_config(base: str, pending: tuple[str, ...] = ()) -> str:
+def check_serving_base_path(path: str) -> str:
+    """Where the repository will be mounted for serving: an absolute POSIX path (``/models``) or a
+    URI (``gs://bucket/models``), without a trailing slash."""
+    if not (path.startswith("/") or "://" in path) or any(c in path for c in '"\\\n'):
+        raise RepositoryError(
+            f"serving_base_path must be an absolute path or a URI where the repository is mounted for "
+            f"serving (e.g. /models); received {path!r}"
+        )
+    return path.rstrip("/") or "/"
+
+
+def models_config(base: str, pending: tuple[str, ...] = (), serving_base: str | None = None) -> str:
     """<base>/models.config text: every SavedModel model under <base>, plus `pending` names
-    (models whose first SavedModel version is being published)."""
+    (models whose first SavedModel version is being published). Each ``base_path`` is the model's
+    directory under `serving_base` (where servers will see the repository, e.g. ``/models`` in a
+    container) when given, else under `base` on this machine."""
     blocks = []
     for name in sorted(set(tf_serving_models(base)) | set(pending)):
+        model_path = os.path.join(base, name) if serving_base is None else posixpath.join(serving_base, name)
         blocks.append(
             "  config {\n"
             f'    name: "{name}"\n'
-            f'    base_path: "{os.path.join(base, name)}"\n'
+            f'    base_path: "{model_path}"\n'
             '    model_platform: "tensorflow"\n'
             "    model_version_policy { latest { num_versions: 1 } }\n"
             "  }\n"
@@ -442,15 +457,17 @@ def stage_server_configs(
     inputs: list[TensorInfo],
     outputs: list[TensorInfo],
     plan: StreamingPlan,
+    serving_base: str | None = None,
 ) -> None:
     """Stage what a new version of `name` changes beside its directory: ``models.config``
-    (SavedModel), the Triton ``config.pbtxt`` and, for streamable models, the ``<name>_step``
-    version (``step.onnx`` hard-linked from the staged version when possible) and its config;
-    for encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
-    ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
+    (SavedModel; base paths under `serving_base` when given), the Triton ``config.pbtxt`` (which
+    holds no paths: Triton takes the repository from ``--model-repository``) and, for streamable
+    models, the ``<name>_step`` version (``step.onnx`` hard-linked from the staged version when
+    possible) and its config; for encoder-decoder models the ``<name>_encoder`` (``encoder.onnx``
+    hard-linked) and ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
     staging, _ = pending.versions[0]
     if "savedmodel" in formats:
-        pending.stage_text(os.path.join(base, "models.config"), models_config(base, pending=(name,)))
+        pending.stage_text(os.path.join(base, "models.config"), models_config(base, (name,), serving_base))
     if "onnx" not in formats:
         return
     pending.stage_text(os.path.join(base, name, "config.pbtxt"), triton_config(name, inputs, outputs))

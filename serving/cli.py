@@ -69,6 +69,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=1.0,
         help="how often the base paths are rescanned for new/removed versions (default 1; 0 = only at start)",
     )
+    kserve = parser.add_argument_group("KServe v2 / Triton flags")
+    kserve.add_argument(
+        "--grpc_inference_port",
+        type=_port,
+        default=0,
+        help="KServe v2 gRPC port (inference.GRPCInferenceService, as Triton's --grpc-port; KServe runtimes use 8081;"
+        " default 0 = off)",
+    )
     own = parser.add_argument_group("rnnkit flags")
     own.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     own.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime: onnx (default) or tf (SavedModel)")
@@ -173,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         rest_api_port=args.rest_api_port,
         port=args.port,
+        grpc_inference_port=args.grpc_inference_port,
         rest=RestOptions(
             args.rest_api_timeout_in_ms,
             args.max_request_bytes,
@@ -189,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return ModelServer(registry, options).serve_forever()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ImportError) as error:
         print(f"rnnkit serve: {error}", file=sys.stderr)
         return 1
 

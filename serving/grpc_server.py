@@ -43,8 +43,10 @@ def start_grpc_server(
     workers: int = 8,
     max_message_bytes: int = -1,
     tensor_content: bool = False,
+    health: Any = None,
 ) -> Any:
-    """Bind `address` ("host:port"), start serving, return the ``grpc.Server``."""
+    """Bind `address` ("host:port"), start serving, return the ``grpc.Server`` (with `health`, a
+    :class:`serving.health.Health`, registered beside the TF Serving services)."""
     import grpc
 
     from serving import grpc_codec
@@ -107,6 +109,8 @@ def start_grpc_server(
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    if health is not None:
+        health.add_to(server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()

@@ -5,7 +5,14 @@ with row-major ``data`` (flat or nested); response: ``{"model_name", "model_vers
 "parameters", "outputs": [{"name", "shape", "datatype", "data"}]}``; errors ``{"error": "..."}``
 (rendered by the front through :func:`serving.errors.wire_error`). Triton's sequence parameters
 (``sequence_id``, ``sequence_start``, ``sequence_end``) travel in the request ``parameters``.
-The binary tensor extension is not supported and is refused with a clear error.
+
+Binary tensor extension: with an ``Inference-Header-Content-Length: N`` header the body is N bytes
+of JSON followed by the raw bytes of each input whose ``parameters`` carry ``binary_data_size``,
+in the order of ``inputs``; outputs asked for with ``"parameters": {"binary_data": true}`` (or all,
+with the request parameter ``binary_data_output``) are answered the same way. Raw tensors are
+row-major little-endian (``BYTES``: each element a 4-byte little-endian length and its bytes). A
+raw tensor's declared shape is checked against the element budget and against its byte count
+before any array is built (:func:`decode_raw`), so a request never allocates more than it sent.
 """
 
 from __future__ import annotations
@@ -50,8 +57,24 @@ KNOWN_DATATYPES = (
     "BYTES",
     "BF16",
 )
+# KServe v2 datatype -> the numpy dtype of its raw (binary) form: little-endian, row-major
+RAW_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tf": "tensorflow_savedmodel"}
-SERVER_EXTENSIONS = ("sequence",)
+SERVER_EXTENSIONS = ("sequence", "binary_tensor_data")
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,7 @@ class InferRequest:
     parameters: dict[str, Any]
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None  # None: every output
+    binary_outputs: tuple[str, ...] = ()  # outputs answered as raw bytes (the binary tensor extension)
 
     @property
     def signature_name(self) -> str:
@@ -112,22 +136,11 @@ def _check_values(values: list[Any], datatype: str, name: str) -> None:
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
 
 
-def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
-    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape."""
-    if not isinstance(item, Mapping):
-        raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
-    name = spec.name
-    for key in ("shape", "datatype", "data"):
-        if key not in item:
-            if (
-                key == "data"
-                and isinstance(item.get("parameters"), Mapping)
-                and "binary_data_size" in item["parameters"]
-            ):
-                raise invalid_argument(f"input '{name}': binary tensor data is not supported; send JSON 'data'")
-            raise invalid_argument(f"input '{name}' is missing '{key}'")
-    shape, datatype = item["shape"], item["datatype"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+def check_header(name: str, shape: Any, datatype: Any, spec: TensorSpec) -> list[int]:
+    """A tensor's declared shape and datatype against the model's input; the shape as ints."""
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise invalid_argument(f"input '{name}': 'shape' must be a list of non-negative integers; received {shape!r}")
     if datatype not in KNOWN_DATATYPES:
         raise invalid_argument(
@@ -136,8 +149,95 @@ def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
     expected = _datatype(spec)
     if datatype != expected:
         raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
-    values = _flatten(item["data"])
+    return [int(d) for d in shape]
+
+
+def declared_count(name: str, shape: Sequence[int], max_elements: int | None = None) -> int:
+    """The number of elements `shape` declares, refused when over `max_elements` (the element
+    budget; ``None`` = none), before anything is allocated for it."""
     count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise invalid_argument(
+            f"input '{name}': shape {list(shape)} declares {count} elements, more than the limit of {max_elements}"
+        )
+    return count
+
+
+def decode_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes, max_elements: int | None = None
+) -> np.ndarray:
+    """A raw (binary) tensor -> an array of `shape`. The declared size is checked against the
+    element budget and against ``len(raw)`` before the array is built."""
+    count = declared_count(name, shape, max_elements)
+    if datatype == "BYTES":
+        if count * 4 > len(raw):
+            raise invalid_argument(
+                f"input '{name}': shape {list(shape)} of BYTES needs at least {count * 4} bytes of raw data "
+                f"(a 4-byte length per element), received {len(raw)}"
+            )
+        values: list[bytes] = []
+        offset = 0
+        for _ in range(count):
+            if offset + 4 > len(raw):
+                raise invalid_argument(f"input '{name}': raw BYTES data ends inside an element's 4-byte length")
+            size = int.from_bytes(raw[offset : offset + 4], "little")
+            offset += 4
+            if offset + size > len(raw):
+                raise invalid_argument(
+                    f"input '{name}': raw BYTES element {len(values)} declares {size} bytes, "
+                    f"{len(raw) - offset} remain"
+                )
+            values.append(bytes(raw[offset : offset + size]))
+            offset += size
+        if offset != len(raw):
+            raise invalid_argument(
+                f"input '{name}': {len(raw) - offset} bytes of raw data left after {count} BYTES elements"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    dtype = RAW_DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid_argument(f"input '{name}': datatype {datatype} has no raw form here")
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise invalid_argument(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes of raw data, "
+            f"received {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """An array -> its raw (binary) form: row-major little-endian; BYTES length-prefixed."""
+    if array.dtype.kind in "OUS":
+        parts = []
+        for value in array.reshape(-1):
+            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(len(data).to_bytes(4, "little") + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=RAW_DTYPES[datatype_of(array)]).tobytes()
+
+
+def decode_tensor(
+    item: Any, spec: TensorSpec, binary: bytes | None = None, max_elements: int | None = None
+) -> np.ndarray:
+    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape
+    (`binary`: its raw bytes when the entry declared ``binary_data_size``)."""
+    if not isinstance(item, Mapping):
+        raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
+    name = spec.name
+    for key in ("shape", "datatype", "data"):
+        if key not in item and not (key == "data" and binary is not None):
+            raise invalid_argument(f"input '{name}' is missing '{key}'")
+    shape = check_header(name, item["shape"], item["datatype"], spec)
+    datatype = item["datatype"]
+    if binary is not None:
+        if "data" in item:
+            raise invalid_argument(f"input '{name}': give either 'data' or binary_data_size, not both")
+        return decode_raw(name, datatype, shape, binary, max_elements)
+    count = declared_count(name, shape, max_elements)
+    values = _flatten(item["data"])
     if len(values) != count:
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
     _check_values(values, datatype, name)
@@ -145,11 +245,42 @@ def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
     return array.reshape(shape)
 
 
-def decode_infer_request(doc: Any, signature: Signature, partial: bool = False) -> InferRequest:
+def split_binary_body(body: bytes, header_length: str) -> tuple[Any, bytes]:
+    """A binary-extension body -> (the parsed JSON header, the bytes that follow it)."""
+    if not header_length.strip().isdigit():
+        raise invalid_argument(f"{HEADER_LENGTH} must be a non-negative integer; received {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise invalid_argument(f"{HEADER_LENGTH} is {length}, but the body has only {len(body)} bytes")
+    return parse_body(body[:length]), body[length:]
+
+
+def _binary_size(item: Any) -> int | None:
+    parameters = item.get("parameters") if isinstance(item, Mapping) else None
+    if not isinstance(parameters, Mapping) or "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise invalid_argument(
+            f"input '{item.get('name')}': parameter 'binary_data_size' must be a non-negative integer; "
+            f"received {size!r}"
+        )
+    return size
+
+
+def decode_infer_request(
+    doc: Any,
+    signature: Signature,
+    binary: bytes | None = None,
+    max_elements: int | None = None,
+    partial: bool = False,
+) -> InferRequest:
     """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters.
 
-    `partial`: the inputs may be a subset of the signature's (a request of an encoder-decoder
-    sequence carries the source, a target chunk or both; the session says which it needs)."""
+    `binary`: the bytes after the JSON header of a binary-extension request (``None``: JSON only);
+    `max_elements`: the element budget of one input (``None``: none); `partial`: the inputs may be
+    a subset of the signature's (a request of an encoder-decoder sequence carries the source, a
+    target chunk or both; the session says which it needs)."""
     if not isinstance(doc, Mapping):
         raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
     items = doc.get("inputs")
@@ -160,6 +291,7 @@ def decode_infer_request(doc: Any, signature: Signature, partial: bool = False) 
         raise invalid_argument("'parameters' must be a JSON object")
     specs = {s.name: s for s in signature.inputs}
     inputs: dict[str, np.ndarray] = {}
+    offset = 0
     for item in items:
         name = item.get("name") if isinstance(item, Mapping) else None
         if not isinstance(name, str):
@@ -168,10 +300,32 @@ def decode_infer_request(doc: Any, signature: Signature, partial: bool = False) 
             raise invalid_argument(f"unexpected inference input '{name}'; the model takes {signature.input_names}")
         if name in inputs:
             raise invalid_argument(f"input '{name}' is given twice")
-        inputs[name] = decode_tensor(item, specs[name])
+        size = _binary_size(item)
+        raw: bytes | None = None
+        if size is not None:
+            if binary is None:
+                raise invalid_argument(
+                    f"input '{name}' declares binary_data_size but the request has no {HEADER_LENGTH} header"
+                )
+            if offset + size > len(binary):
+                raise invalid_argument(
+                    f"input '{name}': binary_data_size {size} at offset {offset} runs past the "
+                    f"{len(binary)} bytes after the JSON header"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        inputs[name] = decode_tensor(item, specs[name], raw, max_elements)
+    if binary is not None and offset != len(binary):
+        raise invalid_argument(
+            f"{len(binary)} bytes follow the JSON header, but the inputs' binary_data_size add up to {offset}"
+        )
     missing = [n for n in signature.input_names if n not in inputs]
     if missing and not partial:
         raise invalid_argument(f"expected {len(specs)} inputs {signature.input_names}; missing {missing}")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise invalid_argument(f"parameter 'binary_data_output' must be a boolean, received {binary_default!r}")
+    binary_outputs = list(signature.output_names) if binary_default else []
     wanted: list[str] | None = None
     if "outputs" in doc:
         requested = doc["outputs"]
@@ -186,16 +340,22 @@ def decode_infer_request(doc: Any, signature: Signature, partial: bool = False) 
                 raise invalid_argument(
                     f"unexpected inference output '{out}'; the model returns {signature.output_names}"
                 )
-            if isinstance(entry.get("parameters"), Mapping) and entry["parameters"].get("binary_data"):
-                raise invalid_argument(f"output '{out}': binary tensor data is not supported")
+            flag = entry["parameters"].get("binary_data") if isinstance(entry.get("parameters"), Mapping) else None
+            if flag is not None and not isinstance(flag, bool):
+                raise invalid_argument(f"output '{out}': parameter 'binary_data' must be a boolean, received {flag!r}")
+            if flag is True and out not in binary_outputs:
+                binary_outputs.append(out)
+            elif flag is False and out in binary_outputs:
+                binary_outputs.remove(out)
             wanted.append(out)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid_argument(f"'id' must be a string; received {request_id!r}")
-    return InferRequest(request_id, dict(parameters), inputs, wanted)
+    return InferRequest(request_id, dict(parameters), inputs, wanted, tuple(binary_outputs))
 
 
-def _datatype_of(array: np.ndarray) -> str:
+def datatype_of(array: np.ndarray) -> str:
+    """The KServe v2 datatype of an output array."""
     if array.dtype.kind in "OUS":
         return "BYTES"
     name = array.dtype.name
@@ -211,6 +371,35 @@ def _data(array: np.ndarray) -> list[Any]:
     return list(flat.tolist())
 
 
+def _response_doc(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    wanted: Sequence[str] | None,
+    request_id: str | None,
+    parameters: Mapping[str, Any] | None,
+    blobs: Mapping[str, bytes],
+) -> dict[str, Any]:
+    # a request that only starts an encoder-decoder sequence has no outputs
+    names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    entries = []
+    for name in names:
+        array = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if name in blobs:
+            entry["parameters"] = {"binary_data_size": len(blobs[name])}
+        else:
+            entry["data"] = _data(array)
+        entries.append(entry)
+    doc["outputs"] = entries
+    return doc
+
+
 def encode_infer_response(
     model_name: str,
     model_version: int,
@@ -219,23 +408,25 @@ def encode_infer_response(
     request_id: str | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> str:
-    # a request that only starts an encoder-decoder sequence has no outputs
+    return json.dumps(_response_doc(model_name, model_version, outputs, wanted, request_id, parameters, {}))
+
+
+def encode_binary_infer_response(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    binary: Sequence[str],
+    wanted: Sequence[str] | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, int]:
+    """The binary-extension answer: (body, length of its JSON header), the raw bytes of the
+    `binary` outputs following the header in the order of ``outputs``."""
     names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
-    if request_id is not None:
-        doc["id"] = request_id
-    if parameters:
-        doc["parameters"] = dict(parameters)
-    doc["outputs"] = [
-        {
-            "name": name,
-            "datatype": _datatype_of(outputs[name]),
-            "shape": list(outputs[name].shape),
-            "data": _data(outputs[name]),
-        }
-        for name in names
-    ]
-    return json.dumps(doc)
+    blobs = {name: encode_raw(outputs[name]) for name in names if name in binary}
+    doc = _response_doc(model_name, model_version, outputs, wanted, request_id, parameters, blobs)
+    header = json.dumps(doc).encode()
+    return header + b"".join(blobs[name] for name in names if name in blobs), len(header)
 
 
 def model_metadata_json(name: str, versions: Sequence[int], platform: str, signature: Signature) -> str:
@@ -286,16 +477,40 @@ def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
     return raw
 
 
-def sequence_control(doc: Any) -> SequenceControl | None:
+SEQUENCE_HEADER = "x-rnnkit-sequence-id"
+
+
+def header_sequence_id(value: str) -> int | str:
+    """The sequence id a request header carries: digits are Triton's uint64 ids, anything else a string id."""
+    text = value.strip()
+    if not text:
+        raise invalid_argument(f"header '{SEQUENCE_HEADER}' is empty; send the sequence id or leave the header out")
+    return int(text) if text.isdigit() else text
+
+
+def sequence_control(doc: Any, header: str | None = None) -> SequenceControl | None:
     """The sequence a parsed request body belongs to (from its ``parameters``), or None.
 
-    Read before the model is resolved, so a malformed sequence parameter is refused first; a
-    ``parameters`` that is not an object is left to :func:`decode_infer_request` to refuse.
+    `header`: the ``x-rnnkit-sequence-id`` request header (HTTP header or gRPC metadata), which
+    carries the id for load balancers that hash on it; it may stand in for the ``sequence_id``
+    parameter, and when both are given they must name the same sequence. Read before the model
+    is resolved, so a malformed sequence parameter is refused first; a ``parameters`` that is not
+    an object is left to :func:`decode_infer_request` to refuse.
     """
     parameters = doc.get("parameters") if isinstance(doc, dict) else None
     if not isinstance(parameters, dict):
-        return None
-    key = sequence_id(parameters)
+        parameters = {}
+    key = sequence_id(parameters) if header is None or "sequence_id" in parameters else None
+    if header is not None:
+        from_header = header_sequence_id(header)
+        if key is None and "sequence_id" not in parameters:
+            parameters = {**parameters, "sequence_id": from_header}
+            key = sequence_id(parameters)
+        elif str(key) != str(from_header):
+            raise invalid_argument(
+                f"header '{SEQUENCE_HEADER}' names sequence {from_header!r} but parameter 'sequence_id' names "
+                f"{key!r}; they must agree (the header routes the request, the parameter selects the session)"
+            )
     if key is None:
         return None
     return SequenceControl(key, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))

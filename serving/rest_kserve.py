@@ -1,5 +1,6 @@
 """The KServe v2 (Open Inference Protocol) REST routes: health, server and model metadata, readiness
-and ``infer``; requests carrying Triton's ``sequence_id`` stream through the session store.
+and ``infer`` (JSON or the binary tensor extension); requests carrying Triton's ``sequence_id``
+(or the ``x-rnnkit-sequence-id`` header) stream through the session store.
 
 Bodies are decoded by :mod:`serving.kserve_codec` and run through the
 :class:`~serving.dispatch.Dispatch`.
@@ -60,10 +61,10 @@ class KServeRoutes:
             return self._metadata(target)
         if method == "POST" and action == "infer":
             call.api = "infer"
-            if "inference-header-content-length" in request.headers:
-                raise invalid_argument("binary tensor data (Inference-Header-Content-Length) is not supported")
+            header_length = request.headers.get(kserve_codec.HEADER_LENGTH)
+            sequence_header = request.headers.get(kserve_codec.SEQUENCE_HEADER)
             body = await read_body(request, self.options.max_body_bytes)
-            return await self.in_worker(lambda: self._infer(target, body))
+            return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header))
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _metadata(self, target: Target) -> Response:
@@ -76,20 +77,33 @@ class KServeRoutes:
             )
         return json_response(text)
 
-    def _infer(self, target: Target, body: bytes) -> Response:
-        doc = kserve_codec.parse_body(body)
-        sequence = kserve_codec.sequence_control(doc)
+    def _infer(self, target: Target, body: bytes, header_length: str | None, sequence_header: str | None) -> Response:
+        binary: bytes | None = None
+        if header_length is None:
+            doc = kserve_codec.parse_body(body)
+        else:
+            doc, binary = kserve_codec.split_binary_body(body, header_length)
+        sequence = kserve_codec.sequence_control(doc, sequence_header)
 
         def decode(predictor: Predictor) -> kserve_codec.InferRequest:
             # a sequence of an encoder-decoder model carries the source, target chunks or both
             partial = sequence is not None and predictor.encoder_decoder
-            return kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE), partial)
+            return kserve_codec.decode_infer_request(
+                doc, predictor.signature(DEFAULT_SIGNATURE), binary, partial=partial
+            )
 
         if sequence is None:
             answer = self.dispatch.predict(target, decode)
         else:
             answer = self.dispatch.stream(target, sequence.id, sequence.start, sequence.end, decode)
         request = answer.request
+        if request.binary_outputs:
+            content, length = kserve_codec.encode_binary_infer_response(
+                answer.model, answer.version, answer.outputs, request.binary_outputs, request.outputs, request.id
+            )
+            return Response(
+                content, media_type="application/octet-stream", headers={kserve_codec.HEADER_LENGTH: str(length)}
+            )
         text = kserve_codec.encode_infer_response(
             answer.model, answer.version, answer.outputs, request.outputs, request.id
         )

@@ -49,6 +49,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     rest_api_port: int = 8501  # 0 disables REST
     port: int = 8500  # gRPC; 0 disables it (and keeps TensorFlow out of the process)
+    grpc_inference_port: int = 0  # KServe v2 gRPC (inference.GRPCInferenceService); 0 = off
     rest: RestOptions = field(default_factory=RestOptions)
     grpc_workers: int = 8
     grpc_tensor_content: bool = False
@@ -91,8 +92,8 @@ class ModelServer:
     """REST and gRPC fronts over one registry, run in background threads."""
 
     def __init__(self, registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> None:
-        if not options.rest_api_port and not options.port:
-            raise ValueError("at least one of --rest_api_port and --port must be non-zero")
+        if not options.rest_api_port and not options.port and not options.grpc_inference_port:
+            raise ValueError("at least one of --rest_api_port, --port and --grpc_inference_port must be non-zero")
         self.registry = registry
         self.options = options
         self.metrics = Metrics()
@@ -103,6 +104,8 @@ class ModelServer:
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
         self.metrics.loaded_versions = registry.loaded_versions
         self._grpc: Any = None
+        self._kserve_grpc: Any = None
+        self._health: list[Any] = []
         self._uvicorn: Any = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -115,6 +118,19 @@ class ModelServer:
     def grpc_target(self) -> str | None:
         return f"{self.options.host}:{self.options.port}" if self.options.port else None
 
+    @property
+    def grpc_inference_target(self) -> str | None:
+        """The KServe v2 gRPC address (``--grpc_inference_port``), or None when it is off."""
+        port = self.options.grpc_inference_port
+        return f"{self.options.host}:{port}" if port else None
+
+    def _health_service(self, *services: str) -> Any:
+        from serving.health import Health
+
+        health = Health(self.dispatch.available, services)
+        self._health.append(health)
+        return health
+
     def start(self, timeout: float = 30.0) -> ModelServer:
         if self.options.port:
             from serving.grpc_server import start_grpc_server
@@ -125,6 +141,18 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
+                self._health_service("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+            )
+        if self.options.grpc_inference_port:
+            from serving.kserve_grpc import start_inference_server
+            from serving.kserve_grpc_codec import SERVICE
+
+            self._kserve_grpc = start_inference_server(
+                self.dispatch,
+                f"{self.options.host}:{self.options.grpc_inference_port}",
+                self.options.grpc_workers,
+                self.options.rest.max_body_bytes,
+                self._health_service(SERVICE),
             )
         if self.options.rest_api_port:
             import uvicorn
@@ -148,7 +176,13 @@ class ModelServer:
                     raise OSError(f"the REST server did not start on {self.rest_url}")
                 time.sleep(0.01)
         self.registry.start_polling(self.options.poll_seconds)
-        log.info("serving %s (REST %s, gRPC %s)", self.registry.names, self.rest_url, self.grpc_target)
+        log.info(
+            "serving %s (REST %s, gRPC %s, KServe gRPC %s)",
+            self.registry.names,
+            self.rest_url,
+            self.grpc_target,
+            self.grpc_inference_target,
+        )
         return self
 
     def stop(self) -> None:
@@ -157,11 +191,14 @@ class ModelServer:
             return
         self._stopped.set()
         grace = self.options.drain_seconds
+        for health in self._health:  # probes see NOT_SERVING while requests drain
+            health.drain()
         if self._uvicorn is not None and self._thread is not None:
             self._uvicorn.should_exit = True
             self._thread.join(grace + 5)
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait(grace + 5)
+        stopping = [server.stop(grace) for server in (self._grpc, self._kserve_grpc) if server is not None]
+        for done in stopping:
+            done.wait(grace + 5)
         if self.batcher is not None:
             self.batcher.close()
         self.sessions.close()
@@ -180,7 +217,7 @@ class ModelServer:
             self.start()
             print(
                 f"rnnkit serve: ready; models {self.registry.names}; REST {self.rest_url or 'off'}; "
-                f"gRPC {self.grpc_target or 'off'}",
+                f"gRPC {self.grpc_target or 'off'}; KServe gRPC {self.grpc_inference_target or 'off'}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -209,6 +246,7 @@ def start_server(
     model_config_file: str | None = None,
     rest_api_port: int | None = None,
     port: int | None = 0,
+    grpc_inference_port: int | None = 0,
     host: str = "127.0.0.1",
     backend: str = "onnx",
     device: str = "cpu",
@@ -220,14 +258,16 @@ def start_server(
     poll_seconds: float = 1.0,
     policy: VersionPolicy = LATEST_ONE,
 ) -> ModelServer:
-    """Load the models and start serving in this process (REST on a free port unless given; gRPC off
-    unless `port` is given, ``None`` = a free port). Call ``.stop()`` when done."""
+    """Load the models and start serving in this process (REST on a free port unless given; TF
+    Serving gRPC and KServe gRPC off unless `port` / `grpc_inference_port` are given, ``None`` = a
+    free port). Call ``.stop()`` when done."""
     configs = model_configs(model_name, model_base_path, model_config_file)
     registry = load_registry(configs, backend, device, limits, runtime, policy)
     options = ServerOptions(
         host=host,
         rest_api_port=free_port(host) if rest_api_port is None else rest_api_port,
         port=free_port(host) if port is None else port,
+        grpc_inference_port=free_port(host) if grpc_inference_port is None else grpc_inference_port,
         rest=rest,
         batching=batching,
         sessions=sessions,

@@ -91,8 +91,9 @@ class SessionStore:
             elif live is None:
                 raise ServingError(
                     Code.FAILED_PRECONDITION,
-                    f"sequence {key!r} of model '{name}' is unknown or expired (idle sessions end after "
-                    f"{self.options.idle_seconds:g} s); the first request of a sequence must set sequence_start",
+                    f"unknown sequence {key!r} of model '{name}': it is unknown or expired on this server (never "
+                    f"started, ended, idle longer than {self.options.idle_seconds:g} s, or started on a replica "
+                    "that has gone away); start it again with sequence_start",
                 )
             live.last_used = now
             self._live.move_to_end((name, key))

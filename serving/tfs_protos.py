@@ -26,10 +26,12 @@ def import_proto_modules(*names: str) -> list[types.ModuleType]:
         if "tensorflow" in sys.modules:  # real TensorFlow is loaded (or loading): nothing to avoid
             return [importlib.import_module(name) for name in names]
         spec = importlib.util.find_spec("tensorflow")
-        if spec is None or not spec.submodule_search_locations:
+        serving_api = importlib.util.find_spec("tensorflow_serving")
+        if spec is None or not spec.submodule_search_locations or serving_api is None:
             raise ImportError(
-                "the gRPC front needs the tensorflow-serving-api and tensorflow wheels installed "
-                "(their proto modules; TensorFlow itself is not started): pip install 'rnnkit[grpc]'"
+                "the TF Serving gRPC front (--port) needs the tensorflow-serving-api and tensorflow wheels installed "
+                "(their proto modules; TensorFlow itself is not started): pip install 'rnnkit[tf-serving]', "
+                "or turn it off with --port 0"
             )
         stand_in = types.ModuleType("tensorflow")
         stand_in.__path__ = list(spec.submodule_search_locations)

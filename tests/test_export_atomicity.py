@@ -271,7 +271,7 @@ def test_cli_prints_only_its_own_lines_unless_verbose(tmp_path):
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     runs = {}
     for flags in ([], ["--verbose"]):
-        command = [sys.executable, "-m", "rnnkit", "export", str(path), "--model_base_path", str(tmp_path / "repo")]
+        command = [sys.executable, "-m", "rnnkit_cli", "export", str(path), "--model_base_path", str(tmp_path / "repo")]
         done = subprocess.run(command + ["--model_name", "t", *flags], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         runs[bool(flags)] = done

@@ -263,6 +263,12 @@ def test_native_keras_layers_export_fused(tmp_path):
         ({"name": "bad name"}, RepositoryError, r"argument `model_name` must match .* Received: model_name='bad name'"),
         ({"version": 0}, ValueError, r"argument `version` must be a positive integer\. Received: version=0"),
         ({"opset": 11}, ExportError, r"argument `opset` must be in \[14, 18\]\. Received: opset=11"),
+        (
+            {"serving_base_path": "models"},
+            RepositoryError,
+            r"serving_base_path must be an absolute path or a URI where the repository is mounted for serving "
+            r"\(e\.g\. /models\); received 'models'",
+        ),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, error, match):
@@ -301,3 +307,15 @@ def test_cli_export(tmp_path, capsys):
         == 1
     )
     assert "already exists" in capsys.readouterr().err
+    # --serving_base_path: models.config names the path servers mount the repository at
+    assert (
+        main(
+            ["export", str(path), "--model_base_path", str(tmp_path / "repo"), "--model_name", "cli"]
+            + ["--serving_base_path", "/models/", "--formats", "savedmodel", "--no-verify"]
+        )
+        == 0
+    )
+    config = text_format.Parse(
+        (tmp_path / "repo" / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
+    assert [(c.name, c.base_path) for c in config.model_config_list.config] == [("cli", "/models/cli")]

@@ -13,9 +13,12 @@ FORBIDDEN = {
     # package: top-level modules it must never import (anywhere in its files)
     "rnnkit": {"export", "serving", "tf2onnx", "onnx", "onnxruntime"},
     "serving": {"rnnkit", "export", "keras"},
+    # the console script's launcher: the standard library; every box by name through its tables
+    "rnnkit_cli": {"export", "serving", "keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "numpy"},
 }
-# serving may use tensorflow only lazily (inside functions), never at module level.
-MODULE_LEVEL_FORBIDDEN = {"serving": {"tensorflow"}}
+# serving may use tensorflow only lazily (inside functions), never at module level; the launcher
+# imports the rnnkit package (and with it Keras) only inside the command that needs it.
+MODULE_LEVEL_FORBIDDEN = {"serving": {"tensorflow"}, "rnnkit_cli": {"rnnkit"}}
 
 
 def imports(path: pathlib.Path):
@@ -54,6 +57,70 @@ def test_importing_serving_loads_no_keras_tensorflow_or_rnnkit():
     assert not loaded & {"keras", "tensorflow", "rnnkit", "export"}
 
 
+def test_importing_rnnkit_registers_the_layers_and_loads_no_onnx_or_serving():
+    """`import keras, rnnkit` is enough for keras.saving to find rnnkit's classes."""
+    code = (
+        "import keras, rnnkit; "
+        "print(keras.saving.get_registered_object('rnnkit>StackedRNN') is rnnkit.layers.StackedRNN, "
+        "keras.saving.get_registered_object('rnnkit>Adam') is not None)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]
+    assert not loaded_after("import rnnkit") & {"onnx", "onnxruntime", "tf2onnx", "export", "serving"}
+
+
+def test_the_serve_command_loads_no_keras_tensorflow_or_rnnkit():
+    """The console script (`rnnkit_cli:main`) runs `rnnkit serve` without importing the rnnkit package."""
+    statement = (
+        "import rnnkit_cli, contextlib, io; "
+        "err = io.StringIO(); ctx = contextlib.redirect_stderr(err); ctx.__enter__(); "
+        "code = rnnkit_cli.main(['serve', '--model_base_path', '/nonexistent/rnnkit-model', '--port', '0']); "
+        "ctx.__exit__(None, None, None); "
+        "assert code == 1, (code, err.getvalue()); assert 'no model version could be loaded' in err.getvalue()"
+    )
+    loaded = loaded_after(statement)
+    assert "serving" in loaded  # the command ran
+    assert not loaded & {"keras", "tensorflow", "rnnkit", "export"}
+    assert not loaded_after("import rnnkit_cli; rnnkit_cli.build_parser('serve')") & {"keras", "tensorflow", "rnnkit"}
+
+
+def test_a_serve_only_install_without_keras_or_tensorflow():
+    """With keras and tensorflow absent (as after `pip install rnnkit[serve]`), `rnnkit serve` runs,
+    `rnnkit --help` lists it, and `import rnnkit` names the extra to install."""
+    code = (
+        "import sys, contextlib, io\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "import rnnkit_cli\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "    code = rnnkit_cli.main(['serve', '--model_base_path', '/nonexistent/rnnkit-model', '--port', '0'])\n"
+        "print(code, 'no model version could be loaded' in err.getvalue())\n"
+        "print('serve' in rnnkit_cli.build_parser().format_help())\n"
+        "try:\n"
+        "    import rnnkit\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print(error)\n"
+        "try:\n"
+        "    rnnkit_cli.main(['train', '--out', '/nonexistent'])\n"
+        "except SystemExit as error:\n"
+        "    print(error)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "1 True",
+        "True",
+        "rnnkit's layers and training need Keras and TensorFlow ('keras' is not installed): "
+        "pip install 'rnnkit[keras]' (the ONNX server alone is 'rnnkit[serve]')",
+        "rnnkit train: rnnkit's layers and training need Keras and TensorFlow ('keras' is not installed): "
+        "pip install 'rnnkit[keras]' (the ONNX server alone is 'rnnkit[serve]')",
+    ]
+
+
 def test_importing_rnnkit_layers_loads_no_onnx_or_serving():
     loaded = loaded_after("import rnnkit.layers")
     assert "keras" in loaded  # the check itself works
@@ -72,7 +139,7 @@ SERVING_LAYERS = (
     # states, metrics, array helpers, config files and their text format, TF Serving's proto loader
     ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos"),
     # codecs: wire formats <-> arrays, pure functions (TF Serving JSON and gRPC, KServe v2)
-    ("tfs_json", "rest_codec", "grpc_codec", "kserve_codec"),
+    ("tfs_json", "rest_codec", "grpc_codec", "kserve_codec", "kserve_grpc_codec"),
     # backends: the interface and the runtimes behind it (ONNX Runtime, TensorFlow, the fake)
     ("backend", "onnx_backend", "tf_backend"),
     # one loaded version and its public step graph (the sessions' view of it)
@@ -83,8 +150,8 @@ SERVING_LAYERS = (
     ("registry",),
     # the one request path: resolve -> validate -> limits -> schedule -> timeout -> metrics
     ("dispatch",),
-    # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC)
-    ("rest_http", "rest_inline", "rest_tfs", "rest_kserve", "rest", "grpc_server"),
+    # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC TF Serving and KServe), gRPC health
+    ("rest_http", "rest_inline", "rest_tfs", "rest_kserve", "rest", "grpc_server", "kserve_grpc", "health"),
     # running it: server, child process, command line, demo, the package's lazy names
     ("process", "server", "cli", "demo", "__main__", "__init__"),
 )
@@ -161,7 +228,8 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
 # ------------------------------------------------------ rnnkit reaches export/serving by name only
 
 # rnnkit may load the other boxes only through importlib, by module names listed in one place:
-# the dicts of rnnkit/cli.py (COMMAND_MODULES: subcommands; DEMO_MODULES: the demo's steps).
+# the dicts of the launcher rnnkit_cli/__init__.py (COMMAND_MODULES: subcommands; DEMO_MODULES:
+# the demo's steps), which lives outside the package so that `rnnkit serve` never imports it.
 BOX_NAME_TABLES = ("COMMAND_MODULES", "DEMO_MODULES")
 OTHER_BOXES = ("export", "serving")
 
@@ -170,12 +238,17 @@ def _names_other_box(value: object) -> bool:
     return isinstance(value, str) and any(value == box or value.startswith(box + ".") for box in OTHER_BOXES)
 
 
+TABLES_FILE = ROOT / "rnnkit_cli" / "__init__.py"
+
+
 def test_rnnkit_names_export_and_serving_modules_only_in_the_cli_table():
     bad = []
-    for path in sorted((ROOT / "rnnkit").rglob("*.py")):
+    paths = sorted((ROOT / "rnnkit").rglob("*.py")) + sorted((ROOT / "rnnkit_cli").rglob("*.py"))
+    assert TABLES_FILE in paths
+    for path in paths:
         tree = ast.parse(path.read_text(), filename=str(path))
         allowed: set = set()
-        if path == ROOT / "rnnkit" / "cli.py":
+        if path == TABLES_FILE:
             for node in tree.body:
                 if isinstance(node, ast.Assign) and any(
                     isinstance(t, ast.Name) and t.id in BOX_NAME_TABLES for t in node.targets
@@ -195,5 +268,5 @@ def test_rnnkit_names_export_and_serving_modules_only_in_the_cli_table():
                 and _names_other_box(node.value)
                 and id(node) not in allowed
             ):
-                bad.append(f"{where} names the module {node.value!r} outside rnnkit/cli.py's tables")
+                bad.append(f"{where} names the module {node.value!r} outside rnnkit_cli's tables")
     assert not bad, bad

@@ -86,8 +86,9 @@ def test_sequences_stick_and_unknown_sequence_is_a_clear_error(cluster):
         )
         assert status == 400 and replica in ("r0", "r1")
         assert json.loads(body) == {
-            "error": "sequence 'never-started' of model 'rnn' is unknown or expired (idle sessions end after 60 s); "
-            "the first request of a sequence must set sequence_start"
+            "error": "unknown sequence 'never-started' of model 'rnn': it is unknown or expired on this server (never "
+            "started, ended, idle longer than 60 s, or started on a replica that has gone away); start it again with "
+            "sequence_start"
         }
         # 40 sequences: all chunks of each reach one replica, both replicas hold some, outputs exact
         owners = {}

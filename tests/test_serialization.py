@@ -85,7 +85,7 @@ def test_keras_files_load_in_a_fresh_process(tmp_path):
         import os, sys
         import numpy as np
         import keras
-        import rnnkit.layers  # registers the classes; nothing else is shared with the saver
+        import rnnkit  # `import rnnkit` registers the classes; nothing else is shared with the saver
         folder, names = sys.argv[1], sys.argv[2:]
         x = np.load(os.path.join(folder, "x.npy"))
         for name in names:

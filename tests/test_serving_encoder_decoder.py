@@ -279,7 +279,7 @@ def test_kserve_encoder_decoder_sequence_errors(exported):
         ended = client.post(url, json=body({"sequence_id": 2, "sequence_end": True}, tgt=tgt[:, :1]))
         assert ended.status_code == 200
         after_end = client.post(url, json=body({"sequence_id": 2}, tgt=tgt[:, 1:2]))
-        assert "sequence 2 of model 'ed' is unknown or expired" in error_of(after_end)
+        assert "unknown sequence 2 of model 'ed': it is unknown or expired" in error_of(after_end)
         # without a sequence, the full model still needs every input
         assert error_of(client.post(url, json=body(src=src))) == "expected 2 inputs ['src', 'tgt']; missing ['tgt']"
     registry.close()

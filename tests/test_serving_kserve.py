@@ -2,6 +2,7 @@
 metadata, model ready, infer with flat or nested data and output selection), the error shape,
 and the pure codec's errors (one pinned substring per malformed input)."""
 
+import json
 import os
 import warnings
 
@@ -158,7 +159,7 @@ def test_output_selection_on_a_multi_output_model(client):
         (
             {"inputs": [{"name": "x", "shape": [1, 1, 1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]},
             400,
-            "binary tensor data is not supported",
+            "input 'x' declares binary_data_size but the request has no Inference-Header-Content-Length header",
         ),
     ],
 )
@@ -169,8 +170,8 @@ def test_infer_errors_have_the_error_shape(client, body, status, text):
 def test_infer_transport_errors(client):
     assert_error(client.post("/v2/models/half/infer", content=b"{not json"), 400, "failed to parse the request JSON")
     assert_error(client.post("/v2/models/nope/infer", json={"inputs": []}), 404, "Latest(nope)")
-    binary = client.post("/v2/models/half/infer", content=b"{}", headers={"Inference-Header-Content-Length": "2"})
-    assert_error(binary, 400, "binary tensor data")
+    binary = client.post("/v2/models/half/infer", content=b"{}", headers={"Inference-Header-Content-Length": "x"})
+    assert_error(binary, 400, "Inference-Header-Content-Length must be a non-negative integer; received 'x'")
     assert_error(client.get("/v2/models/half/infer"), 400, "Malformed request: GET /v2/models/half/infer")
     assert_error(client.get("/v2/repository/index"), 404, "is not a KServe v2 endpoint")
 
@@ -236,3 +237,126 @@ def test_codec_errors(item, text):
     inputs = [item] + [o for o in others if o["name"] != item["name"]]
     with pytest.raises(ServingError, match=text.replace("[", r"\[").replace("(", r"\(")):
         codec.decode_infer_request({"inputs": inputs}, SIG)
+
+
+# ----------------------------------------------------------------- binary tensor extension
+
+
+def binary_request(header_doc, *blobs, length=None):
+    header = json.dumps(header_doc).encode()
+    return {
+        "content": header + b"".join(blobs),
+        "headers": {"Inference-Header-Content-Length": str(len(header) if length is None else length)},
+    }
+
+
+def half_binary_input(shape, size):
+    return {"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": size}}
+
+
+def test_binary_request_and_binary_response(client):
+    x = np.array([4.0, 6.0], "<f4")
+    doc = {
+        "id": "b",
+        "inputs": [half_binary_input([1, 2, 1], 8)],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }
+    reply = client.post("/v2/models/half/infer", **binary_request(doc, x.tobytes()))
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
+    length = int(reply.headers["inference-header-content-length"])
+    header = json.loads(reply.content[:length])
+    assert header == {
+        "model_name": "half",
+        "model_version": "2",
+        "id": "b",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2, 1], "parameters": {"binary_data_size": 8}}],
+    }
+    assert np.frombuffer(reply.content[length:], "<f4").tolist() == [5.0, 6.0]  # 0.5 x + 3, by hand
+    # a binary request may ask for JSON outputs (no binary_data): a plain JSON reply
+    doc.pop("outputs")
+    plain = client.post("/v2/models/half/infer", **binary_request(doc, x.tobytes()))
+    assert "inference-header-content-length" not in plain.headers
+    assert plain.json()["outputs"][0]["data"] == [5.0, 6.0]
+    # binary_data_output asks for every output in binary; a JSON request may ask it too
+    json_doc = {
+        "parameters": {"binary_data_output": True},
+        "inputs": [{"name": "x", "shape": [1, 1, 1], "datatype": "FP32", "data": [2.0]}],
+    }
+    reply = client.post("/v2/models/half/infer", json=json_doc)
+    length = int(reply.headers["inference-header-content-length"])
+    assert np.frombuffer(reply.content[length:], "<f4").tolist() == [4.0]
+
+
+@pytest.mark.parametrize(
+    "request_args, text",
+    [
+        (
+            ({"inputs": [half_binary_input([1, 2, 1], 4)]}, b"\0" * 4),
+            "input 'x': shape [1, 2, 1] of FP32 needs 8 bytes of raw data, received 4",
+        ),
+        (
+            ({"inputs": [half_binary_input([1, 1, 1], 4)]}, b"\0" * 12),
+            "12 bytes follow the JSON header, but the inputs' binary_data_size add up to 4",
+        ),
+        (
+            ({"inputs": [half_binary_input([1, 2, 1], 8)]}, b"\0" * 4),
+            "input 'x': binary_data_size 8 at offset 0 runs past the 4 bytes after the JSON header",
+        ),
+        (
+            ({"inputs": [half_binary_input([1, 1, 1], -4)]}, b""),
+            "input 'x': parameter 'binary_data_size' must be a non-negative integer; received -4",
+        ),
+        (
+            ({"inputs": [{**half_binary_input([1, 1, 1], 4), "data": [1.0]}]}, b"\0" * 4),
+            "input 'x': give either 'data' or binary_data_size, not both",
+        ),
+        (
+            (
+                {
+                    "inputs": [half_binary_input([1, 1, 1], 4)],
+                    "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}],
+                },
+                b"\0" * 4,
+            ),
+            "output 'y': parameter 'binary_data' must be a boolean, received 'yes'",
+        ),
+    ],
+)
+def test_malformed_binary_requests_are_400(client, request_args, text):
+    assert_error(client.post("/v2/models/half/infer", **binary_request(*request_args)), 400, text)
+
+
+def test_binary_header_length_past_the_body(client):
+    reply = client.post("/v2/models/half/infer", **binary_request({"inputs": []}, length=999))
+    assert_error(reply, 400, "Inference-Header-Content-Length is 999, but the body has only 14 bytes")
+
+
+def test_raw_codec_checks_the_declared_size_before_building_arrays():
+    # the element budget is checked from the declared shape alone: nothing is allocated for it
+    with pytest.raises(ServingError, match=r"input 'x': shape \[1000, 1000, 1000\] declares 1000000000 elements, "
+                       r"more than the limit of 1000"):
+        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"", max_elements=1000)
+    with pytest.raises(ServingError, match=r"needs 4000000000 bytes of raw data, received 4"):
+        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"\0" * 4)
+    array = np.arange(6, dtype=np.int64).reshape(2, 3)
+    assert codec.decode_raw("t", "INT64", [2, 3], codec.encode_raw(array)).tolist() == array.tolist()
+    words = np.array(["ab", "", "héllo"], dtype=object)
+    raw = codec.encode_raw(words)
+    assert raw == b"\x02\0\0\0ab\0\0\0\0\x06\0\0\0h\xc3\xa9llo"
+    assert codec.decode_raw("s", "BYTES", [3], raw).tolist() == [b"ab", b"", "héllo".encode()]
+    with pytest.raises(ServingError, match="raw BYTES element 0 declares 2 bytes, 1 remain"):
+        codec.decode_raw("s", "BYTES", [1], b"\x02\0\0\0a")
+    with pytest.raises(ServingError, match="needs at least 12 bytes of raw data"):
+        codec.decode_raw("s", "BYTES", [3], b"\0" * 4)
+
+
+def test_sequence_header_and_parameter_must_agree():
+    control = codec.sequence_control({"parameters": {"sequence_start": True}}, "42")
+    assert control == codec.SequenceControl(42, True, False)  # digits: Triton's integer ids
+    assert codec.sequence_control({}, "user-7") == codec.SequenceControl("user-7", False, False)
+    assert codec.sequence_control({"parameters": {"sequence_id": 42}}, "42").id == 42
+    with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' names sequence 43 but parameter "
+                       "'sequence_id' names 42; they must agree"):
+        codec.sequence_control({"parameters": {"sequence_id": 42}}, "43")
+    with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' is empty"):
+        codec.sequence_control({}, " ")

@@ -1,0 +1,3 @@
+from rnnkit_cli import main
+
+raise SystemExit(main())
