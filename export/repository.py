@@ -390,10 +390,12 @@ def stage_server_configs(
     inputs: list[TensorInfo],
     outputs: list[TensorInfo],
     plan: StreamingPlan,
+    step_variants: list[str] | None = None,
 ) -> None:
     """Stage what a new version of `name` changes beside its directory: ``models.config``
     (SavedModel), the Triton ``config.pbtxt`` and, for streamable models, the ``<name>_step``
-    version (``step.onnx`` hard-linked from the staged version when possible) and its config."""
+    version (``step.onnx`` and the published `step_variants` such as ``step.int8.onnx``,
+    hard-linked from the staged version when possible) and its config."""
     staging, _ = pending.versions[0]
     if "savedmodel" in formats:
         pending.stage_text(os.path.join(base, "models.config"), models_config(base, pending=(name,)))
@@ -403,11 +405,12 @@ def stage_server_configs(
     if plan.reason is None:
         step_name = name + STEP_SUFFIX
         step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
-        source, target = os.path.join(staging, "step.onnx"), os.path.join(step_staging, "step.onnx")
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        for file in ["step.onnx", *(step_variants or [])]:
+            source, target = os.path.join(staging, file), os.path.join(step_staging, file)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
         pending.stage_text(
             os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
         )
