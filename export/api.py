@@ -21,7 +21,7 @@ from export.step import (
     ENCODER_SIGNATURE,
     STREAMING_MODES,
     StreamingPlan,
-    discover,
+    plan_streaming,
 )
 from export.twins import with_rnnkit_twins
 from export.variants import DEFAULT_MIN_AGREEMENT, build_variants, check_min_agreement, check_variants, load_calibration
@@ -120,7 +120,7 @@ def export_model(
     io = ModelIO.of(model)
     calibration = load_calibration(calibration_data, io.inputs) if calibration_data is not None else None
     model, swapped = with_rnnkit_twins(model)
-    plan = discover(model, io, streaming)
+    plan = plan_streaming(model, io, streaming)
     if streaming == "required" and plan.mode not in ("step", "encoder_decoder"):
         raise ExportError(
             f"--streaming required: model {name!r} cannot be streamed: {plan.reason}; nothing was published"

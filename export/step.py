@@ -200,7 +200,7 @@ def _sequence_names(infos: list[TensorInfo], tensors: dict[str, Any], verdict: V
     return [t.name for t in infos if verdict.kinds.get(id(tensors[t.name])) == PER_STEP]
 
 
-def discover(model: Any, io: ModelIO, streaming: str = "auto") -> StreamingPlan:
+def plan_streaming(model: Any, io: ModelIO, streaming: str = "auto") -> StreamingPlan:
     """Decide whether and how `model` streams (see ``export.streamability``) and plan the graphs."""
     if streaming not in STREAMING_MODES:
         raise ValueError(f"argument `streaming` must be one of {STREAMING_MODES}. Received: streaming={streaming!r}")

@@ -8,7 +8,8 @@
    gRPC (when the serving package is installed), then stop the server.
 
 Everything goes under ``demo_out/`` (replaced on each run). The other boxes (export, serving)
-are reached through ``importlib`` so ``rnnkit`` itself imports none of them.
+are reached through ``importlib`` by the names in ``rnnkit.cli.DEMO_MODULES``, so ``rnnkit``
+itself imports none of them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rnnkit.cli import DEMO_MODULES
 
 DEMO_SPEC = {"cell": "lstm", "units": 16, "layers": 2, "connection": "residual", "bidirectional": True}
 DEMO_TASK = "sentiment"
@@ -93,7 +96,7 @@ def run_demo(seed: int = 0, out: str | os.PathLike = "demo_out", epochs: int = D
     print(f"plot: {plot}")
 
     try:
-        export_model = importlib.import_module("export").export_model
+        export_model = importlib.import_module(DEMO_MODULES["export"]).export_model
     except ModuleNotFoundError:
         print("\n(export is not installed: pip install -e '.[export]' to run the rest of the demo)")
         return results
@@ -104,7 +107,7 @@ def run_demo(seed: int = 0, out: str | os.PathLike = "demo_out", epochs: int = D
 
     if serve:
         try:
-            serving_demo = importlib.import_module("serving.demo")
+            serving_demo = importlib.import_module(DEMO_MODULES["serve"])
         except ModuleNotFoundError:
             print("\n(serving is not installed yet: the demo stops after export)")
             return results

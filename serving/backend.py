@@ -9,6 +9,7 @@ is the in-memory double for tests.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +18,18 @@ from serving.signature import Signature, numpy_dtype
 
 BACKENDS = ("onnx", "tf")
 DEVICES = ("cpu", "gpu", "auto")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Runtime knobs shared by the backends (``0`` threads = the runtime's own default)."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    strict_device: bool = False
+
+
+DEFAULT_RUNTIME = RuntimeOptions()
 
 
 @runtime_checkable

@@ -24,9 +24,7 @@ INVALID_ARGUMENT with TF Serving's text.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -37,113 +35,24 @@ from typing import Any
 
 import numpy as np
 
+from serving.arrays import merge_rows, split_rows
+from serving.batching_config import DEFAULT_BATCHING, BatchingParameters
 from serving.errors import Code, ServingError, invalid_argument
 from serving.metrics import Metrics
-from serving.model_config import Message, ModelConfigError, parse_text_format
 from serving.predictor import Predictor
 from serving.signature import DEFAULT_SIGNATURE, Signature
 
-log = logging.getLogger("rnnkit.serving")
-
-# Fields of TF Serving's BatchingParameters this server reads; the others are accepted and ignored.
-BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches")
-IGNORED_FIELDS = (
-    "thread_pool_name",
-    "pad_variable_length_inputs",
-    "enable_large_batch_splitting",
-    "max_execution_batch_size",
-)
-THREAD_POOL_NAME = "model_server_batch_threads"
+THREAD_POOL_NAME = "model_server_batch_threads"  # TF Serving's label on the queuing-latency metric
 QUARTERS_PER_OCTAVE = 4  # default length buckets: 2 ** (1/4) ~ 1.19 apart
 
 
-@dataclass(frozen=True)
-class BatchingParameters:
-    """TF Serving's ``BatchingParameters``; defaults are its ``BasicBatchScheduler`` defaults."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_enqueued_batches: int = 10
-    allowed_batch_sizes: tuple[int, ...] = ()
-    # rnnkit: length buckets for zero-padding-invariant models (0 = quarter-octaves)
-    bucket_width: int = 0
-
-    def __post_init__(self) -> None:
-        for name in BATCHING_FIELDS:
-            if int(getattr(self, name)) < (0 if name == "batch_timeout_micros" else 1):
-                raise ValueError(f"batching parameter `{name}` must be positive; received {getattr(self, name)}")
-        if self.bucket_width < 0:
-            raise ValueError(f"`bucket_width` must be >= 0 (0 = quarter-octaves); received {self.bucket_width}")
-        sizes = self.allowed_batch_sizes
-        if sizes:
-            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
-                raise ValueError(f"allowed_batch_sizes must be increasing positive integers; received {list(sizes)}")
-            if sizes[-1] != self.max_batch_size:
-                raise ValueError(
-                    "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
-                    f"{sizes[-1]}; expected {self.max_batch_size}"
-                )
-
-
-def _scalar(fields: Message, name: str, source: str) -> int | None:
-    values = fields.get(name, [])
-    if not values:
-        return None
-    value = values[-1]
-    if isinstance(value, dict):  # the Int64Value wrapper: `max_batch_size { value: 64 }`
-        inner = value.get("value", [])
-        value = inner[-1] if inner else 0
-    if not isinstance(value, int):
-        raise ModelConfigError(f"{source}: `{name}` must be an integer (`{name} {{ value: N }}`); received {value!r}")
-    return value
-
-
-def parse_batching_parameters(
-    text: str, source: str = "<batching parameters>", bucket_width: int = 0
-) -> BatchingParameters:
-    """TF Serving's ``--batching_parameters_file`` text format -> :class:`BatchingParameters`."""
-    fields = parse_text_format(text, source)
-    unknown = sorted(set(fields) - set(BATCHING_FIELDS) - set(IGNORED_FIELDS) - {"allowed_batch_sizes"})
-    if unknown:
-        raise ModelConfigError(
-            f"{source}: unknown batching parameters {unknown}; expected {list(BATCHING_FIELDS)} "
-            f"(+ allowed_batch_sizes; ignored: {list(IGNORED_FIELDS)})"
-        )
-    given = {name: _scalar(fields, name, source) for name in BATCHING_FIELDS}
-    sizes = fields.get("allowed_batch_sizes", [])
-    if not all(isinstance(s, int) for s in sizes):
-        raise ModelConfigError(f"{source}: allowed_batch_sizes must be integers; received {sizes!r}")
-    try:
-        return BatchingParameters(
-            **{k: v for k, v in given.items() if v is not None},
-            allowed_batch_sizes=tuple(int(str(s)) for s in sizes),
-            bucket_width=bucket_width,
-        )
-    except ValueError as error:
-        raise ModelConfigError(f"{source}: {error}") from None
-
-
-def read_batching_parameters(path: str | None, bucket_width: int = 0) -> BatchingParameters:
-    if not path:
-        return BatchingParameters(bucket_width=bucket_width)
-    try:
-        with open(path) as handle:
-            text = handle.read()
-    except OSError as error:
-        raise ModelConfigError(f"cannot read batching parameters file {path!r}: {error}") from error
-    return parse_batching_parameters(text, path, bucket_width)
-
-
-# ------------------------------------------------------------------------------- the batcher
-
-
-def _timed(signature: Signature) -> set[str]:
-    """Inputs with a dynamic time axis (axis 1)."""
+def time_axis_inputs(signature: Signature) -> set[str]:
+    """Inputs with a dynamic time axis (axis 1): those zero-padding may lengthen."""
     return {s.name for s in signature.inputs if s.rank >= 2 and s.shape[1] is None}
 
 
-def _sequence_outputs(signature: Signature) -> set[str]:
+def time_axis_outputs(signature: Signature) -> set[str]:
+    """Outputs with a dynamic time axis (axis 1): those cut back to each request's length."""
     return {s.name for s in signature.outputs if s.rank >= 2 and s.shape[1] is None}
 
 
@@ -162,7 +71,7 @@ class _Task:
 class _Group:
     """Tasks that may share a batch: same version, signature and shape (or length bucket)."""
 
-    lane: tuple[int, str]
+    queue: tuple[int, str]  # (id of the version, signature): one bounded queue
     tasks: deque[_Task] = field(default_factory=deque)
     rows: int = 0
 
@@ -170,12 +79,12 @@ class _Group:
 class Batcher:
     """Merges concurrent requests; ``predict`` blocks its caller until the batch ran."""
 
-    def __init__(self, params: BatchingParameters = BatchingParameters(), metrics: Metrics | None = None) -> None:
+    def __init__(self, params: BatchingParameters = DEFAULT_BATCHING, metrics: Metrics | None = None) -> None:
         self.params = params
         self.metrics = metrics
         self._cond = threading.Condition()
         self._groups: dict[tuple[Any, ...], _Group] = {}
-        self._lane_rows: dict[tuple[int, str], int] = {}
+        self._queued_rows: dict[tuple[int, str], int] = {}
         self._closing = False
         self._threads = [
             threading.Thread(target=self._work, name=f"rnnkit-batch-{i}", daemon=True)
@@ -201,7 +110,7 @@ class Batcher:
         if rows > limit:
             raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {limit}")
         signature = predictor.signature(signature_name)
-        timed = _timed(signature)
+        timed = time_axis_inputs(signature)
         lengths = {int(arrays[name].shape[1]) for name in timed}
         steps: int | None = None
         if predictor.zero_padding_invariant and signature_name == DEFAULT_SIGNATURE and len(lengths) == 1:
@@ -210,14 +119,14 @@ class Batcher:
             (name, a.dtype.str, a.shape[2:] if steps is not None and name in timed else a.shape[1:])
             for name, a in sorted(arrays.items())
         )
-        lane = (id(predictor), signature_name)
-        key = (*lane, shapes, None if steps is None else self._bucket(steps))
+        queue = (id(predictor), signature_name)
+        key = (*queue, shapes, None if steps is None else self._bucket(steps))
         task = _Task(predictor, signature_name, arrays, rows, steps, Future(), time.perf_counter())
         with self._cond:
             if self._closing:
                 raise ServingError(Code.UNAVAILABLE, "the server is shutting down; the batch queue is closed")
             capacity = self.params.max_enqueued_batches * limit
-            queued = self._lane_rows.get(lane, 0)
+            queued = self._queued_rows.get(queue, 0)
             if queued + rows > capacity:
                 raise ServingError(
                     Code.UNAVAILABLE,
@@ -227,10 +136,10 @@ class Batcher:
                 )
             group = self._groups.get(key)
             if group is None:
-                group = self._groups[key] = _Group(lane)
+                group = self._groups[key] = _Group(queue)
             group.tasks.append(task)
             group.rows += rows
-            self._lane_rows[lane] = queued + rows
+            self._queued_rows[queue] = queued + rows
             self._cond.notify()
         return task.future
 
@@ -280,11 +189,11 @@ class Batcher:
             batch.append(task)
             rows += task.rows
         group.rows -= rows
-        self._lane_rows[group.lane] -= rows
+        self._queued_rows[group.queue] -= rows
         if not group.tasks:
             del self._groups[key]
-        if not self._lane_rows[group.lane]:
-            del self._lane_rows[group.lane]
+        if not self._queued_rows[group.queue]:
+            del self._queued_rows[group.queue]
         return batch
 
     def _run(self, batch: Sequence[_Task]) -> None:
@@ -311,37 +220,13 @@ class Batcher:
         first = batch[0]
         predictor, signature_name = first.predictor, first.signature_name
         signature = predictor.signature(signature_name)
-        timed = _timed(signature)
-        padded = max(t.steps for t in batch) if first.steps is not None else None  # type: ignore[type-var]
+        steps = [t.steps for t in batch] if first.steps is not None else None
+        padded = max(s for s in steps if s is not None) if steps is not None else None
         rows = sum(t.rows for t in batch)
         target = next((s for s in self.params.allowed_batch_sizes if s >= rows), rows)
-        merged: dict[str, np.ndarray] = {}
-        for name, sample in first.arrays.items():
-            parts = []
-            for task in batch:
-                array = task.arrays[name]
-                if padded is not None and name in timed and array.shape[1] < padded:
-                    width = [(0, 0), (0, padded - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
-                    array = np.pad(array, width)
-                parts.append(array)
-            if target > rows:  # allowed_batch_sizes: fill with zero rows, dropped below
-                shape = (target - rows, *parts[0].shape[1:])
-                parts.append(np.zeros(shape, sample.dtype))
-            merged[name] = np.concatenate(parts, axis=0)
+        merged = merge_rows([t.arrays for t in batch], time_axis_inputs(signature), padded, target)
         outputs = predictor.run(merged, signature_name)
-        sequences = _sequence_outputs(signature)
-        results: list[dict[str, np.ndarray]] = []
-        offset = 0
-        for task in batch:
-            own: dict[str, np.ndarray] = {}
-            for name, value in outputs.items():
-                part = value[offset : offset + task.rows]
-                if padded is not None and name in sequences and part.shape[1] == padded and task.steps != padded:
-                    part = part[:, : task.steps]
-                own[name] = part
-            results.append(own)
-            offset += task.rows
-        return results
+        return split_rows(outputs, [t.rows for t in batch], steps, time_axis_outputs(signature))
 
     def close(self) -> None:
         """Run what is queued, then stop the batch threads."""

@@ -135,14 +135,15 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.batching import BatchingParameters, read_batching_parameters
+    from serving.backend import RuntimeOptions
+    from serving.batching_config import BatchingParameters, read_batching_parameters
     from serving.errors import ServingError
-    from serving.model_config import ModelConfigError, VersionPolicy
-    from serving.onnx_backend import RuntimeOptions
+    from serving.model_config import VersionPolicy
     from serving.rest import RestOptions
     from serving.server import ModelServer, ServerOptions, load_registry, model_configs
-    from serving.session import SessionOptions
+    from serving.session_store import SessionOptions
     from serving.signature import Limits
+    from serving.text_format import ConfigError
 
     try:
         batching: BatchingParameters | None = None
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device),
             VersionPolicy("latest", args.num_versions),
         )
-    except (ModelConfigError, ServingError, ValueError) as error:
+    except (ConfigError, ServingError, ValueError) as error:
         print(f"rnnkit serve: {error}", file=sys.stderr)
         return 2
     if not registry.available():

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.server import spawn_server
+from serving.process import spawn_server
 
 REQUESTS = 50
 

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import Code, ServingError, invalid_argument
-from serving.registry import VersionStatus
-from serving.rest_codec import METHOD_PREDICT
-from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, Signature, TensorSpec
+from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, Signature, TensorSpec
+from serving.status import VersionStatus
 
 # DataType number -> (numpy dtype, typed TensorProto field)
 _FROM_WIRE: dict[int, tuple[Any, str]] = {
@@ -170,7 +169,14 @@ def _set(names: Sequence[str]) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-def decode_predict_request(request: Any, signature: Signature) -> tuple[dict[str, np.ndarray], list[str]]:
+@dataclass(frozen=True)
+class GrpcPredictRequest:
+    signature_name: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]  # the output names to return: the filter, or all in signature order
+
+
+def decode_predict_request(request: Any, signature: Signature) -> GrpcPredictRequest:
     """Inputs by name and the output names to return (the filter, or all in signature order)."""
     expected = signature.input_names
     sent = list(request.inputs.keys())
@@ -198,7 +204,7 @@ def decode_predict_request(request: Any, signature: Signature) -> tuple[dict[str
         if alias in wanted:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         wanted.append(alias)
-    return inputs, wanted or outputs
+    return GrpcPredictRequest(signature.name, inputs, wanted or outputs)
 
 
 def encode_predict_response(

@@ -10,43 +10,39 @@ same codes and texts as the REST front.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
 
-from serving.batching import Batcher
+from serving.dispatch import Call, Dispatch, Target
 from serving.errors import Code, grpc_message, invalid_argument, wire_error
-from serving.metrics import Metrics
-from serving.registry import ModelRegistry
+from serving.predictor import Predictor
 
 T = TypeVar("T")
 
 
-def _call(context: Any, metrics: Metrics, registry: ModelRegistry, model: str, api: str, job: Callable[[], T]) -> T:
+def _call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
+    """Run `job`, record it, and turn an exception into the gRPC status of the same code and text."""
     import grpc
 
-    started = time.perf_counter()
-    label = model if registry.model(model) is not None else "(unknown)"
+    call = Call("GRPC", dispatch.metric_name(model), api)
     try:
         result = job()
     except Exception as error:
         code, message, _ = wire_error(error)
-        metrics.record(label, api, "GRPC", code, (time.perf_counter() - started) * 1e6)
+        dispatch.record(call, code)
         context.abort(grpc.StatusCode[code.name], grpc_message(message))
         raise  # unreachable: abort raises
-    metrics.record(label, api, "GRPC", Code.OK, (time.perf_counter() - started) * 1e6)
+    dispatch.record(call, Code.OK)
     return result
 
 
 def start_grpc_server(
-    registry: ModelRegistry,
+    dispatch: Dispatch,
     address: str,
-    metrics: Metrics,
     workers: int = 8,
     max_message_bytes: int = -1,
     tensor_content: bool = False,
-    batcher: Batcher | None = None,
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server``."""
     import grpc
@@ -66,31 +62,29 @@ def start_grpc_server(
         def Predict(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 spec = grpc_codec.model_spec(request.model_spec)
-                with registry.lease(spec.name, spec.version, spec.label) as predictor:
-                    signature = predictor.signature(spec.signature_name)
-                    inputs, wanted = grpc_codec.decode_predict_request(request, signature)
-                    if batcher is not None:
-                        outputs = batcher.predict(predictor, inputs, spec.signature_name)
-                    else:
-                        outputs = predictor.predict(inputs, spec.signature_name)
+
+                def decode(predictor: Predictor) -> grpc_codec.GrpcPredictRequest:
+                    return grpc_codec.decode_predict_request(request, predictor.signature(spec.signature_name))
+
+                answer = dispatch.predict(Target(spec.name, spec.version, spec.label), decode)
                 return grpc_codec.encode_predict_response(
-                    {k: outputs[k] for k in wanted},
-                    predictor.name,
-                    predictor.version,
+                    {k: answer.outputs[k] for k in answer.request.outputs},
+                    answer.model,
+                    answer.version,
                     spec.signature_name,
                     tensor_content,
                 )
 
-            return _call(context, metrics, registry, request.model_spec.name, "Predict", job)
+            return _call(context, dispatch, request.model_spec.name, "Predict", job)
 
         def GetModelMetadata(self, request: Any, context: Any) -> Any:
             def job() -> Any:
                 spec = grpc_codec.model_spec(request.model_spec)
-                with registry.lease(spec.name, spec.version, spec.label) as predictor:
+                with dispatch.lease(Target(spec.name, spec.version, spec.label)) as predictor:
                     signatures = predictor.signatures
                 return grpc_codec.metadata_response(request, predictor.name, predictor.version, signatures)
 
-            return _call(context, metrics, registry, request.model_spec.name, "GetModelMetadata", job)
+            return _call(context, dispatch, request.model_spec.name, "GetModelMetadata", job)
 
     class ModelService(model_servicer):
         def GetModelStatus(self, request: Any, context: Any) -> Any:
@@ -98,19 +92,18 @@ def start_grpc_server(
                 if not request.HasField("model_spec"):
                     raise invalid_argument("Missing ModelSpec")
                 spec = grpc_codec.model_spec(request.model_spec)
-                return grpc_codec.status_response(registry.status(spec.name, spec.version))
+                return grpc_codec.status_response(dispatch.status(spec.name, spec.version))
 
-            return _call(context, metrics, registry, request.model_spec.name, "GetModelStatus", job)
+            return _call(context, dispatch, request.model_spec.name, "GetModelStatus", job)
 
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 0),
     ]
-    if batcher is not None:  # request threads wait for their batch: enough of them to fill batches
-        workers += min(batcher.params.max_batch_size * batcher.params.num_batch_threads, 512)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnkit-grpc"), options=options
+        futures.ThreadPoolExecutor(max_workers=dispatch.worker_threads(workers), thread_name_prefix="rnnkit-grpc"),
+        options=options,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)

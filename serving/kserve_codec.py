@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.errors import invalid_argument
-from serving.signature import Signature, TensorSpec, numpy_dtype
+from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, numpy_dtype
 
 # rnnkit.json dtype -> KServe v2 datatype
 DATATYPES: dict[str, str] = {
@@ -60,7 +60,11 @@ class InferRequest:
     parameters: dict[str, Any]
     inputs: dict[str, np.ndarray]
     outputs: list[str] | None  # None: every output
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def signature_name(self) -> str:
+        """KServe v2 has one signature per model: the default one."""
+        return DEFAULT_SIGNATURE
 
 
 def _datatype(spec: TensorSpec) -> str:
@@ -80,7 +84,7 @@ def parse_body(body: bytes) -> Any:
         raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
 
 
-def _flatten(data: Any, name: str) -> list[Any]:
+def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
     flat: list[Any] = []
@@ -132,7 +136,7 @@ def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
     expected = _datatype(spec)
     if datatype != expected:
         raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
-    values = _flatten(item["data"], name)
+    values = _flatten(item["data"])
     count = math.prod(shape)
     if len(values) != count:
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
@@ -244,3 +248,50 @@ def model_metadata_json(name: str, versions: Sequence[int], platform: str, signa
 
 def server_metadata_json(version: str) -> str:
     return json.dumps({"name": "rnnkit", "version": version, "extensions": list(SERVER_EXTENSIONS)})
+
+
+# ------------------------------------------------------------------------ sequence parameters
+
+
+@dataclass(frozen=True)
+class SequenceControl:
+    """Triton's sequence parameters of one request: which sequence, and whether it starts or ends it."""
+
+    id: int | str
+    start: bool
+    end: bool
+
+
+def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
+    """Triton's ``sequence_id`` request parameter (uint64 or string); None when the request is not
+    part of a sequence. ``sequence_start``/``sequence_end`` without a non-zero id is an error."""
+    raw = parameters.get("sequence_id")
+    start, end = parameters.get("sequence_start", False), parameters.get("sequence_end", False)
+    for flag, value in (("sequence_start", start), ("sequence_end", end)):
+        if not isinstance(value, bool):
+            raise invalid_argument(f"parameter '{flag}' must be a boolean, received {value!r}")
+    if raw is None or raw == 0 or raw == "":
+        if start or end:
+            raise invalid_argument(
+                "inference request to a sequence must specify a non-zero or non-empty correlation ID "
+                "(parameter 'sequence_id')"
+            )
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, int) and raw < 0):
+        raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {raw!r}")
+    return raw
+
+
+def sequence_control(doc: Any) -> SequenceControl | None:
+    """The sequence a parsed request body belongs to (from its ``parameters``), or None.
+
+    Read before the model is resolved, so a malformed sequence parameter is refused first; a
+    ``parameters`` that is not an object is left to :func:`decode_infer_request` to refuse.
+    """
+    parameters = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(parameters, dict):
+        return None
+    key = sequence_id(parameters)
+    if key is None:
+        return None
+    return SequenceControl(key, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))

@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.errors import ModelLoadError
 from serving.signature import Signature
 
@@ -27,18 +27,6 @@ log = logging.getLogger("rnnkit.serving")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """Runtime knobs shared by the backends (``0`` threads = the runtime's own default)."""
-
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    strict_device: bool = False
-
-
-DEFAULT_RUNTIME = RuntimeOptions()
 
 
 class OnnxBackend:

@@ -16,13 +16,12 @@ import os
 import threading
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from serving.backend import BACKENDS, DEVICES, Backend
+from serving.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, Backend, RuntimeOptions
 from serving.errors import Code, ModelLoadError, ServingError
-from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.signature import (
     DEFAULT_SIGNATURE,
     MANIFEST,
@@ -34,9 +33,7 @@ from serving.signature import (
     StatePair,
     validate,
 )
-
-if TYPE_CHECKING:
-    from serving.session import Session
+from serving.streaming import Session, StepGraph
 
 ONNX_FILES = {DEFAULT_SIGNATURE: "model.onnx", STEP_SIGNATURE: "step.onnx"}
 
@@ -209,15 +206,38 @@ class Predictor:
             f"model '{self.name}' version {self.version} cannot stream (no sessions): {reason}",
         )
 
+    def step_graph(self) -> StepGraph:
+        """The ``step`` graph sessions run: states, chunk signature, outputs, backend, limits.
+
+        Raises the :class:`ServingError` of :meth:`streaming_error` when this version cannot stream.
+        """
+        refused = self.streaming_error()
+        if refused is not None:
+            raise refused
+        pairs = self.states
+        step = self._backend(STEP_SIGNATURE)
+        step_signature = step.signature()
+        state_inputs = {p.input for p in pairs}
+        state_outputs = {p.output for p in pairs}
+        chunk_inputs = tuple(s for s in step_signature.inputs if s.name not in state_inputs)
+        default_outputs = self.signature(DEFAULT_SIGNATURE).output_names
+        return StepGraph(
+            self.name,
+            self.version,
+            pairs,
+            Signature(STEP_SIGNATURE, chunk_inputs, step_signature.outputs),
+            tuple(n for n in default_outputs if n not in state_outputs),
+            step,
+            self.limits,
+        )
+
     def session(self) -> Session:
         """A streaming session: ``step(chunk) -> outputs`` carrying the RNN state between chunks.
 
         States start at zeros; ``reset()`` zeroes them, ``close()`` ends the session. Bidirectional
         (non-streamable) models raise a :class:`ServingError` naming export's reason.
         """
-        from serving.session import Session
-
-        return Session(self)
+        return Session(self.step_graph())
 
     def describe(self) -> dict[str, Any]:
         """Backend facts per signature (runtime, device, providers, fallback)."""

@@ -28,21 +28,11 @@ from types import TracebackType
 from serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
 from serving.model_config import ModelConfig, VersionPolicy
 from serving.predictor import Predictor, version_dirs
+from serving.status import AVAILABLE, END, LOADING, VersionStatus
 
 log = logging.getLogger("rnnkit.serving")
 
-LOADING = "LOADING"
-AVAILABLE = "AVAILABLE"
-END = "END"
 LATEST_ONE = VersionPolicy()
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
 
 
 @dataclass
@@ -54,7 +44,7 @@ class ServedModel:
     failures: dict[int, tuple[Code, str]] = field(default_factory=dict)
     policy: VersionPolicy = LATEST_ONE
     loading: set[int] = field(default_factory=set)
-    unloaded: set[int] = field(default_factory=set)
+    retired: set[int] = field(default_factory=set)  # versions served before, reported END
     warned_empty: bool = False
 
     def latest(self) -> Predictor | None:
@@ -90,7 +80,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._in_flight: dict[int, int] = {}  # id(predictor) -> leases held
-        self._retiring: dict[int, Predictor] = {}  # unloaded, closing when their last lease ends
+        self._retired: dict[int, Predictor] = {}  # retired, closed when their last lease ends
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -161,10 +151,10 @@ class ModelRegistry:
         retired = [p for v, p in loaded.items() if v not in chosen]
         with self._lock:  # one step: new versions in, old ones out; requests never see neither
             model.predictors = dict(sorted(chosen.items()))
-            model.unloaded.difference_update(chosen)
-            model.unloaded.update(v for v in loaded if v not in chosen)
+            model.retired.difference_update(chosen)
+            model.retired.update(v for v in loaded if v not in chosen)
         for predictor in retired:
-            log.info("model %s version %d unloading", model.name, predictor.version)
+            log.info("model %s version %d retired", model.name, predictor.version)
             self._retire(predictor)
 
     def start_polling(self, interval_seconds: float) -> None:
@@ -198,14 +188,14 @@ class ModelRegistry:
                 self._in_flight[id(predictor)] = left
                 return
             self._in_flight.pop(id(predictor), None)
-            closing = self._retiring.pop(id(predictor), None)
+            closing = self._retired.pop(id(predictor), None)
         if closing is not None:
             closing.close()
 
     def _retire(self, predictor: Predictor) -> None:
         with self._lock:
             if self._in_flight.get(id(predictor), 0) > 0:
-                self._retiring[id(predictor)] = predictor
+                self._retired[id(predictor)] = predictor
                 return
         predictor.close()
 
@@ -255,7 +245,7 @@ class ModelRegistry:
             model = self._models.get(name)
             entries: dict[int, VersionStatus] = {}
             if model is not None:
-                entries.update({v: VersionStatus(v, END) for v in model.unloaded})
+                entries.update({v: VersionStatus(v, END) for v in model.retired})
                 entries.update({v: VersionStatus(v, LOADING) for v in model.loading})
                 entries.update({v: VersionStatus(v, END, c.name, m) for v, (c, m) in model.failures.items()})
                 entries.update({v: VersionStatus(v, AVAILABLE) for v in model.predictors})
@@ -266,10 +256,6 @@ class ModelRegistry:
                 raise not_found(f"Could not find version {version} of model {name}")
             return [entries[version]]
         return [entries[v] for v in sorted(entries, reverse=True)]
-
-    def predictors(self) -> list[Predictor]:
-        with self._lock:
-            return [p for m in self._models.values() for p in m.predictors.values()]
 
     def loaded_versions(self) -> dict[str, int]:
         """How many versions of each model are serving (for the metrics)."""
@@ -282,10 +268,10 @@ class ModelRegistry:
             self._poller.join(30)
         with self._poll_lock, self._lock:
             closing = [p for m in self._models.values() for p in m.predictors.values()]
-            closing += list(self._retiring.values())
+            closing += list(self._retired.values())
             for model in self._models.values():
                 model.predictors = {}
-            self._retiring.clear()
+            self._retired.clear()
         for predictor in closing:
             predictor.close()
 

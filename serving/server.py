@@ -6,18 +6,14 @@ In-process (tests, notebooks, the demo)::
     ...  # server.rest_url, server.grpc_target
     server.stop()
 
-As a child process (what ``rnnkit serve`` runs)::
-
-    proc = serving.spawn_server(["--model_base_path", "models/rnn", "--model_name", "rnn"])
-    ...  # proc.rest_url, proc.grpc_target
-    proc.stop()  # SIGTERM: in-flight requests complete, exit status 0
+As a child process: :func:`serving.process.spawn_server`.
 
 Shutdown: SIGTERM/SIGINT (or ``stop``) closes the listening sockets, lets requests in flight
 finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes the models.
 
 While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
 unload after their requests), predictions go through a :class:`~serving.batching.Batcher` when
-``batching`` is set, and KServe sequences keep their state in a :class:`~serving.session.SessionStore`.
+``batching`` is set, and KServe sequences keep their state in a :class:`~serving.session_store.SessionStore`.
 """
 
 from __future__ import annotations
@@ -25,8 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,14 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.batching import Batcher, BatchingParameters
+from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters
+from serving.dispatch import Dispatch
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config
-from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.predictor import Predictor
+from serving.process import free_port
 from serving.registry import LATEST_ONE, ModelRegistry
-from serving.rest import DEFAULT_REST, RestOptions, app
-from serving.session import DEFAULT_SESSIONS, SessionOptions, SessionStore
+from serving.rest import DEFAULT_REST, RestOptions, rest_app
+from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
 from serving.signature import NO_LIMITS, Limits
 
 log = logging.getLogger("rnnkit.serving")
@@ -101,6 +98,7 @@ class ModelServer:
         self.metrics = Metrics()
         self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
         self.sessions = SessionStore(options.sessions)
+        self.dispatch = Dispatch(registry, self.metrics, self.batcher, self.sessions)
         self.metrics.live_sessions = self.sessions.live
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
         self.metrics.loaded_versions = registry.loaded_versions
@@ -122,19 +120,17 @@ class ModelServer:
             from serving.grpc_server import start_grpc_server
 
             self._grpc = start_grpc_server(
-                self.registry,
+                self.dispatch,
                 f"{self.options.host}:{self.options.port}",
-                self.metrics,
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
-                self.batcher,
             )
         if self.options.rest_api_port:
             import uvicorn
 
             config = uvicorn.Config(
-                app(self.registry, self.options.rest, self.metrics, self.batcher, self.sessions),
+                rest_app(self.dispatch, self.options.rest),
                 host=self.options.host,
                 port=self.options.rest_api_port,
                 log_level="warning",
@@ -238,80 +234,3 @@ def start_server(
         poll_seconds=poll_seconds,
     )
     return ModelServer(registry, options).start()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on `host` (for tests and the demo)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-class ServerProcess:
-    """``python -m serving ...`` as a child process; ``stop()`` sends SIGTERM and waits."""
-
-    def __init__(self, process: subprocess.Popen[bytes], host: str, rest_api_port: int, port: int) -> None:
-        self.process = process
-        self.host = host
-        self.rest_api_port = rest_api_port
-        self.port = port
-
-    @property
-    def rest_url(self) -> str | None:
-        return f"http://{self.host}:{self.rest_api_port}" if self.rest_api_port else None
-
-    @property
-    def grpc_target(self) -> str | None:
-        return f"{self.host}:{self.port}" if self.port else None
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.stop()
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def spawn_server(
-    args: Sequence[str],
-    *,
-    host: str = "127.0.0.1",
-    rest_api_port: int | None = None,
-    port: int | None = 0,
-    timeout: float = 120.0,
-    env: dict[str, str] | None = None,
-    stderr: Any = None,
-) -> ServerProcess:
-    """Start ``python -m serving <args>`` on `host` and wait until it accepts connections.
-
-    `args` are ``rnnkit serve`` flags without the ports/host (``--model_base_path ...``);
-    ports default to free ones for REST and off for gRPC (``port=None`` picks a free one).
-    """
-    rest_api_port = free_port(host) if rest_api_port is None else rest_api_port
-    port = free_port(host) if port is None else port
-    command = [sys.executable, "-m", "serving", *args, "--host", host]
-    command += ["--rest_api_port", str(rest_api_port), "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stderr=stderr)
-    probe_port = rest_api_port or port
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode} before it was ready: {command}")
-        try:
-            with socket.create_connection((host, probe_port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise TimeoutError(f"the server did not listen on {host}:{probe_port} within {timeout} s") from None
-            time.sleep(0.02)
-    return ServerProcess(process, host, rest_api_port, port)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from serving.errors import ModelLoadError, ValidationError
 MANIFEST = "rnnkit.json"
 DEFAULT_SIGNATURE = "serving_default"
 STEP_SIGNATURE = "step"
+# SignatureDef method name both TF Serving codecs (REST metadata, gRPC metadata) print
+METHOD_PREDICT = "tensorflow/serving/predict"
 # Dtypes a manifest may name (numpy names); anything else is refused at load time.
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 # numpy dtype name -> (TensorFlow DataType name, number); the wire names of both codecs.
@@ -88,7 +90,6 @@ class StatePair:
     input: str
     output: str
     units: int
-    layer: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,6 @@ class Manifest:
     version: int
     formats: tuple[str, ...]
     signatures: Mapping[str, Signature]
-    streamable: bool = False
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # why the model cannot stream (from export), when it cannot
     streaming_reason: str | None = None
     states: tuple[StatePair, ...] = ()
@@ -135,8 +134,7 @@ class Manifest:
         states: tuple[StatePair, ...] = ()
         if streaming.get("streamable") and STEP_SIGNATURE in names:
             states = tuple(
-                StatePair(str(s["input"]), str(s["output"]), int(s["units"]), str(s.get("layer", "")))
-                for s in streaming.get("states") or []
+                StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in streaming.get("states") or []
             )
             state_in = tuple(TensorSpec(s.input, "float32", (None, s.units)) for s in states)
             state_out = tuple(TensorSpec(s.output, "float32", (None, s.units)) for s in states)
@@ -147,8 +145,6 @@ class Manifest:
             int(data["version"]),
             tuple(data.get("formats") or ()),
             signatures,
-            bool(streaming.get("streamable")),
-            data,
             None if reason is None else str(reason),
             states,
             bool(data.get("zero_padding_invariant", False)),

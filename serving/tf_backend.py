@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.errors import ModelLoadError
-from serving.onnx_backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.signature import Signature
 
 log = logging.getLogger("rnnkit.serving")

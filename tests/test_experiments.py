@@ -128,7 +128,8 @@ def test_step_recorder_recovers_step_losses_and_counts_skipped_steps():
         recorder.on_train_batch_begin(k - 1)
         total += loss
         recorder.on_train_batch_end(k - 1, {"loss": total / k, "grad_norm": 10.0 * k})
-    recorder.on_train_batch_begin(3)  # non-finite: no batch end
+    recorder.on_train_batch_begin(3)  # non-finite: the trainer reports it, the recorder skips it
+    recorder.on_train_batch_end(3, {"loss": math.nan, "grad_norm": math.nan})
     recorder.on_epoch_begin(1)
     recorder.on_train_batch_begin(0)
     recorder.on_train_batch_end(0, {"loss": 1.5, "grad_norm": 1.0})

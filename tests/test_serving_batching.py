@@ -11,11 +11,12 @@ import pytest
 import serving_repo
 
 from serving import FakeBackend, Predictor, Signature, TensorSpec
-from serving.batching import Batcher, BatchingParameters, parse_batching_parameters, read_batching_parameters
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters, parse_batching_parameters, read_batching_parameters
 from serving.cli import configure_parser
 from serving.errors import Code, ServingError, wire_error
 from serving.metrics import Metrics
-from serving.model_config import ModelConfigError
+from serving.text_format import ConfigError
 
 TOL = 1e-5
 
@@ -86,7 +87,7 @@ def test_parameters_file_in_tf_serving_text_format(tmp_path):
     ],
 )
 def test_parameters_file_errors(text, message):
-    with pytest.raises(ModelConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse_batching_parameters(text)
 
 

@@ -7,17 +7,12 @@ import numpy as np
 import pytest
 
 from serving.errors import HTTP_STATUS, Code, ServingError, wire_error
-from serving.model_config import ModelConfigError, parse_model_config
-from serving.registry import VersionStatus
-from serving.rest_codec import (
-    decode_predict_request,
-    encode_predict_response,
-    encode_tensor,
-    metadata_json,
-    parse_json,
-    status_json,
-)
+from serving.model_config import parse_model_config
+from serving.rest_codec import decode_predict_request, encode_predict_response, metadata_json, status_json
 from serving.signature import Limits, Manifest, Signature, TensorSpec, validate
+from serving.status import VersionStatus
+from serving.text_format import ConfigError
+from serving.tfs_json import encode_tensor, parse_json
 
 ONE = {
     "serving_default": Signature(
@@ -306,7 +301,7 @@ def test_model_config_reads_what_export_writes_plus_labels():
     ],
 )
 def test_model_config_errors(text, message):
-    with pytest.raises(ModelConfigError, match=None) as caught:
+    with pytest.raises(ConfigError, match=None) as caught:
         parse_model_config(text, "models.config")
     assert message in str(caught.value) and "models.config" in str(caught.value)
 
@@ -373,7 +368,8 @@ def test_grpc_predict_request_errors():
     with pytest.raises(ServingError, match="duplicate output tensor alias: logits"):
         decode_predict_request(request, sig)
     request.output_filter[:] = []
-    inputs, wanted = decode_predict_request(request, sig)
+    decoded = decode_predict_request(request, sig)
+    inputs, wanted = decoded.inputs, decoded.outputs
     assert set(inputs) == {"seq", "n"} and wanted == ["logits"]
     with pytest.raises(ServingError, match="ModelSpec has no name specified"):
         model_spec(protos().predict.PredictRequest().model_spec)

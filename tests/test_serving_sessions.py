@@ -12,9 +12,10 @@ import serving_repo
 
 from serving import Predictor, ServingError, app
 from serving.errors import Code, wire_error
+from serving.kserve_codec import sequence_id
 from serving.metrics import Metrics
 from serving.registry import ModelRegistry
-from serving.session import SessionOptions, SessionStore, sequence_id
+from serving.session_store import SessionOptions, SessionStore
 
 TOL = 1e-5
 CHUNKS = (1, 4, 3, 5)

@@ -1,4 +1,4 @@
-"""export.streamability / export.step.discover: which models get a step graph, and why not.
+"""export.streamability / export.step.plan_streaming: which models get a step graph, and why not.
 
 Fast: no conversion, only the Keras graph walk and one tiny Keras call per model."""
 
@@ -6,7 +6,7 @@ import keras
 import pytest
 
 from export.model_io import ModelIO
-from export.step import discover
+from export.step import plan_streaming
 from export.streamability import analyze
 from rnnkit import layers as rk
 
@@ -112,7 +112,7 @@ def test_verdict_names_the_layer_and_the_reason(case):
     assert verdict.layer == layer
     if layer is not None:
         assert words in verdict.reason
-        plan = discover(model, ModelIO.of(model))
+        plan = plan_streaming(model, ModelIO.of(model))
         assert plan.to_json()["streamable"] is False and plan.mode == "none"
         assert plan.to_json()["layer"] == layer and words in plan.to_json()["reason"]
 
@@ -120,7 +120,7 @@ def test_verdict_names_the_layer_and_the_reason(case):
 def test_fixed_length_input_has_nothing_to_stream():
     inp = keras.Input((6, F), name="x")
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(rk.GRU(H, return_sequences=True)(inp))))
-    plan = discover(model, ModelIO.of(model))
+    plan = plan_streaming(model, ModelIO.of(model))
     assert plan.mode == "none" and plan.layer is None
     assert plan.reason == "no input has a dynamic time axis (axis 1), so there is nothing to cut into chunks"
 
@@ -133,7 +133,7 @@ def test_side_input_and_whole_sequence_outputs_stream():
         {"audio": x, "meta": meta},
         {"frames": L.Dense(2)(h), "label": L.Dense(3)(L.Concatenate()([last, meta]))},
     )
-    plan = discover(model, ModelIO.of(model))
+    plan = plan_streaming(model, ModelIO.of(model))
     assert plan.reason is None and plan.mode == "step"
     assert plan.sequence_inputs == ["audio"] and plan.sequence_outputs == ["frames"]
     assert [s["input"] for s in plan.to_json()["states"]] == ["gru_h_in", "last_h_in", "last_c_in"]
@@ -159,7 +159,7 @@ def test_encoder_decoder_plan():
     y = rk.LSTM(H, return_sequences=True, name="dec")(e, initial_state=[h, L.Dense(H, name="bridge")(c)])
     y = rk.GRU(H, return_sequences=True, name="dec2")(y)
     model = keras.Model([src, tgt], L.Dense(7, name="logits")(y))
-    plan = discover(model, ModelIO.of(model))
+    plan = plan_streaming(model, ModelIO.of(model))
     assert plan.mode == "encoder_decoder" and plan.layer == "dec" and plan.to_json()["streamable"] is False
     assert "layer 'dec' starts from states computed by an encoder from ['src']" in plan.reason
     pair = plan.encoder_decoder.to_json()
@@ -174,14 +174,14 @@ def test_decoder_that_attends_to_the_encoder_cannot_stream():
     enc, h, c = rk.LSTM(H, return_sequences=True, return_state=True, name="enc")(src)
     y = rk.LSTM(H, return_sequences=True, name="dec")(tgt, initial_state=[h, c])
     model = keras.Model([src, tgt], L.Attention(name="att")([y, enc]))
-    plan = discover(model, ModelIO.of(model))
+    plan = plan_streaming(model, ModelIO.of(model))
     assert plan.mode == "none" and plan.encoder_decoder is None
     assert plan.layer == "att" and plan.reason.startswith("layer 'att' (Attention) attends across time steps")
 
 
 def test_streaming_off_and_bad_mode():
     model = model_of(lambda x: rk.GRU(H)(x))
-    plan = discover(model, ModelIO.of(model), "off")
+    plan = plan_streaming(model, ModelIO.of(model), "off")
     assert plan.mode == "off" and plan.reason == "streaming is off (--streaming off)"
     with pytest.raises(ValueError, match=r"argument `streaming` must be one of \('auto', 'off', 'required'\)"):
-        discover(model, ModelIO.of(model), "sometimes")
+        plan_streaming(model, ModelIO.of(model), "sometimes")

@@ -88,19 +88,22 @@ def test_clipping_bounds_the_applied_sgd_update(tmp_path, clip):
 
 # -- the guard ------------------------------------------------------------------------------------
 class Poison(keras.callbacks.Callback):
-    """Set the first weight to NaN at the given (epoch, batch) points, to blow up the next step."""
+    """Set the first weight to NaN at the given (epoch, batch) points, to blow up the next step.
+    Also keeps the weights at every epoch start and batch end (it runs after the guard)."""
 
     def __init__(self, when):
         super().__init__()
         self.when = set(when)
         self.epoch = None
         self.epoch_starts = []  # (epoch, weights) at each on_epoch_begin
+        self.batch_ends = {}  # (epoch, batch) -> weights after the guard ran
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.epoch_starts.append((epoch, [w.copy() for w in self.model.get_weights()]))
 
     def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends[(self.epoch, batch)] = [w.copy() for w in self.model.get_weights()]
         if (self.epoch, batch) in self.when or ("every", None) in self.when:
             self.when.discard((self.epoch, batch))
             weight = self.model.weights[0]
@@ -123,23 +126,26 @@ def make_trainer(tmp_path, task, callbacks=(), learning_rate=1e-2, max_recoverie
     )
 
 
-def test_guard_restores_checkpoint_halves_lr_and_training_continues(tmp_path):
-    task = small_task()
+def test_guard_restores_last_good_state_halves_lr_and_training_continues(tmp_path):
+    task = small_task()  # 96 examples, batches of 32: three steps per epoch
     poison = Poison({(1, 1)})  # after the second batch of the second epoch
     trainer = make_trainer(tmp_path, task, [poison])
     history = trainer.fit(task, 3)
 
     (event,) = trainer.guard.events
     assert event["epoch"] == 2 and event["step"] == 3 and event["restored_epoch"] == 1
-    assert event["loss"] == "nan" and event["learning_rate_after"] == pytest.approx(0.5e-2)
-    # epoch 2 began twice: the rerun starts from exactly the weights of checkpoint 1
-    starts = [w for epoch, w in poison.epoch_starts if epoch == 1]
-    assert len(starts) == 2
+    assert event["loss"] == "nan" and event["grad_norm"] == "nan"
+    assert event["learning_rate_before"] == pytest.approx(1e-2) and event["learning_rate_after"] == pytest.approx(5e-3)
+    # right after the bad step the model holds exactly the state saved after epoch 1: no update of
+    # epoch 2 (the poison included) stayed applied; the epoch went on with the next batch, not rerun
     saved = trainer.store.load(trainer.store.directory / "ckpt-000001.npz")
-    for restored, kept in zip(starts[1], saved.model_weights):
+    for restored, kept in zip(poison.batch_ends[(1, 2)], saved.model_weights):
         np.testing.assert_array_equal(restored, kept)
-    # ... and training went on: three finite epochs, the learning rate halved from the event on
+    assert len([epoch for epoch, _ in poison.epoch_starts if epoch == 1]) == 1
+    # optimizer state came back too: 3 steps (epoch 1) + 0 kept of epoch 2 + 3 steps (epoch 3)
+    assert int(trainer.optimizer.iterations.numpy()) == 6
     assert len(history.history["loss"]) == 3 and set(history.history) == set(HISTORY_KEYS)
+    assert all(np.isfinite(history.history["loss"]))  # the epoch's loss is over its finite steps
     assert history.history["learning_rate"] == pytest.approx([1e-2, 0.5e-2, 0.5e-2])
     assert history.history["recoveries"] == [0, 1, 1]
     assert all(np.isfinite(w).all() for w in trainer.model.get_weights())

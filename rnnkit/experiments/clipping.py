@@ -36,9 +36,10 @@ RUNS = (
 
 
 class StepRecorder(keras.callbacks.Callback):
-    """Per-step record of a `Trainer` run: the trainer calls ``on_train_batch_begin`` for every
-    step and ``on_train_batch_end`` only for applied (finite) ones, with the epoch's running mean
-    loss. With equal batches, the step's own loss is k·mean_k − (k−1)·mean_{k−1}."""
+    """Per-step record of a `Trainer` run: the trainer calls ``on_train_batch_begin`` and
+    ``on_train_batch_end`` for every step, with the epoch's running mean loss over its finite
+    steps (plus the current one) and the step's ``grad_norm``. Only finite steps are kept here;
+    with equal batches, the step's own loss is k·mean_k − (k−1)·mean_{k−1}."""
 
     def __init__(self):
         super().__init__()
@@ -55,6 +56,8 @@ class StepRecorder(keras.callbacks.Callback):
         self.attempted += 1
 
     def on_train_batch_end(self, batch, logs=None):
+        if not (math.isfinite(logs["loss"]) and math.isfinite(logs["grad_norm"])):
+            return  # not applied (the guard, if any, has rolled back)
         k = self._applied_in_epoch + 1
         self.losses.append(k * logs["loss"] - (k - 1) * self._mean)
         self.grad_norms.append(logs["grad_norm"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import keras
 from keras import activations, ops
+from keras.src import backend
 
 from rnnkit import gate_order
+from rnnkit.layers import cudnn
 from rnnkit.layers.cell_base import RecurrentCell
 from rnnkit.layers.recurrent import RecurrentLayer
 
@@ -89,10 +91,17 @@ class GRU(RecurrentLayer):
     ``reset_after`` and the cell options of ``GRUCell``; ``return_sequences``,
     ``return_state``, ``go_backwards``, ``stateful``, ``unroll``, ``zero_output_for_mask``
     as in ``keras.layers.RNN``. State: ``h``.
+
+    ``use_cudnn`` (``"auto"``, ``True``, ``False``, as in ``keras.layers.GRU``): run the time
+    loop with cuDNN's fused kernel where the configuration allows it (tanh/sigmoid, bias,
+    ``reset_after=True``, no recurrent dropout, not unrolled, right-padded masks) and a GPU is
+    there: in training calls for ``"auto"`` (inference keeps the portable loop), in every call
+    for ``True``, which raises when it cannot. See `rnnkit.layers.cudnn`.
     """
 
     CELL_CLASS = GRUCell
     STATE_NAMES = ("h",)
+    CUDNN = True
 
     def __init__(
         self,
@@ -101,6 +110,7 @@ class GRU(RecurrentLayer):
         recurrent_activation="sigmoid",
         use_bias: bool = True,
         reset_after: bool = True,
+        use_cudnn: str | bool = "auto",
         **kwargs,
     ):
         cell_args = {
@@ -110,3 +120,30 @@ class GRU(RecurrentLayer):
             "reset_after": reset_after,
         }
         super().__init__(units, cell_args, **kwargs)
+        self.use_cudnn = cudnn.check_use_cudnn(self.owner, use_cudnn)
+
+    def cell_cudnn_blockers(self) -> list[str]:
+        return [] if self.cell.reset_after else ["reset_after=False (cuDNN computes the reset-after form)"]
+
+    def cudnn_supported_here(self) -> bool:
+        cell = self.cell
+        return backend.cudnn_ok(
+            cell.activation, cell.recurrent_activation, self.unroll, cell.use_bias, reset_after=cell.reset_after
+        )
+
+    def cudnn_kernel(self, sequences, initial_state, mask):
+        cell = self.cell
+        return backend.gru(
+            sequences,
+            initial_state[0],
+            mask,
+            kernel=cell.kernel,
+            recurrent_kernel=cell.recurrent_kernel,
+            bias=cell.bias,
+            activation=cell.activation,
+            recurrent_activation=cell.recurrent_activation,
+            return_sequences=self.return_sequences,
+            go_backwards=self.go_backwards,
+            unroll=self.unroll,
+            reset_after=cell.reset_after,
+        )

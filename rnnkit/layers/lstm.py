@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
+from keras.src import backend
 
 from rnnkit import gate_order
+from rnnkit.layers import cudnn
 from rnnkit.layers.cell_base import RecurrentCell
 from rnnkit.layers.recurrent import RecurrentLayer
 
@@ -121,10 +123,17 @@ class LSTM(RecurrentLayer):
     ``unit_forget_bias``, ``use_peepholes`` and the cell options of ``LSTMCell``;
     ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``unroll``,
     ``zero_output_for_mask`` as in ``keras.layers.RNN``. States: ``[h, c]``.
+
+    ``use_cudnn`` (``"auto"``, ``True``, ``False``, as in ``keras.layers.LSTM``): run the time
+    loop with cuDNN's fused kernel where the configuration allows it (tanh/sigmoid, bias, no
+    peepholes, no recurrent dropout, not unrolled, right-padded masks) and a GPU is there: in
+    training calls for ``"auto"`` (inference keeps the portable loop), in every call for
+    ``True``, which raises when it cannot. See `rnnkit.layers.cudnn`.
     """
 
     CELL_CLASS = LSTMCell
     STATE_NAMES = ("h", "c")
+    CUDNN = True
 
     def __init__(
         self,
@@ -134,6 +143,7 @@ class LSTM(RecurrentLayer):
         use_bias: bool = True,
         unit_forget_bias: bool = True,
         use_peepholes: bool = False,
+        use_cudnn: str | bool = "auto",
         **kwargs,
     ):
         cell_args = {
@@ -147,3 +157,28 @@ class LSTM(RecurrentLayer):
             if key in kwargs:
                 cell_args[key] = kwargs.pop(key)
         super().__init__(units, cell_args, **kwargs)
+        self.use_cudnn = cudnn.check_use_cudnn(self.owner, use_cudnn)
+
+    def cell_cudnn_blockers(self) -> list[str]:
+        return ["use_peepholes=True"] if self.cell.use_peepholes else []
+
+    def cudnn_supported_here(self) -> bool:
+        cell = self.cell
+        return backend.cudnn_ok(cell.activation, cell.recurrent_activation, self.unroll, cell.use_bias)
+
+    def cudnn_kernel(self, sequences, initial_state, mask):
+        cell = self.cell
+        return backend.lstm(
+            sequences,
+            initial_state[0],
+            initial_state[1],
+            mask,
+            kernel=cell.kernel,
+            recurrent_kernel=cell.recurrent_kernel,
+            bias=cell.bias,
+            activation=cell.activation,
+            recurrent_activation=cell.recurrent_activation,
+            return_sequences=self.return_sequences,
+            go_backwards=self.go_backwards,
+            unroll=self.unroll,
+        )

@@ -22,7 +22,7 @@ _LAYER_KWARGS = ("name", "dtype", "trainable")
 HIGHWAY_GATE_BIAS = -1.0
 
 
-def _plain(value):
+def _json_config_value(value):
     """Config value -> JSON-able (initializers, regularizers... become their configs)."""
     if value is None or isinstance(value, (bool, int, float, str, list, dict)):
         return value
@@ -104,7 +104,7 @@ class StackedRNN(keras.layers.Layer):
         self.connection = connection
         self.return_sequences = bool(return_sequences)
         self.merge_mode = merge_mode
-        self.cell_kwargs = {k: _plain(v) for k, v in cell_kwargs.items()}
+        self.cell_kwargs = {k: _json_config_value(v) for k, v in cell_kwargs.items()}
         self.supports_masking = True
 
         self.rnn_layers = []

@@ -37,3 +37,8 @@ def substituted_call(layer, sequences, mask, initial_state, training):
     if substitute is None:
         return NotImplemented
     return substitute(layer, sequences, mask, initial_state, training)
+
+
+def substitution_active() -> bool:
+    """Whether a `trace_substitution` block is active (export is tracing)."""
+    return _ACTIVE.get() is not None

@@ -24,7 +24,7 @@ from rnnkit.tasks import Task, make_task
 from rnnkit.training.checkpoint import CheckpointStore
 from rnnkit.training.guard import NonFiniteGuard, TrainingDivergedError
 from rnnkit.training.model_spec import ModelSpec
-from rnnkit.training.optimizer import make_optimizer
+from rnnkit.training.optimizer import make_optimizer, with_gradient_record
 from rnnkit.training.strategy import is_chief, make_strategy, worker_index
 from rnnkit.training.trainer import Trainer
 
@@ -45,6 +45,7 @@ def train(
     distribute=None,
     cpu_replicas: int | None = None,
     seed: int = 0,
+    shuffle: bool = True,
     lr_factor: float = 0.5,
     max_recoveries: int = 3,
     keep_checkpoints: int = 2,
@@ -61,7 +62,8 @@ def train(
     ``optimizer``: a name for `make_optimizer` (with ``learning_rate`` and
     ``global_clipnorm``) or a Keras optimizer. ``distribute``: ``None``/"default",
     ``"mirrored"``, ``"multiworker"`` (``TF_CONFIG``) or a strategy; ``cpu_replicas`` splits
-    the CPU into that many logical devices for "mirrored". Returns the Keras ``History``
+    the CPU into that many logical devices for "mirrored". ``shuffle=False`` keeps the
+    training examples in task order (the order ``model.fit(shuffle=False)`` sees). Returns the Keras ``History``
     (keys in ``rnnkit.training.HISTORY_KEYS``). Raises `TrainingDivergedError` after
     ``max_recoveries`` recoveries, having written ``history.json`` with the reason.
     """
@@ -90,6 +92,7 @@ def train(
             )
         if isinstance(optimizer, str):
             optimizer = make_optimizer(optimizer, learning_rate=learning_rate, global_clipnorm=global_clipnorm)
+        optimizer = with_gradient_record(optimizer)
         optimizer.build(model.trainable_variables)
     trainer = Trainer(
         model,
@@ -101,6 +104,7 @@ def train(
         guard=guard,
         batch_size=batch_size,
         seed=seed,
+        shuffle=shuffle,
         verbose=verbose if chief else 0,
         callbacks=callbacks,
     )

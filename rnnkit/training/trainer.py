@@ -1,18 +1,19 @@
 """`Trainer`: one custom training loop for every `tf.distribute` strategy.
 
-Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and
-under any mirrored strategy Keras clips each replica's *partial* gradient rather than the
-global one. So rnnkit runs its own step with ``strategy.run`` over a distributed dataset,
-the same code under the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy:
+Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585). So
+rnnkit runs its own step with ``strategy.run`` over a distributed dataset, the same code under
+the default strategy, MirroredStrategy and MultiWorkerMirroredStrategy:
 
     on each replica r (batch B_r):   s_r = sum_{n in B_r} loss_n,   g_r = d s_r / d w
     all-reduce (one collective):     g = sum_r g_r / N,   loss = sum_r s_r / N,   N = sum_r |B_r|
-    pre-clip global norm:            ||g|| = sqrt(sum_i ||g_i||^2)          (recorded)
-    if loss and ||g|| are finite:    optimizer.apply(g)   (clips g itself, e.g. by global norm)
-    else:                            nothing is applied; the NonFiniteGuard rolls back
+    optimizer.apply(g)               records the pre-clip global norm ||g|| and whether it
+                                     clipped, and applies nothing unless ||g|| is finite
+                                     (a non-finite loss makes g non-finite here)
 
 ``g`` is the gradient of the mean loss over the whole global batch (partial batches included),
-so clipping and the recorded norm mean the same thing for any number of replicas.
+so clipping and the recorded norm mean the same thing for any number of replicas. The
+statistics and the non-finite guard are the Keras callbacks `GradientNormHistory` and
+`NonFiniteGuard`, the same ones a ``model.fit`` user adds.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from keras import ops
 
 from rnnkit.tasks import Task
 from rnnkit.training.checkpoint import CheckpointStore
-from rnnkit.training.guard import NonFiniteGuard
-from rnnkit.training.optimizer import clip_threshold, current_learning_rate
+from rnnkit.training.guard import GradientNormHistory, NonFiniteGuard, check_constant_learning_rate
+from rnnkit.training.optimizer import current_learning_rate, with_gradient_record
 
 logger = logging.getLogger("rnnkit.training")
 
@@ -59,16 +60,30 @@ def _single_output(outputs):
     return values[0]
 
 
+class _EpochLogs(keras.callbacks.Callback):
+    """Keeps the epoch logs as the callbacks before it left them."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs: dict = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs = dict(logs or {})
+
+
 class Trainer:
     """Train ``model`` (built, with its variables created under ``strategy.scope()``).
 
     ``kind`` is ``"classification"`` (outputs are class probabilities, sparse categorical
     cross-entropy, accuracy = argmax hits) or ``"regression"`` (one output unit, squared
     error, accuracy = |prediction - target| < ``tolerance``). ``batch_size`` is the global
-    batch, split over the replicas. Checkpoints go to ``store`` at the end of every epoch
-    (and once before training); ``guard`` handles non-finite steps (``None`` disables it:
-    such steps are then skipped, not applied). ``callbacks`` are Keras callbacks; setting
-    ``model.stop_training = True`` stops after the epoch.
+    batch, split over the replicas; ``shuffle`` reorders the training examples every epoch
+    (reproducibly from ``seed`` and the epoch). Checkpoints go to ``store`` at the end of every
+    epoch (and once before training); ``guard`` handles non-finite steps (``None`` disables
+    it: such steps are then skipped, not applied). ``optimizer`` should come from
+    `make_optimizer`; an unbuilt Keras optimizer is replaced by its recording twin.
+    ``callbacks`` are Keras callbacks, called after rnnkit's `GradientNormHistory` and the
+    guard; setting ``model.stop_training = True`` stops after the epoch.
     """
 
     def __init__(
@@ -83,6 +98,7 @@ class Trainer:
         guard: NonFiniteGuard | None = None,
         batch_size: int = 64,
         seed: int = 0,
+        shuffle: bool = True,
         verbose: int = 1,
         show_progress: bool = True,
         callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -100,11 +116,10 @@ class Trainer:
                 f"Argument `batch_size` must be an integer >= the number of replicas ({replicas}). "
                 f"Received: batch_size={batch_size!r}"
             )
-        if guard is not None and isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            raise ValueError(
-                "NonFiniteGuard lowers a constant learning rate; the optimizer has a schedule. "
-                "Pass a float learning rate, or guard=None."
-            )
+        optimizer = with_gradient_record(optimizer)
+        if guard is not None:
+            check_constant_learning_rate(optimizer)
+            guard.optimizer = optimizer
         self.model = model
         self.optimizer = optimizer
         self.kind = kind
@@ -113,10 +128,12 @@ class Trainer:
         self.guard = guard
         self.batch_size = batch_size
         self.seed = seed
+        self.shuffle = bool(shuffle)
         self.verbose = verbose
         self.show_progress = show_progress
-        self.callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
-        self.clip_kind, self.clip_value = clip_threshold(optimizer)
+        internal = [GradientNormHistory(optimizer)] + ([guard] if guard is not None else [])
+        self._epoch_logs = _EpochLogs()  # last: CallbackList hands callbacks a copy of the logs
+        self.callbacks = keras.callbacks.CallbackList(internal + list(callbacks) + [self._epoch_logs], model=model)
         self.variables = list(model.trainable_variables)
         if not optimizer.built:
             with self.strategy.scope():
@@ -156,25 +173,14 @@ class Trainer:
         reduced = [self.strategy.experimental_local_results(value)[0] for value in reduced]
         grads, (loss_sum, count, hits) = reduced[:-3], reduced[-3:]
         denominator = tf.maximum(count, 1.0)
-        grads = [g / denominator for g in grads]
         loss = loss_sum / denominator
-        norm = tf.linalg.global_norm(grads)
+        # A non-finite loss poisons the gradient, so the optimizer skips the step and records it.
+        poison = tf.where(tf.math.is_finite(loss), 0.0, math.nan)
+        grads = [g / denominator + poison for g in grads]
+        self.optimizer.apply(grads, self.variables)
+        norm, clipped = self.optimizer.gradient_record[0], self.optimizer.gradient_record[1]
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
-        if self.clip_kind == "global_clipnorm":
-            clipped = norm > self.clip_value
-        elif self.clip_kind == "clipnorm":
-            clipped = tf.reduce_any([tf.norm(g) > self.clip_value for g in grads])
-        elif self.clip_kind == "clipvalue":
-            clipped = tf.reduce_any([tf.reduce_max(tf.abs(g)) > self.clip_value for g in grads])
-        else:
-            clipped = tf.constant(False)
-
-        def apply():
-            self.optimizer.apply(grads, self.variables)
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return {"loss": loss, "grad_norm": norm, "hits": hits, "count": count, "finite": finite, "clipped": clipped}
+        return {"loss": loss, "grad_norm": norm, "hits": hits, "count": count, "finite": finite, "clipped": clipped > 0}
 
     def _replica_eval_step(self, x, y):
         loss, hits = self._per_example(y, self.model(x, training=False))
@@ -194,16 +200,16 @@ class Trainer:
                 f"Trainer.train_step: `x` must hold 1 to batch_size={self.batch_size} examples. Received: {len(x)}"
             )
         (batch,) = list(self._dataset(np.asarray(x), np.asarray(y), shuffle_epoch=None, drop_remainder=False))
-        return self._host(self._train_fn(*batch))
+        return self._as_python_values(self._train_fn(*batch))
 
     @staticmethod
-    def _host(record: dict) -> dict:
+    def _as_python_values(record: dict) -> dict:
         return {k: (bool(v) if k in ("finite", "clipped") else float(v)) for k, v in record.items()}
 
     # -- data ----------------------------------------------------------------------------------
     def _dataset(self, x: np.ndarray, y: np.ndarray, shuffle_epoch: int | None, drop_remainder: bool):
         """A distributed dataset of global batches; shuffled reproducibly per (seed, epoch)."""
-        if shuffle_epoch is not None:
+        if shuffle_epoch is not None and self.shuffle:
             order = np.random.default_rng([self.seed, shuffle_epoch]).permutation(len(x))
             x, y = x[order], y[order]
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(self.batch_size, drop_remainder=drop_remainder)
@@ -223,15 +229,15 @@ class Trainer:
         loss_sum, count, hits = totals
         return {"loss": loss_sum / max(count, 1.0), "accuracy": hits / max(count, 1.0)}
 
-    def _run_epoch(self, task: Task, epoch: int, epochs: int) -> tuple[dict, dict | None]:
-        """Train one epoch. Returns (logs, None), or (partial logs, the non-finite step record)."""
+    def _run_epoch(self, task: Task, epoch: int, epochs: int) -> dict:
+        """Train one epoch; return its mean loss and accuracy over the finite steps."""
         drop = self.strategy.num_replicas_in_sync > 1  # no replica ever gets an empty batch
         steps = self._steps(len(task.x_train), drop)
         if steps < 1:
             raise ValueError(
                 f"Argument `batch_size` ({self.batch_size}) exceeds the {len(task.x_train)} training examples."
             )
-        norms, clipped, totals = [], 0, np.zeros(3)
+        totals = np.zeros(3)
         progress = None
         if self.verbose and self.show_progress:
             from tqdm.auto import tqdm
@@ -240,36 +246,25 @@ class Trainer:
         try:
             for step, batch in enumerate(self._dataset(task.x_train, task.y_train, epoch, drop)):
                 self.callbacks.on_train_batch_begin(step)
-                record = self._host(self._train_fn(*batch))
-                if not record["finite"]:
-                    if self.guard is not None:
-                        return {}, {**record, "step": step}
+                record = self._as_python_values(self._train_fn(*batch))
+                running = totals + [record["loss"] * record["count"], record["count"], record["hits"]]
+                logs = {"loss": running[0] / running[1], "accuracy": running[2] / running[1]}
+                if record["finite"]:
+                    totals = running
+                elif self.guard is None:
                     logger.warning("Non-finite step at epoch %d, step %d skipped (no guard).", epoch + 1, step + 1)
-                    continue
-                norms.append(record["grad_norm"])
-                clipped += record["clipped"]
-                totals += [record["loss"] * record["count"], record["count"], record["hits"]]
-                logs = {"loss": totals[0] / totals[1], "accuracy": totals[2] / totals[1], "grad_norm": norms[-1]}
                 self.callbacks.on_train_batch_end(step, logs)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(
-                        loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.3f}", gnorm=f"{norms[-1]:.3g}"
+                        loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.3f}", gnorm=f"{record['grad_norm']:.3g}"
                     )
         finally:
             if progress is not None:
                 progress.close()
-        if not norms:  # every step was non-finite and skipped (guard=None)
-            return dict.fromkeys(
-                ("loss", "accuracy", "grad_norm_mean", "grad_norm_max", "clipped_fraction"), math.nan
-            ), None
-        return {
-            "loss": totals[0] / totals[1],
-            "accuracy": totals[2] / totals[1],
-            "grad_norm_mean": float(np.mean(norms)),
-            "grad_norm_max": float(np.max(norms)),
-            "clipped_fraction": clipped / len(norms),
-        }, None
+        if totals[1] == 0:  # no finite step
+            return {"loss": math.nan, "accuracy": math.nan}
+        return {"loss": totals[0] / totals[1], "accuracy": totals[2] / totals[1]}
 
     def learning_rate(self) -> float:
         return current_learning_rate(self.optimizer)
@@ -284,7 +279,7 @@ class Trainer:
         gradient norm, fraction of steps whose gradient was clipped, learning rate, cumulative
         guard recoveries, validation loss and accuracy.
 
-        Without a checkpoint in ``store``, state 0 is saved first (the guard's fallback). With
+        Without a checkpoint in ``store``, state 0 is saved first. With
         one, ``resume=True`` restores weights, optimizer state, history, recovery count and
         learning rate and continues after its epoch; ``resume=False`` refuses to overwrite it.
         """
@@ -319,35 +314,18 @@ class Trainer:
         self.callbacks.on_train_begin()
         while epoch < epochs:
             self.callbacks.on_epoch_begin(epoch)
-            logs, bad_step = self._run_epoch(task, epoch, epochs)
-            if bad_step is not None:
-                with self.strategy.scope():
-                    checkpoint = self.guard.recover(
-                        self.store,
-                        self.model,
-                        self.optimizer,
-                        epoch=epoch,
-                        step=bad_step["step"],
-                        loss=bad_step["loss"],
-                        grad_norm=bad_step["grad_norm"],
-                    )
-                history = {key: list(checkpoint.meta.get("history", {}).get(key, [])) for key in HISTORY_KEYS}
-                epoch = checkpoint.epoch
-                continue
+            logs = self._run_epoch(task, epoch, epochs)
             val = self.evaluate(task.x_val, task.y_val)
-            logs.update(
-                learning_rate=self.learning_rate(),
-                recoveries=self.guard.recoveries if self.guard is not None else 0,
-                val_loss=val["loss"],
-                val_accuracy=val["accuracy"],
-            )
+            logs.update(learning_rate=self.learning_rate(), val_loss=val["loss"], val_accuracy=val["accuracy"])
+            # GradientNormHistory adds the gradient statistics, the guard `recoveries`.
+            self.callbacks.on_epoch_end(epoch, logs)
+            logs = {"recoveries": 0, **self._epoch_logs.logs}
             for key in HISTORY_KEYS:
                 history[key].append(float(logs[key]))
             epoch += 1
             self._save(epoch, history, meta)
             if self.verbose:
                 logger.info("epoch %d/%d: %s", epoch, epochs, ", ".join(f"{k}={logs[k]:.4g}" for k in HISTORY_KEYS))
-            self.callbacks.on_epoch_end(epoch - 1, dict(logs))
             if self.model.stop_training:
                 break
         self.callbacks.on_train_end()

@@ -1,0 +1,221 @@
+"""The one request path every front calls: REST (TF Serving and KServe v2) and gRPC.
+
+Fronts decode the wire and encode the answer; everything between runs here, in this order:
+
+1. **resolve** — the model and version a request names, held by a registry lease for the request
+   (:meth:`Dispatch.lease`; unknown models and versions fail with TF Serving's texts);
+2. **validate** — the front's codec turns the body into arrays against the version's signatures,
+   then :meth:`Dispatch.validate` checks names, dtypes and shapes;
+3. **limits** — batch size and sequence length against :meth:`Dispatch.limits_for` (checked with
+   step 2, so each input is refused with its first problem);
+4. **schedule** — :meth:`Dispatch.run`: the :class:`~serving.batching.Batcher` when batching is on,
+   else the predictor; chunks of a sequence go through the :class:`~serving.session_store.SessionStore`
+   (:meth:`Dispatch.stream`);
+5. **timeout** — :meth:`Dispatch.in_worker` runs a request in a worker thread and answers
+   DEADLINE_EXCEEDED when it takes longer than the front's timeout;
+6. **metrics** — :meth:`Dispatch.record` counts every model request by model and status and
+   times the successful ones (TF Serving's metric names).
+
+Nothing here knows HTTP, gRPC or JSON: errors are raised as :class:`~serving.errors.ServingError`
+and each front turns them into wire errors through :func:`serving.errors.wire_error`.
+
+Where new request rules belong: a bound on the request (element budget, batch size, sequence
+length) is a field of the :class:`~serving.signature.Limits` that :meth:`Dispatch.limits_for`
+returns (codecs that must refuse before allocating get the same object from the front); a check
+of the values (non-finite inputs) is a step between :meth:`Dispatch.validate` and
+:meth:`Dispatch.run`; a deadline for synchronous fronts (gRPC) wraps :meth:`Dispatch.run`, as
+:meth:`Dispatch.in_worker` does for REST; state keyed by client input (sessions, metric labels)
+is bounded where it is kept (:class:`~serving.session_store.SessionStore`, :meth:`Dispatch.metric_name`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from serving.batching import Batcher
+from serving.errors import Code, ServingError
+from serving.metrics import Metrics
+from serving.predictor import Predictor
+from serving.registry import Lease, ModelRegistry
+from serving.session_store import SequenceId, SessionStore
+from serving.signature import DEFAULT_SIGNATURE, Limits, validate
+from serving.status import VersionStatus
+
+UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
+MAX_BATCH_WAITERS = 512  # most extra request threads a front adds to wait for batches
+
+
+class DecodedRequest(Protocol):
+    """What a front's codec made of a request body: input values by name, for one signature."""
+
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+
+    @property
+    def signature_name(self) -> str: ...
+
+
+R = TypeVar("R", bound=DecodedRequest)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model a request names: a version number, a version label, or neither (the newest)."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Prediction(Generic[R]):
+    """The answer to one request: the version that ran it, the decoded request and its outputs."""
+
+    model: str
+    version: int
+    request: R
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class Call:
+    """What one request is about, for the metrics step (the front fills it while routing)."""
+
+    entrypoint: str  # "REST" or "GRPC"
+    model: str = ""  # the metrics label; "" = not a model request, not recorded
+    api: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Dispatch:
+    """The data plane behind every front: one registry, batcher, session store and metrics."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics | None = None,
+        batcher: Batcher | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.batcher = batcher
+        self.sessions = sessions if sessions is not None else SessionStore()
+
+    # ------------------------------------------------------------------------ 1. resolve
+
+    def lease(self, target: Target) -> Lease:
+        """Hold the version `target` names for one request (``with dispatch.lease(t) as predictor``)."""
+        return self.registry.lease(target.name, target.version, target.label)
+
+    def metric_name(self, name: str) -> str:
+        """The metrics label for a requested model name: itself when served, else ``(unknown)``."""
+        return name if self.registry.model(name) is not None else UNKNOWN_MODEL
+
+    # ------------------------------------------------------------- 2 + 3. validate, limits
+
+    def limits_for(self, predictor: Predictor) -> Limits:
+        """The request limits of a version (today those it was loaded with: ``--max_batch_size``...)."""
+        return predictor.limits
+
+    def validate(self, predictor: Predictor, inputs: Mapping[str, Any], signature_name: str) -> dict[str, np.ndarray]:
+        """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes."""
+        return validate(predictor.signature(signature_name), inputs, self.limits_for(predictor))
+
+    # ----------------------------------------------------------------------- 4. schedule
+
+    def run(self, predictor: Predictor, arrays: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
+        """Validated arrays through the batcher (when batching is on) or straight to the predictor."""
+        if self.batcher is not None:
+            return self.batcher.submit(predictor, arrays, signature_name).result()
+        return predictor.run(arrays, signature_name)
+
+    def predict(self, target: Target, decode: Callable[[Predictor], R]) -> Prediction[R]:
+        """Steps 1-4 for one prediction: lease `target`, ``decode(predictor)`` (the front's codec),
+        validate, run; the outputs of every output of the signature, by name."""
+        with self.lease(target) as predictor:
+            request = decode(predictor)
+            signature_name = request.signature_name or DEFAULT_SIGNATURE
+            arrays = self.validate(predictor, request.inputs, signature_name)
+            outputs = self.run(predictor, arrays, signature_name)
+        return Prediction(predictor.name, predictor.version, request, outputs)
+
+    def stream(
+        self, target: Target, key: SequenceId, start: bool, end: bool, decode: Callable[[Predictor], R]
+    ) -> Prediction[R]:
+        """Steps 1-4 for one chunk of sequence `key`: a new sequence (`start`) runs on the version
+        `target` names; later chunks stay on the version their sequence started on while it is
+        served (a sequence whose version was retired is told to start again). Validation and limits
+        apply in the session, against the step graph's chunk signature."""
+        with self._sequence_lease(target, key, start) as predictor:
+            request = decode(predictor)
+            outputs = self.sessions.step(predictor, key, request.inputs, start, end)
+        return Prediction(predictor.name, predictor.version, request, outputs)
+
+    def _sequence_lease(self, target: Target, key: SequenceId, start: bool) -> Lease:
+        pinned = None if start else self.sessions.pinned_version(target.name, key)
+        if pinned is None:
+            return self.lease(target)
+        try:
+            return self.lease(Target(target.name, pinned))
+        except ServingError as error:
+            if error.code is not Code.NOT_FOUND:
+                raise
+            self.sessions.discard(target.name, key)
+            raise self.sessions.moved(target.name, key, pinned) from None
+
+    def worker_threads(self, base: int) -> int:
+        """Threads a front needs to run `base` requests at once: with batching, request threads wait
+        for their batch, so enough of them to fill the batches are added."""
+        workers = max(1, base)
+        if self.batcher is not None:
+            params = self.batcher.params
+            workers += min(params.max_batch_size * params.num_batch_threads, MAX_BATCH_WAITERS)
+        return workers
+
+    # ------------------------------------------------------------------------ 5. timeout
+
+    async def in_worker(self, executor: Executor, job: Callable[[], T], timeout_ms: int, flag: str) -> T:
+        """Run `job` in a worker thread of `executor`; DEADLINE_EXCEEDED (naming `flag`, the setting
+        that sets it) after `timeout_ms` (<= 0: no timeout). The job itself is not interrupted."""
+        future = asyncio.get_running_loop().run_in_executor(executor, job)
+        timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})") from None
+
+    # ------------------------------------------------------------------------ 6. metrics
+
+    def record(self, call: Call, code: Code) -> None:
+        """Count one request (by model label and status) and time it when it succeeded."""
+        if call.model:
+            self.metrics.record(call.model, call.api, call.entrypoint, code, (time.perf_counter() - call.started) * 1e6)
+
+    # --------------------------------------------------------------------- model queries
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return self.registry.status(name, version)
+
+    def ready(self, target: Target) -> bool:
+        """Whether the version `target` names serves now."""
+        try:
+            self.registry.resolve(target.name, target.version, target.label)
+        except ServingError:
+            return False
+        return True
+
+    def available(self) -> bool:
+        """Whether any version of any model serves now."""
+        return self.registry.available()
+
+    def versions(self, name: str) -> list[int]:
+        return self.registry.versions(name)

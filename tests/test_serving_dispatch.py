@@ -1,0 +1,189 @@
+"""The one request path (serving.dispatch) driven directly with fake backends: one test per step
+(resolve, validate, limits, schedule on the predictor or the batcher, sessions, timeout, metrics)."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving import FakeBackend, Limits, Predictor, Signature, TensorSpec
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters
+from serving.dispatch import Call, Dispatch, Target
+from serving.errors import Code, ServingError
+from serving.metrics import Metrics
+from serving.registry import ModelRegistry
+
+X = TensorSpec("x", "float32", (None, None, 1))
+Y = TensorSpec("y", "float32", (None, None, 1))
+H_IN, H_OUT = TensorSpec("h_in", "float32", (None, 2)), TensorSpec("h_out", "float32", (None, 2))
+DEFAULT = Signature("serving_default", (X,), (Y,))
+STEP = Signature("step", (X, H_IN), (Y, H_OUT))
+
+
+@dataclass
+class Request:
+    """What a front's codec would hand over: input values by name for one signature."""
+
+    inputs: dict
+    signature_name: str = "serving_default"
+    decoded_by: list = field(default_factory=list)
+
+
+def scaled(factor):
+    return lambda inputs: {"y": inputs["x"] * factor}
+
+
+def step(inputs):
+    """A 'recurrence' checkable by hand: the state adds up every value seen, y = x + state."""
+    h = inputs["h_in"] + inputs["x"].sum(axis=1)
+    return {"y": inputs["x"] + inputs["h_in"][:, None, :1], "h_out": h}
+
+
+def model(version, factor, limits=None):
+    backends = {"serving_default": FakeBackend(DEFAULT, scaled(factor)), "step": FakeBackend(STEP, step)}
+    return Predictor("m", version, backends, limits or Limits())
+
+
+def decode(request):
+    def run(predictor):
+        request.decoded_by.append(predictor.version)
+        return request
+
+    return run
+
+
+@pytest.fixture
+def dispatch():
+    registry = ModelRegistry.of([model(1, 10.0, Limits(2, 3)), model(2, 2.0, Limits(2, 3))])
+    yield Dispatch(registry, Metrics())
+    registry.close()
+
+
+def x(batch=1, steps=2):
+    return np.ones((batch, steps, 1), np.float32)
+
+
+# ------------------------------------------------------------------------------- 1. resolve
+
+
+def test_unknown_model_is_not_found_before_decoding(dispatch):
+    request = Request({"x": x()})
+    with pytest.raises(ServingError, match=r"Servable not found for request: Latest\(nope\)") as caught:
+        dispatch.predict(Target("nope"), decode(request))
+    assert caught.value.code is Code.NOT_FOUND and request.decoded_by == []
+    assert dispatch.metric_name("nope") == "(unknown)" and dispatch.metric_name("m") == "m"
+
+
+def test_bad_version_or_label_is_refused_with_tf_serving_texts(dispatch):
+    with pytest.raises(ServingError, match=r"Servable not found for request: Specific\(m, 7\)") as caught:
+        dispatch.predict(Target("m", 7), decode(Request({"x": x()})))
+    assert caught.value.code is Code.NOT_FOUND
+    with pytest.raises(ServingError, match="Unrecognized servable version label: stable") as caught:
+        dispatch.predict(Target("m", label="stable"), decode(Request({"x": x()})))
+    assert caught.value.code is Code.INVALID_ARGUMENT
+    assert dispatch.ready(Target("m", 1)) and not dispatch.ready(Target("m", 7))
+
+
+def test_the_named_version_runs_and_no_version_means_the_newest(dispatch):
+    newest = dispatch.predict(Target("m"), decode(Request({"x": x()})))
+    assert (newest.model, newest.version) == ("m", 2) and newest.outputs["y"].tolist() == [[[2.0], [2.0]]]
+    first = dispatch.predict(Target("m", 1), decode(Request({"x": x()})))
+    assert first.version == 1 and first.outputs["y"].tolist() == [[[10.0], [10.0]]]
+    assert first.request.decoded_by == [1]  # the codec saw the version it runs on
+
+
+# -------------------------------------------------------------------- 2. validate, 3. limits
+
+
+def test_validation_refuses_before_the_runtime():
+    backend = FakeBackend(DEFAULT, scaled(1.0))
+    dispatch = Dispatch(ModelRegistry.of([Predictor("m", 1, {"serving_default": backend})]))
+    with pytest.raises(
+        ServingError, match=r"input 'x' expects rank 3 with shape \[-1, -1, 1\], received shape \[1, 2\]"
+    ):
+        dispatch.predict(Target("m"), decode(Request({"x": np.ones((1, 2), np.float32)})))
+    with pytest.raises(ServingError, match=r"expects inputs \['x'\]; missing \['x'\], unexpected \['z'\]"):
+        dispatch.predict(Target("m"), decode(Request({"z": x()})))
+    assert backend.calls == 0
+
+
+def test_limits_refuse_batch_size_and_sequence_length(dispatch):
+    with pytest.raises(ServingError, match=r"batch size 3, above the server limit 2 \(--max_batch_size\)") as caught:
+        dispatch.predict(Target("m"), decode(Request({"x": x(batch=3)})))
+    assert caught.value.code is Code.INVALID_ARGUMENT
+    with pytest.raises(ServingError, match=r"4 time steps, above the server limit 3 \(--max_sequence_length\)"):
+        dispatch.predict(Target("m"), decode(Request({"x": x(steps=4)})))
+    assert dispatch.limits_for(dispatch.lease(Target("m")).predictor) == Limits(2, 3)
+
+
+# ---------------------------------------------------------------------------- 4. schedule
+
+
+def test_with_a_batcher_predictions_go_through_it():
+    metrics = Metrics()
+    registry = ModelRegistry.of([model(1, 3.0)])
+    batcher = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=1), metrics)
+    dispatch = Dispatch(registry, metrics, batcher)
+    try:
+        answer = dispatch.predict(Target("m"), decode(Request({"x": x(batch=2)})))
+        assert answer.outputs["y"].tolist() == [[[3.0], [3.0]], [[3.0], [3.0]]]
+        with pytest.raises(ServingError, match="Task size 5 is larger than maximum input batch size 4"):
+            dispatch.predict(Target("m"), decode(Request({"x": x(batch=5)})))  # the batcher's own refusal
+        sizes = next(
+            f for f in text_string_to_metric_families(metrics.render().decode()) if f.name.endswith("batch_size")
+        )
+        assert [s.value for s in sizes.samples if s.name.endswith("_count")] == [1.0]  # one batch ran
+        assert dispatch.worker_threads(4) == 4 + 4 * 1  # request threads that wait for batches are added
+    finally:
+        batcher.close()
+        registry.close()
+    assert Dispatch(ModelRegistry()).worker_threads(4) == 4
+
+
+def test_a_sequence_stays_on_the_version_it_started_on(dispatch):
+    start = dispatch.stream(Target("m", 1), "s", True, False, decode(Request({"x": x(steps=2)})))
+    assert start.version == 1 and start.outputs["y"].tolist() == [[[1.0], [1.0]]]  # zero state
+    later = dispatch.stream(Target("m"), "s", False, False, decode(Request({"x": x(steps=1)})))
+    assert later.version == 1 and later.outputs["y"].tolist() == [[[3.0]]]  # state 2 carried over
+    dispatch.registry.model("m").predictors.pop(1)  # version 1 no longer served
+    with pytest.raises(ServingError, match="sequence 's' started on version 1 of model 'm', which is no longer"):
+        dispatch.stream(Target("m"), "s", False, False, decode(Request({"x": x(steps=1)})))
+    assert dispatch.sessions.live() == {}
+
+
+# ----------------------------------------------------------------------------- 5. timeout
+
+
+def test_timeout_answers_deadline_exceeded_and_fast_jobs_return():
+    dispatch = Dispatch(ModelRegistry())
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ServingError, match=r"Request timed out after 50 ms \(--some_timeout\)") as caught:
+            asyncio.run(dispatch.in_worker(pool, lambda: release.wait(30), 50, "--some_timeout"))
+        assert caught.value.code is Code.DEADLINE_EXCEEDED
+        release.set()
+        assert asyncio.run(dispatch.in_worker(pool, lambda: 42, 0, "--some_timeout")) == 42  # 0: no timeout
+
+
+# ----------------------------------------------------------------------------- 6. metrics
+
+
+def test_metrics_count_every_model_request_and_time_the_successful_ones():
+    metrics = Metrics()
+    dispatch = Dispatch(ModelRegistry(), metrics)
+    dispatch.record(Call("REST", "m", "predict"), Code.OK)
+    dispatch.record(Call("GRPC", "(unknown)", "Predict"), Code.NOT_FOUND)
+    dispatch.record(Call("REST"), Code.OK)  # not a model request: not recorded
+    text = metrics.render().decode()
+    assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 1' in text
+    assert ':tensorflow:serving:request_count{model_name="(unknown)",status="NOT_FOUND"} 1' in text
+    latency = next(f for f in text_string_to_metric_families(text) if f.name == ":tensorflow:serving:request_latency")
+    counts = {
+        (s.labels["model_name"], s.labels["entrypoint"]): s.value for s in latency.samples if s.name.endswith("_count")
+    }
+    assert counts == {("m", "REST"): 1.0}
