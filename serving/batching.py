@@ -1,9 +1,15 @@
 """Dynamic batching that stays exact for variable-length sequences.
 
 Concurrent requests for the same model version and signature are merged into one runtime call
-of up to ``max_batch_size`` rows, waiting at most ``batch_timeout_micros`` for an underfull
-batch, on ``num_batch_threads`` threads (TF Serving's ``BatchingParameters``, read from the same
-text file as ``--batching_parameters_file``).
+of up to ``max_batch_size`` rows on ``num_batch_threads`` threads (TF Serving's
+``BatchingParameters``, read from the same text file as ``--batching_parameters_file``).
+
+Dispatch is eager, so batching never delays a request that finds the model idle: when no batch of
+that model version and signature is running, a free batch thread takes what is queued at once
+(one request at concurrency 1). While a batch runs, requests gather; the queue goes when it holds
+``max_batch_size`` rows, when the running batch ends, or when its oldest request has waited
+``batch_timeout_micros``, whichever comes first: the timeout is an upper bound on waiting, not a
+fixed delay. Under load the runtime is busy, so batches fill by themselves.
 
 Exactness, the part TF Serving gets wrong for RNNs (it pads with the tensor's first element,
 tensorflow/serving#1279): requests are only merged when the answer cannot change.
@@ -85,6 +91,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._groups: dict[tuple[Any, ...], _Group] = {}
         self._queued_rows: dict[tuple[int, str], int] = {}
+        self._running: dict[tuple[int, str], int] = {}  # batches in the runtime per (version, signature)
         self._closing = False
         self._threads = [
             threading.Thread(target=self._work, name=f"rnnkit-batch-{i}", daemon=True)
@@ -157,7 +164,15 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(batch)
+            try:
+                self._run(batch)
+            finally:
+                queue = (id(batch[0].predictor), batch[0].signature_name)
+                with self._cond:
+                    self._running[queue] -= 1
+                    if not self._running[queue]:
+                        del self._running[queue]
+                    self._cond.notify_all()  # what gathered meanwhile may go now
 
     def _next_batch(self) -> list[_Task] | None:
         timeout = self.params.batch_timeout_micros / 1e6
@@ -169,7 +184,8 @@ class Batcher:
                 wake = float("inf")
                 for key, group in self._groups.items():
                     oldest = group.tasks[0].enqueued
-                    if group.rows >= limit or now >= oldest + timeout or self._closing:
+                    idle = not self._running.get(group.queue)
+                    if idle or group.rows >= limit or now >= oldest + timeout or self._closing:
                         if best is None or oldest < best[0]:
                             best = (oldest, key)
                     else:
@@ -190,6 +206,7 @@ class Batcher:
             rows += task.rows
         group.rows -= rows
         self._queued_rows[group.queue] -= rows
+        self._running[group.queue] = self._running.get(group.queue, 0) + 1
         if not group.tasks:
             del self._groups[key]
         if not self._queued_rows[group.queue]:

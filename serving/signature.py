@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,8 @@ class Manifest:
     # appending all-zero time steps leaves the answers unchanged: requests of different lengths
     # may be batched by zero right-padding (sequence outputs sliced back)
     zero_padding_invariant: bool = False
+    # reduced-precision variants export wrote: variant -> {"published", "reason", "files": {graph: file}, ...}
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, version_dir: str) -> Manifest:
@@ -148,6 +150,7 @@ class Manifest:
             None if reason is None else str(reason),
             states,
             bool(data.get("zero_padding_invariant", False)),
+            {str(k): dict(v) for k, v in (data.get("variants") or {}).items()},
         )
 
 

@@ -1,0 +1,153 @@
+"""Eager dispatch: a request that finds its model idle runs at once (batch_timeout_micros is an
+upper bound, not a delay); requests arriving while a batch runs gather and go when it ends, when
+they fill max_batch_size, or when the oldest has waited the timeout; answers stay exact."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import serving_repo
+
+from serving import FakeBackend, Predictor, Signature, TensorSpec
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters
+
+FOREVER_US = 600_000_000  # 10 minutes: a test that waited for it would time out instead of passing
+SIG = Signature("serving_default", (TensorSpec("a", "float32", (None,)),), (TensorSpec("b", "float32", (None,)),))
+
+
+class Held:
+    """A fake runtime whose first call blocks until released; records each call's rows."""
+
+    def __init__(self):
+        self.rows = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, inputs):
+        with self.lock:
+            self.rows.append(inputs["a"].tolist())
+            first = len(self.rows) == 1
+        if first:
+            self.started.set()
+            self.release.wait(30)
+        return {"b": inputs["a"] * 10 + 1}
+
+
+def fake(held):
+    return Predictor("held", 1, {"serving_default": FakeBackend(SIG, held)})
+
+
+def one(value):
+    return {"a": np.array([value], np.float32)}
+
+
+def settle():
+    """Let the batch threads look at the queue (only ever makes a wrong dispatch more likely)."""
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def repo():
+    return serving_repo.shared_repository()
+
+
+def test_a_request_that_finds_the_model_idle_does_not_wait_for_the_timeout(repo):
+    with Predictor.load(os.path.join(repo, "lstm")) as predictor:
+        batcher = Batcher(BatchingParameters(32, FOREVER_US, 2, 100))
+        try:
+            rng = np.random.default_rng(0)
+            for _ in range(5):  # one at a time: each runs alone, at once, and exactly
+                x = rng.normal(size=(1, int(rng.integers(2, 9)), 3)).astype(np.float32)
+                got = batcher.submit(predictor, predictor.validate({"x": x})).result(timeout=60)
+                want = predictor.predict({"x": x})
+                for name in want:
+                    np.testing.assert_array_equal(got[name], want[name])
+        finally:
+            batcher.close()
+
+
+def test_requests_gather_while_a_batch_runs_and_go_when_it_ends():
+    held = Held()
+    predictor = fake(held)
+    batcher = Batcher(BatchingParameters(8, FOREVER_US, 2, 100))
+    try:
+        first = batcher.submit(predictor, one(1.0))
+        assert held.started.wait(30)
+        later = [batcher.submit(predictor, one(v)) for v in (2.0, 3.0, 4.0)]
+        settle()
+        assert held.rows == [[1.0]] and not any(f.done() for f in later)  # the free thread waits
+        held.release.set()
+        assert [f.result(30)["b"].tolist() for f in later] == [[21.0], [31.0], [41.0]]
+        assert first.result(30)["b"].tolist() == [11.0]
+        assert held.rows == [[1.0], [2.0, 3.0, 4.0]]  # what gathered went as one batch
+    finally:
+        held.release.set()
+        batcher.close()
+
+
+def test_a_full_batch_goes_on_a_free_thread_while_another_runs():
+    held = Held()
+    predictor = fake(held)
+    batcher = Batcher(BatchingParameters(2, FOREVER_US, 2, 100))
+    try:
+        first = batcher.submit(predictor, one(1.0))
+        assert held.started.wait(30)
+        full = [batcher.submit(predictor, one(v)) for v in (5.0, 6.0)]
+        assert [f.result(30)["b"].tolist() for f in full] == [[51.0], [61.0]]
+        assert not first.done() and held.rows == [[1.0], [5.0, 6.0]]
+    finally:
+        held.release.set()
+        batcher.close()
+    assert first.result(30)["b"].tolist() == [11.0]
+
+
+def test_the_timeout_bounds_the_wait_while_another_batch_runs():
+    held = Held()
+    predictor = fake(held)
+    batcher = Batcher(BatchingParameters(8, 20_000, 2, 100))  # 20 ms
+    try:
+        first = batcher.submit(predictor, one(1.0))
+        assert held.started.wait(30)
+        waiting = batcher.submit(predictor, one(7.0))
+        assert waiting.result(30)["b"].tolist() == [71.0]  # went after <= 20 ms, the first batch still runs
+        assert not first.done()
+    finally:
+        held.release.set()
+        batcher.close()
+
+
+def test_single_thread_batcher_runs_what_gathered_after_each_batch(repo):
+    """One batch thread, many concurrent callers of random lengths: every answer is its own
+    unbatched answer, and later batches hold several requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    with Predictor.load(os.path.join(repo, "lstm")) as predictor:
+        requests = [
+            {"x": rng.normal(size=(int(rng.integers(1, 3)), int(rng.integers(1, 16)), 3)).astype(np.float32)}
+            for _ in range(40)
+        ]
+        want = [predictor.predict(r) for r in requests]
+        sizes = []
+        run = predictor.run
+
+        def recorded(arrays, signature_name="serving_default"):
+            sizes.append(next(iter(arrays.values())).shape[0])
+            return run(arrays, signature_name)
+
+        predictor.run = recorded
+        batcher = Batcher(BatchingParameters(16, FOREVER_US, 1, 100))
+        try:
+            with ThreadPoolExecutor(12) as pool:
+                got = list(pool.map(lambda r: batcher.predict(predictor, r), requests))
+        finally:
+            batcher.close()
+    for g, w in zip(got, want):
+        for name in w:
+            assert g[name].shape == w[name].shape
+            np.testing.assert_allclose(g[name], w[name], atol=1e-5, rtol=0)
+    assert sum(sizes) >= sum(r["x"].shape[0] for r in requests) and max(sizes) > 2
