@@ -121,7 +121,8 @@ def load_calibration(path: str, inputs: list[TensorInfo]) -> dict[str, np.ndarra
     return out
 
 
-def _int8(source: str, target: str) -> None:
+def to_int8(source: str, target: str) -> None:
+    """ONNX Runtime's dynamic quantizer, int8 weights (the int8 variant)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -138,7 +139,8 @@ def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Please consider to run pre-processing")
 
 
-def _fp16(source: str, target: str) -> None:
+def to_fp16(source: str, target: str) -> None:
+    """onnxconverter-common's float16 conversion with float32 inputs and outputs (the fp16 variant)."""
     import onnx
     from onnxconverter_common import float16
 
@@ -148,7 +150,7 @@ def _fp16(source: str, target: str) -> None:
     onnx.save(converted, target)
 
 
-CONVERTERS: dict[str, Callable[[str, str], None]] = {"int8": _int8, "fp16": _fp16}
+CONVERTERS: dict[str, Callable[[str, str], None]] = {"int8": to_int8, "fp16": to_fp16}
 
 
 def _layer_of(node_name: str, layer_names: list[str]) -> str:
