@@ -4,12 +4,17 @@ Concurrent requests for the same model version and signature are merged into one
 of up to ``max_batch_size`` rows on ``num_batch_threads`` threads (TF Serving's
 ``BatchingParameters``, read from the same text file as ``--batching_parameters_file``).
 
-Dispatch is eager, so batching never delays a request that finds the model idle: when no batch of
-that model version and signature is running, a free batch thread takes what is queued at once
-(one request at concurrency 1). While a batch runs, requests gather; the queue goes when it holds
-``max_batch_size`` rows, when the running batch ends, or when its oldest request has waited
-``batch_timeout_micros``, whichever comes first: the timeout is an upper bound on waiting, not a
-fixed delay. Under load the runtime is busy, so batches fill by themselves.
+Dispatch is eager: a batch thread that is free takes what is queued now (the oldest request's
+group, up to ``max_batch_size`` rows) and runs it at once, so batching never delays a request
+that finds a free thread (at concurrency 1 each request runs alone, without waiting). Requests
+wait only while every batch thread is busy, and meanwhile they gather: under load batches fill
+by themselves. ``batch_timeout_micros`` is therefore an upper bound on waiting for a batch to
+fill that eager dispatch always meets (the wait is zero), not a fixed delay; it is still read,
+as TF Serving's file has it. Measured against waiting for the timeout (in-process, 2 batch
+threads, 256-unit LSTM, 5 interleaved rounds on a shared 2-core CPU, median req/s): concurrency 1
+about 4x faster (no 2 ms wait), concurrency 8 2680 vs 1945, concurrency 32 3377 vs 2378; letting
+only one batch per model run eagerly (the second thread waiting for a full batch or the timeout)
+gave 1876 and 1958.
 
 Exactness, the part TF Serving gets wrong for RNNs (it pads with the tensor's first element,
 tensorflow/serving#1279): requests are only merged when the answer cannot change.
@@ -91,7 +96,6 @@ class Batcher:
         self._cond = threading.Condition()
         self._groups: dict[tuple[Any, ...], _Group] = {}
         self._queued_rows: dict[tuple[int, str], int] = {}
-        self._running: dict[tuple[int, str], int] = {}  # batches in the runtime per (version, signature)
         self._closing = False
         self._threads = [
             threading.Thread(target=self._work, name=f"rnnkit-batch-{i}", daemon=True)
@@ -164,37 +168,18 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            try:
-                self._run(batch)
-            finally:
-                queue = (id(batch[0].predictor), batch[0].signature_name)
-                with self._cond:
-                    self._running[queue] -= 1
-                    if not self._running[queue]:
-                        del self._running[queue]
-                    self._cond.notify_all()  # what gathered meanwhile may go now
+            self._run(batch)
 
     def _next_batch(self) -> list[_Task] | None:
-        timeout = self.params.batch_timeout_micros / 1e6
-        limit = self.params.max_batch_size
+        """Block until something is queued (or the batcher closes); take the group whose oldest
+        request waited longest, up to ``max_batch_size`` rows."""
         with self._cond:
-            while True:
-                now = time.perf_counter()
-                best: tuple[float, tuple[Any, ...]] | None = None
-                wake = float("inf")
-                for key, group in self._groups.items():
-                    oldest = group.tasks[0].enqueued
-                    idle = not self._running.get(group.queue)
-                    if idle or group.rows >= limit or now >= oldest + timeout or self._closing:
-                        if best is None or oldest < best[0]:
-                            best = (oldest, key)
-                    else:
-                        wake = min(wake, oldest + timeout)
-                if best is not None:
-                    return self._take(best[1])
+            while not self._groups:
                 if self._closing:
                     return None
-                self._cond.wait(None if wake == float("inf") else max(wake - now, 0.0))
+                self._cond.wait()
+            key = min(self._groups, key=lambda k: self._groups[k].tasks[0].enqueued)
+            return self._take(key)
 
     def _take(self, key: tuple[Any, ...]) -> list[_Task]:
         group = self._groups[key]
@@ -206,7 +191,6 @@ class Batcher:
             rows += task.rows
         group.rows -= rows
         self._queued_rows[group.queue] -= rows
-        self._running[group.queue] = self._running.get(group.queue, 0) + 1
         if not group.tasks:
             del self._groups[key]
         if not self._queued_rows[group.queue]:
