@@ -23,6 +23,7 @@ class Held:
 
     def __init__(self):
         self.rows = []
+        self.threads = []
         self.started = threading.Event()
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -30,6 +31,7 @@ class Held:
     def __call__(self, inputs):
         with self.lock:
             self.rows.append(inputs["a"].tolist())
+            self.threads.append(threading.current_thread().name)
             first = len(self.rows) == 1
         if first:
             self.started.set()
@@ -103,6 +105,33 @@ def test_a_free_thread_takes_a_request_at_once_while_another_batch_runs():
         held.release.set()
         batcher.close()
     assert first.result(30)["b"].tolist() == [11.0]
+
+
+def test_a_blocking_request_with_a_free_slot_runs_on_its_own_thread_else_queues():
+    held = Held()
+    held.release.set()  # the first call does not block here
+    predictor = fake(held)
+    batcher = Batcher(BatchingParameters(8, FOREVER_US, 1, 100))
+    try:
+        assert batcher.run(predictor, one(3.0))["b"].tolist() == [31.0]
+        assert held.threads == [threading.current_thread().name]  # no hand-off to a batch thread
+        held.release.clear()
+        held.rows.clear()
+        held.started.clear()
+        blocked = batcher.submit(predictor, one(1.0))  # occupies the only slot (first call blocks again)
+        assert held.started.wait(30)
+        answers = []
+        caller = threading.Thread(target=lambda: answers.append(batcher.run(predictor, one(4.0))))
+        caller.start()
+        settle()
+        assert not answers and held.rows == [[1.0]]  # no free slot: it queued
+        held.release.set()
+        caller.join(30)
+        assert answers[0]["b"].tolist() == [41.0] and blocked.result(30)["b"].tolist() == [11.0]
+        assert held.threads[-1].startswith("rnnkit-batch")
+    finally:
+        held.release.set()
+        batcher.close()
 
 
 def test_single_thread_batcher_runs_what_gathered_after_each_batch(repo):
