@@ -9,7 +9,7 @@
    per chunk), next to a bare ``InferenceSession.run`` of ``step.onnx`` with the same states.
 
     .venv/bin/python bench/serve_load.py [--units 256] [--min_len 32] [--max_len 64] [--requests 400]
-        [--variant fp32|int8] [--concurrency 1,8,32] [--skip_rest]
+        [--variant fp32|int8] [--concurrency 1,8,32] [--skip_rest] [--rounds 5]
 
 ``--variant int8`` exports with ``--quantize int8`` and serves ``model.int8.onnx`` (in-process
 ``Predictor.load(variant="int8")``, REST ``--variant int8``).
@@ -207,6 +207,7 @@ def main() -> int:
     parser.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="which exported graphs serve")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
     parser.add_argument("--skip_rest", action="store_true", help="in-process rows only (no child server)")
+    parser.add_argument("--rounds", type=int, default=1, help="in-process rounds (off/on alternating), medians shown")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     base = tempfile.mkdtemp(prefix="serve-load-")
@@ -229,11 +230,12 @@ def main() -> int:
     for name, (p50, p99, mean) in stream.items():
         print(f"  {name:<44} {p50:8.4f}  {p99:8.4f}  {mean:8.4f}")
 
-    tables = {
-        "in-process (threads -> predictor)": bench_in_process(
-            model_dir, [x for x, _ in data], args.requests, args.variant, levels
-        )
-    }
+    rounds = [
+        bench_in_process(model_dir, [x for x, _ in data], args.requests, args.variant, levels)
+        for _ in range(args.rounds)
+    ]  # off and on alternate within each round; the median of each point over the rounds
+    local = {key: tuple(statistics.median(r[key][i] for r in rounds) for i in range(3)) for key in rounds[0]}
+    tables = {f"in-process (threads -> predictor), median of {args.rounds} interleaved round(s)": local}
     if not args.skip_rest:
         tables["REST :predict (child server)"] = bench_http(
             model_dir, [b for _, b in data], args.requests, batching_file, args.variant, levels

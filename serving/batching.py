@@ -17,7 +17,7 @@ shared 2-core CPU, median req/s, batching off / waiting for the 2 ms timeout / e
 1: 2009 / 364 / 1906; 8: 1709 / 2184 / 2418; 32: 1558 / 3142 / 3177. Letting only one batch per
 model run eagerly (the second thread waiting for a full batch or the timeout) measured worse at 8
 and 32, and handing a lone request to a batch thread instead of running it on the caller cost
-~20 % at concurrency 1.
+20-40 % at concurrency 1.
 
 Exactness, the part TF Serving gets wrong for RNNs (it pads with the tensor's first element,
 tensorflow/serving#1279): requests are only merged when the answer cannot change.
