@@ -306,7 +306,7 @@ def _graph_runners(
     return runners
 
 
-def _graphs(directory: str, io: ModelIO, plan: StreamingPlan) -> list[str]:
+def _graphs(directory: str, plan: StreamingPlan) -> list[str]:
     present = [g for g in GRAPH_FILES if os.path.isfile(os.path.join(directory, g))]
     if plan.reason is not None and "step.onnx" in present:
         present.remove("step.onnx")
@@ -328,7 +328,7 @@ def build_variants(
     import onnx
 
     tolerances = {**TOLERANCES, **(tolerances or {})}
-    graphs = _graphs(directory, io, plan)
+    graphs = _graphs(directory, plan)
     feeds = _gate_feeds(io, calibration)
     reference = _session_runner(os.path.join(directory, "model.onnx"))
     wants = [{k: np.asarray(v) for k, v in reference(feed).items()} for feed in feeds]
