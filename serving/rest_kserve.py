@@ -81,7 +81,9 @@ class KServeRoutes:
         sequence = kserve_codec.sequence_control(doc)
 
         def decode(predictor: Predictor) -> kserve_codec.InferRequest:
-            return kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE))
+            # a sequence of an encoder-decoder model carries the source, target chunks or both
+            partial = sequence is not None and predictor.encoder_decoder
+            return kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE), partial)
 
         if sequence is None:
             answer = self.dispatch.predict(target, decode)
