@@ -9,6 +9,10 @@
    per chunk), next to a bare ``InferenceSession.run`` of ``step.onnx`` with the same states.
 
     .venv/bin/python bench/serve_load.py [--units 256] [--min_len 32] [--max_len 64] [--requests 400]
+        [--variant fp32|int8] [--concurrency 1,8,32] [--skip_rest] [--rounds 5]
+
+``--variant int8`` exports with ``--quantize int8`` and serves ``model.int8.onnx`` (in-process
+``Predictor.load(variant="int8")``, REST ``--variant int8``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np  # noqa: E402
 FEATURES = 8
 
 
-def build(base: str, units: int) -> str:
+def build(base: str, units: int, variant: str = "fp32") -> str:
     import keras
 
     from export import export_model
@@ -43,7 +47,9 @@ def build(base: str, units: int) -> str:
     inp = keras.Input((None, FEATURES), name="x")
     h = rk.LSTM(units, name="lstm")(keras.layers.Masking(0.0)(inp))
     model = keras.Model(inp, {"scores": keras.layers.Dense(4, name="scores")(h)})
-    report = export_model(model, base, "rnn")
+    report = export_model(model, base, "rnn", quantize=None if variant == "fp32" else variant)
+    if variant != "fp32" and not report.variants[variant]["published"]:
+        raise SystemExit(f"the {variant} variant was not published: {report.variants[variant]['reason']}")
     if not report.zero_padding_invariant:
         raise SystemExit("the benchmark model should be zero-padding invariant (Masking)")
     return os.path.join(base, "rnn")
@@ -114,36 +120,38 @@ def drive_in_process(call, inputs: list[dict], concurrency: int, requests: int) 
     return requests / wall, p50, p99
 
 
-def bench_http(model_dir: str, payloads: list[bytes], requests: int, batching_file: str) -> dict:
+def bench_http(
+    model_dir: str, payloads: list[bytes], requests: int, batching_file: str, variant: str, levels: list[int]
+) -> dict:
     from serving import spawn_server
 
     results = {}
     for batching in (False, True):
-        flags = ["--model_base_path", model_dir, "--model_name", "rnn", "--rest_workers", "4"]
+        flags = ["--model_base_path", model_dir, "--model_name", "rnn", "--rest_workers", "4", "--variant", variant]
         if batching:
             flags += ["--enable_batching", "--batching_parameters_file", batching_file]
         with spawn_server(flags, timeout=120) as proc:
             port = proc.rest_api_port
             drive_http(port, payloads[:20], 4, 40)  # warm up
-            for concurrency in (1, 8, 32):
+            for concurrency in levels:
                 count = requests if concurrency > 1 else requests // 2
                 results[(batching, concurrency)] = drive_http(port, payloads, concurrency, count)
     return results
 
 
-def bench_in_process(model_dir: str, xs: list[np.ndarray], requests: int) -> dict:
+def bench_in_process(model_dir: str, xs: list[np.ndarray], requests: int, variant: str, levels: list[int]) -> dict:
     from serving import Predictor
     from serving.batching import Batcher, BatchingParameters
 
     results = {}
     inputs = [{"x": x} for x in xs]
-    with Predictor.load(model_dir) as predictor:
+    with Predictor.load(model_dir, variant=variant) as predictor:
         batcher = Batcher(BatchingParameters(32, 2000, 2, 100))
         try:
             for batching in (False, True):
                 call = (lambda r: batcher.predict(predictor, r)) if batching else predictor.predict
                 drive_in_process(call, inputs, 4, 40)
-                for concurrency in (1, 8, 32):
+                for concurrency in levels:
                     count = requests if concurrency > 1 else requests // 2
                     results[(batching, concurrency)] = drive_in_process(call, inputs, concurrency, count)
         finally:
@@ -196,9 +204,14 @@ def main() -> int:
     parser.add_argument("--max_len", type=int, default=64)
     parser.add_argument("--requests", type=int, default=640, help="requests per point (half at concurrency 1)")
     parser.add_argument("--stream_steps", type=int, default=5000)
+    parser.add_argument("--variant", choices=("fp32", "int8"), default="fp32", help="which exported graphs serve")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
+    parser.add_argument("--skip_rest", action="store_true", help="in-process rows only (no child server)")
+    parser.add_argument("--rounds", type=int, default=1, help="in-process rounds (off/on alternating), medians shown")
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
     base = tempfile.mkdtemp(prefix="serve-load-")
-    model_dir = build(base, args.units)
+    model_dir = build(base, args.units, args.variant)
     batching_file = os.path.join(base, "batching.config")
     with open(batching_file, "w") as handle:
         handle.write(
@@ -208,7 +221,7 @@ def main() -> int:
     data = bodies(256, args.min_len, args.max_len)
     print(
         f"model: Masking -> LSTM({args.units}) -> Dense(4), 1 x T x {FEATURES}, T uniform in "
-        f"[{args.min_len}, {args.max_len}]; CPUs: {os.cpu_count()}",
+        f"[{args.min_len}, {args.max_len}]; variant {args.variant}; CPUs: {os.cpu_count()}",
         flush=True,
     )
 
@@ -217,9 +230,17 @@ def main() -> int:
     for name, (p50, p99, mean) in stream.items():
         print(f"  {name:<44} {p50:8.4f}  {p99:8.4f}  {mean:8.4f}")
 
-    local = bench_in_process(model_dir, [x for x, _ in data], args.requests)
-    http = bench_http(model_dir, [b for _, b in data], args.requests, batching_file)
-    for title, table in (("in-process (threads -> predictor)", local), ("REST :predict (child server)", http)):
+    rounds = [
+        bench_in_process(model_dir, [x for x, _ in data], args.requests, args.variant, levels)
+        for _ in range(args.rounds)
+    ]  # off and on alternate within each round; the median of each point over the rounds
+    local = {key: tuple(statistics.median(r[key][i] for r in rounds) for i in range(3)) for key in rounds[0]}
+    tables = {f"in-process (threads -> predictor), median of {args.rounds} interleaved round(s)": local}
+    if not args.skip_rest:
+        tables["REST :predict (child server)"] = bench_http(
+            model_dir, [b for _, b in data], args.requests, batching_file, args.variant, levels
+        )
+    for title, table in tables.items():
         print(f"\n{title}")
         print("  batching  concurrency     req/s    p50 ms    p99 ms")
         for (batching, concurrency), row in table.items():
@@ -227,8 +248,13 @@ def main() -> int:
                 f"  {'on' if batching else 'off':<9} {concurrency:>11} {row[0]:9.1f} {row[1]:9.2f} {row[2]:9.2f}"
                 + (f"  failures {row[3]}" if len(row) > 3 and row[3] else "")
             )
-        gain = table[(True, 32)][0] / table[(False, 32)][0]
-        print(f"  batching gain at concurrency 32: {gain:.2f}x")
+        for concurrency in levels:
+            on, off = table[(True, concurrency)], table[(False, concurrency)]
+            print(
+                f"  concurrency {concurrency}: batching on/off throughput {on[0] / off[0]:.2f}x, "
+                f"p99 on/off {on[2] / off[2]:.2f}"
+            )
+    print("targets: concurrency 1 throughput on/off >= 0.9; concurrency 32 in-process >= 1.5x and p99 on/off <= 0.33")
     return 0
 
 

@@ -24,6 +24,7 @@ from export.step import (
     plan_streaming,
 )
 from export.twins import with_rnnkit_twins
+from export.variants import DEFAULT_MIN_AGREEMENT, build_variants, check_min_agreement, check_variants, load_calibration
 from export.warmup import write_warmup
 
 log = logging.getLogger("rnnkit.export")
@@ -68,6 +69,9 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     streaming: str = "auto",
     serving_base_path: str | None = None,
+    quantize: str | Sequence[str] | None = None,
+    variant_min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    calibration_data: str | None = None,
     _before_publish: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export `model` as version `version` (default: next integer) of `name` under `base_path`.
@@ -86,6 +90,13 @@ def export_model(
     ``serving_base_path``: where servers will see `base_path` (``/models`` when the repository is
     mounted there in a container); ``models.config`` then names ``<serving_base_path>/<model>``
     instead of this machine's path.
+    ``quantize``: ``"int8"``, ``"fp16"`` or both (comma-separated): a variant of every ONNX graph
+    (``model.int8.onnx``, ``step.int8.onnx``, ...) staged in the same publication, written only
+    if it passes the accuracy gate against the float32 graphs (``export.variants``: max |diff|
+    within a documented tolerance, arg-max agreement of class-score outputs >=
+    ``variant_min_agreement``) on the parity inputs and on ``calibration_data`` (a ``.npz``
+    with one array per model input) when given. A refused variant does not stop the version;
+    ``rnnkit.json``'s ``variants`` and the summary say why.
     """
     import keras
 
@@ -94,6 +105,14 @@ def export_model(
     if not isinstance(model, keras.Model):
         raise ValueError(f"argument `model` must be a keras.Model. Received: {type(model).__name__}")
     chosen = _check_formats(formats)
+    variants = check_variants(quantize)
+    min_agreement = check_min_agreement(variant_min_agreement)
+    if variants and "onnx" not in chosen:
+        raise ValueError(
+            f"argument `quantize` needs the 'onnx' format. Received: formats={chosen}, quantize={variants}"
+        )
+    if calibration_data is not None and not variants:
+        raise ValueError("argument `calibration_data` is only used with `quantize` (the variants' accuracy gate)")
     repository.check_name(name)
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise ValueError(f"argument `version` must be a positive integer. Received: version={version!r}")
@@ -104,6 +123,7 @@ def export_model(
     final = os.path.join(model_dir, str(version))
 
     io = ModelIO.of(model)
+    calibration = load_calibration(calibration_data, io.inputs) if calibration_data is not None else None
     model, swapped = with_rnnkit_twins(model)
     plan = plan_streaming(model, io, streaming)
     if streaming == "required" and plan.mode not in ("step", "encoder_decoder"):
@@ -133,13 +153,26 @@ def export_model(
                 plan = plan.without_step(f"{failure} (the full model was exported without it)")
                 _clear(staging)
                 _write_version(model, io, plan, staging, chosen, opset, strict, verify, tolerance, report)
+            if variants:
+                layer_names = [layer.name for layer in model.layers] + report.fused_layers
+                results = build_variants(staging, io, plan, variants, min_agreement, calibration, layer_names)
+                report.variants = {v: r.to_json() for v, r in results.items()}
             report.files = repository.inventory(staging)
             with open(os.path.join(staging, repository.MANIFEST), "w") as handle:
                 handle.write(report.dumps())
             if _before_publish is not None:
                 _before_publish(staging)
             repository.stage_server_configs(
-                pending, base, name, version, chosen, io.inputs, io.outputs, plan, serving_base
+                pending,
+                base,
+                name,
+                version,
+                chosen,
+                io.inputs,
+                io.outputs,
+                plan,
+                _published_step_variants(report),
+                serving_base,
             )
     except (ExportError, StrictExportError, repository.RepositoryError):
         raise
@@ -148,6 +181,15 @@ def export_model(
 
     log.info("%s", report.summary())
     return report
+
+
+def _published_step_variants(report: ExportReport) -> list[str]:
+    """Step-graph variant files to place beside ``step.onnx`` in the Triton ``<name>_step`` model."""
+    return [
+        entry["files"]["step.onnx"]
+        for entry in report.variants.values()
+        if entry["published"] and "step.onnx" in entry["files"]
+    ]
 
 
 def _save_onnx(model_proto: Any, path: str) -> None:

@@ -11,9 +11,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from export.report import DEFAULT_TOLERANCE, FORMATS
+from export.report import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, FORMATS, VARIANT_TOLERANCES, VARIANTS
 
-LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py")
+LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py", "onnxruntime")
 OWN_MODULES = r"(rnnkit|export)(\.|$)"  # warnings from these modules are the command's own
 
 
@@ -44,6 +44,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="step graphs: auto (only where chunked streaming is provably exact), off, required (fail if not)",
     )
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity tolerance (1e-5)")
+    parser.add_argument(
+        "--quantize",
+        default=None,
+        help=f"also write reduced-precision variants of every ONNX graph, comma-separated subset of {VARIANTS} "
+        "(model.int8.onnx, ...); each is published only if it passes the accuracy gate",
+    )
+    parser.add_argument(
+        "--variant_min_agreement",
+        type=float,
+        default=DEFAULT_MIN_AGREEMENT,
+        help=f"gate: least arg-max agreement with fp32 on class-score outputs ({DEFAULT_MIN_AGREEMENT}); "
+        f"max |diff| must also stay within {VARIANT_TOLERANCES} x max(1, max|fp32|)",
+    )
+    parser.add_argument(
+        "--calibration_data",
+        default=None,
+        metavar="FILE.npz",
+        help="gate: also compare the variants on these inputs (one array per model input, same names)",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="also show TensorFlow, absl and tf2onnx log lines and warnings"
     )
@@ -150,6 +169,9 @@ def _export(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             streaming=args.streaming,
             serving_base_path=args.serving_base_path,
+            quantize=args.quantize,
+            variant_min_agreement=args.variant_min_agreement,
+            calibration_data=args.calibration_data,
         )
     except (ExportError, ValueError) as error:
         print(f"rnnkit export: {error}", file=sys.stderr)

@@ -9,6 +9,10 @@ from typing import Any
 MANIFEST_FORMAT = 1
 FORMATS = ("savedmodel", "onnx")
 DEFAULT_TOLERANCE = 1e-5  # float32 parity, max |difference|
+VARIANTS = ("int8", "fp16")  # --quantize: reduced-precision variants of the ONNX graphs (export.variants)
+DEFAULT_MIN_AGREEMENT = 0.99  # variant gate: least arg-max agreement with fp32 on class-score outputs
+# variant gate: max |variant - fp32| allowed, relative to the output's scale: tolerance * max(1, max |fp32|)
+VARIANT_TOLERANCES = {"int8": 0.05, "fp16": 0.01}
 
 
 class ExportError(RuntimeError):
@@ -41,6 +45,8 @@ class ExportReport:
     # a server may batch different lengths by zero right-padding and stay exact.
     zero_padding_invariant: bool = False
     files: dict[str, int] = field(default_factory=dict)  # every other file of the version -> bytes
+    # --quantize: variant -> published?, files, gate figures, per-node report (export.variants)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MANIFEST_FORMAT, **self.__dict__}
@@ -81,4 +87,31 @@ class ExportReport:
                 f"  parity {verdict}: worst {worst['output'] or '-'} max|diff| {worst['max_abs_diff']:.2e} "
                 f"(tolerance {self.parity['tolerance']:.0e})"
             )
+        for variant, entry in self.variants.items():
+            lines.extend(variant_summary(variant, entry))
         return "\n".join(lines)
+
+
+def variant_summary(variant: str, entry: dict[str, Any]) -> list[str]:
+    """Lines for one variant of ``rnnkit.json``'s ``variants``: published or why not, the gate's
+    figures, what became int8/fp16 and what stayed fp32."""
+    figures = entry["gate"].values()
+    shares = [f["argmax_agreement"] for f in figures if "argmax_agreement" in f]
+    worst = max((f["max_abs_diff"] for f in figures), default=0.0)
+    agreement = f", arg-max agreement {min(shares):.4f} (min {entry['min_agreement']})" if shares else ""
+    if entry["published"]:
+        lines = [f"  variant {variant}: published {', '.join(entry['files'].values())}"]
+    else:
+        lines = [f"  variant {variant}: NOT published: {entry['reason']}"]
+    if entry["gate"]:
+        lines.append(f"    gate: max|diff| to fp32 {worst:.2e} (tolerance {entry['tolerance']} x scale){agreement}")
+    rows = [row for graph in entry["layers"].values() for row in graph]
+    if variant == "int8":
+        done = sorted({f"{r['layer']} {r['op']}->{r['as']}" for r in rows if r["int8"]})
+        kept = sorted({f"{r['layer']} {r['op']} ({r['reason']})" for r in rows if not r["int8"]})
+        lines.append(f"    int8: {', '.join(done) or '-'}")
+        if kept:
+            lines.append(f"    fp32: {'; '.join(kept)}")
+    elif rows:
+        lines.append(f"    fp32 (rest fp16): {', '.join(sorted({r['op'] for r in rows}))}")
+    return lines

@@ -457,14 +457,16 @@ def stage_server_configs(
     inputs: list[TensorInfo],
     outputs: list[TensorInfo],
     plan: StreamingPlan,
+    step_variants: list[str] | None = None,
     serving_base: str | None = None,
 ) -> None:
     """Stage what a new version of `name` changes beside its directory: ``models.config``
     (SavedModel; base paths under `serving_base` when given), the Triton ``config.pbtxt`` (which
     holds no paths: Triton takes the repository from ``--model-repository``) and, for streamable
-    models, the ``<name>_step`` version (``step.onnx`` hard-linked from the staged version when
-    possible) and its config; for encoder-decoder models the ``<name>_encoder`` (``encoder.onnx``
-    hard-linked) and ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
+    models, the ``<name>_step`` version (``step.onnx`` and the published `step_variants` such as
+    ``step.int8.onnx``, hard-linked from the staged version when possible) and its config; for
+    encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
+    ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
     staging, _ = pending.versions[0]
     if "savedmodel" in formats:
         pending.stage_text(os.path.join(base, "models.config"), models_config(base, (name,), serving_base))
@@ -474,7 +476,8 @@ def stage_server_configs(
     if plan.reason is None:
         step_name = name + STEP_SUFFIX
         step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
-        _link(os.path.join(staging, "step.onnx"), os.path.join(step_staging, "step.onnx"))
+        for file in ["step.onnx", *(step_variants or [])]:
+            _link(os.path.join(staging, file), os.path.join(step_staging, file))
         pending.stage_text(
             os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
         )

@@ -18,6 +18,9 @@ from serving.signature import Signature, numpy_dtype
 
 BACKENDS = ("onnx", "tf")
 DEVICES = ("cpu", "gpu", "auto")
+# which precision of the exported ONNX graphs runs: model.onnx, or a variant export published
+# behind its accuracy gate (model.int8.onnx, model.fp16.onnx; rnnkit.json "variants")
+VARIANTS = ("fp32", "int8", "fp16")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class RuntimeOptions:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     strict_device: bool = False
+    variant: str = "fp32"  # one of VARIANTS (int8/fp16: ONNX backend only)
 
 
 DEFAULT_RUNTIME = RuntimeOptions()

@@ -82,6 +82,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     own.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime: onnx (default) or tf (SavedModel)")
     own.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), gpu (CUDA, else CPU), auto")
     own.add_argument("--strict_device", action="store_true", help="fail instead of falling back from GPU to CPU")
+    own.add_argument(
+        "--variant",
+        choices=("fp32", "int8", "fp16"),
+        default="fp32",
+        help="which exported ONNX graphs run: fp32 (default), int8 or fp16 (published by `rnnkit export --quantize`; "
+        "fp16 is meant for --device gpu); the metadata endpoint reports it",
+    )
     own.add_argument("--intra_op_threads", type=int, default=1, help="runtime threads per op (default 1; 0 = runtime)")
     own.add_argument("--inter_op_threads", type=int, default=1, help="runtime threads across ops (default 1)")
     own.add_argument("--max_request_bytes", type=_positive, default=16 << 20, help="request size limit (16 MiB)")
@@ -168,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             args.backend,
             args.device,
             Limits(args.max_batch_size, args.max_sequence_length),
-            RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device),
+            RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device, args.variant),
             VersionPolicy("latest", args.num_versions),
         )
     except (ConfigError, ServingError, ValueError) as error:

@@ -135,7 +135,7 @@ class Dispatch:
     def run(self, predictor: Predictor, arrays: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         """Validated arrays through the batcher (when batching is on) or straight to the predictor."""
         if self.batcher is not None:
-            return self.batcher.submit(predictor, arrays, signature_name).result()
+            return self.batcher.run(predictor, arrays, signature_name)
         return predictor.run(arrays, signature_name)
 
     def predict(self, target: Target, decode: Callable[[Predictor], R]) -> Prediction[R]:

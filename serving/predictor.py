@@ -12,6 +12,7 @@ TensorFlow is imported only by ``backend="tf"``.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, Backend, RuntimeOptions
+from serving.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, VARIANTS, Backend, RuntimeOptions
 from serving.errors import Code, ModelLoadError, ServingError
 from serving.signature import (
     DECODER_STEP_SIGNATURE,
@@ -43,6 +44,8 @@ ONNX_FILES = {
     ENCODER_SIGNATURE: "encoder.onnx",
     DECODER_STEP_SIGNATURE: "decoder_step.onnx",
 }
+FP32 = "fp32"
+log = logging.getLogger("rnnkit.serving")
 
 
 def version_dirs(model_dir: str) -> dict[int, str]:
@@ -78,16 +81,44 @@ def resolve_version_dir(path: str) -> str:
     return found[max(found)]
 
 
+def variant_files(version_dir: str, manifest: Manifest, variant: str) -> dict[str, str]:
+    """Signature -> ONNX file of `variant` (``fp32``: ``model.onnx``/``step.onnx``; ``int8``/``fp16``:
+    the files export published for it, after its accuracy gate)."""
+    graphs = {name: manifest.onnx_files.get(name) or ONNX_FILES[name] for name in manifest.signatures}
+    if variant == FP32:
+        return graphs
+    entry = manifest.variants.get(variant)
+    if entry is None:
+        raise ModelLoadError(
+            f"{version_dir!r} has no {variant} variant: it was exported without `--quantize {variant}` "
+            f"(published variants: {[v for v, e in manifest.variants.items() if e.get('published')] or 'none'})"
+        )
+    if not entry.get("published"):
+        raise ModelLoadError(
+            f"{version_dir!r} has no {variant} variant: export's accuracy gate refused it: {entry.get('reason')}"
+        )
+    files = entry.get("files") or {}
+    missing = [graph for graph in graphs.values() if graph not in files]
+    if missing:
+        raise ModelLoadError(f"{version_dir!r}: the {variant} variant has no file for {missing} (has {files})")
+    return {name: str(files[graph]) for name, graph in graphs.items()}
+
+
 def _make_backend(
-    kind: str, version_dir: str, manifest: Manifest, signature: Signature, device: str, options: RuntimeOptions
+    kind: str,
+    version_dir: str,
+    manifest: Manifest,
+    signature: Signature,
+    device: str,
+    options: RuntimeOptions,
+    files: Mapping[str, str],
 ) -> Backend:
     if kind == "onnx":
         from serving.onnx_backend import OnnxBackend
 
         if "onnx" not in manifest.formats:
             raise ModelLoadError(f"{version_dir!r} was exported without ONNX (formats {list(manifest.formats)})")
-        filename = manifest.onnx_files.get(signature.name) or ONNX_FILES[signature.name]
-        return OnnxBackend(os.path.join(version_dir, filename), signature, device, options)
+        return OnnxBackend(os.path.join(version_dir, files[signature.name]), signature, device, options)
     from serving.tf_backend import TFBackend
 
     if "savedmodel" not in manifest.formats:
@@ -107,6 +138,7 @@ class Predictor:
         path: str | None = None,
         backend_name: str = "custom",
         manifest: Manifest | None = None,
+        variant: str = FP32,
     ) -> None:
         if DEFAULT_SIGNATURE not in backends:
             raise ValueError(f"a Predictor needs a '{DEFAULT_SIGNATURE}' backend; received {sorted(backends)}")
@@ -116,6 +148,7 @@ class Predictor:
         self.limits = limits
         self.backend_name = backend_name
         self.manifest = manifest
+        self.variant = variant
         self._backends = dict(backends)
         self._closed = False
         self._lock = threading.Lock()
@@ -129,29 +162,55 @@ class Predictor:
         *,
         limits: Limits = NO_LIMITS,
         options: RuntimeOptions = DEFAULT_RUNTIME,
+        variant: str | None = None,
     ) -> Predictor:
         """Load a version directory, or the newest version of a model directory.
 
         ``backend``: ``"onnx"`` (ONNX Runtime) or ``"tf"`` (TensorFlow SavedModel);
         ``device``: ``"cpu"``, ``"gpu"`` (CUDA, falling back to CPU with a logged warning) or
         ``"auto"`` (GPU when present).
+        ``variant`` (default ``options.variant``, ``"fp32"``): ``"int8"`` or ``"fp16"`` run the
+        reduced-precision graphs export published behind its accuracy gate (``model.int8.onnx``,
+        ``step.int8.onnx``; ONNX backend only); a version without that variant does not load
+        (ModelLoadError with export's reason). fp16 is meant for the CUDA provider: on a CPU it
+        runs (ONNX Runtime inserts casts around float16 nodes it has no CPU kernel for) with a
+        logged warning.
         """
         if backend not in BACKENDS:
             raise ValueError(f"argument `backend` must be one of {BACKENDS}. Received: backend={backend!r}")
         if device not in DEVICES:
             raise ValueError(f"argument `device` must be one of {DEVICES}. Received: device={device!r}")
+        variant = options.variant if variant is None else variant
+        if variant not in VARIANTS:
+            raise ValueError(f"argument `variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+        if variant != FP32 and backend != "onnx":
+            raise ValueError(
+                f"variant {variant!r} needs backend 'onnx' (TensorFlow serves the fp32 SavedModel). "
+                f"Received: backend={backend!r}"
+            )
         version_dir = resolve_version_dir(os.path.abspath(path))
         manifest = Manifest.read(version_dir)
+        files = variant_files(version_dir, manifest, variant) if backend == "onnx" else {}
         backends: dict[str, Backend] = {}
         try:
             for signature in manifest.signatures.values():
-                backends[signature.name] = _make_backend(backend, version_dir, manifest, signature, device, options)
+                backends[signature.name] = _make_backend(
+                    backend, version_dir, manifest, signature, device, options, files
+                )
         except BaseException:
             for made in backends.values():
                 made.close()
             raise
         version = int(os.path.basename(version_dir)) if os.path.basename(version_dir).isdigit() else manifest.version
-        return cls(manifest.model_name, version, backends, limits, version_dir, backend, manifest)
+        predictor = cls(manifest.model_name, version, backends, limits, version_dir, backend, manifest, variant)
+        if variant == "fp16" and all(facts.get("device") == "cpu" for facts in predictor.describe().values()):
+            log.warning(
+                "model '%s' version %d: serving the fp16 variant on CPU; it is meant for GPUs (ONNX Runtime runs "
+                "most float16 nodes on CPU through inserted casts, usually slower than fp32)",
+                predictor.name,
+                version,
+            )
+        return predictor
 
     @property
     def signatures(self) -> dict[str, Signature]:
@@ -273,8 +332,8 @@ class Predictor:
         return Session(self.step_graph())
 
     def describe(self) -> dict[str, Any]:
-        """Backend facts per signature (runtime, device, providers, fallback)."""
-        return {name: b.describe() for name, b in self._backends.items()}
+        """Backend facts per signature (runtime, variant, file, device, providers, fallback)."""
+        return {name: {"variant": self.variant, **b.describe()} for name, b in self._backends.items()}
 
     @property
     def fallback(self) -> str | None:
@@ -301,4 +360,6 @@ class Predictor:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Predictor({self.name!r}, version={self.version}, backend={self.backend_name!r})"
+        return (
+            f"Predictor({self.name!r}, version={self.version}, backend={self.backend_name!r}, variant={self.variant!r})"
+        )

@@ -139,7 +139,7 @@ class ModelRegistry:
                 model.loading.add(version)
             try:
                 chosen[version] = loader(on_disk[version])
-                log.info("model %s version %d loaded", model.name, version)
+                log.info("model %s version %d loaded (%s)", model.name, version, chosen[version].variant)
             except Exception as error:  # a broken version must not stop the others
                 code, message, _ = wire_error(error if isinstance(error, ServingError) else _load_error(error))
                 log.error("model %s version %d failed to load: %s", model.name, version, message)

@@ -79,7 +79,11 @@ class TfsRoutes:
 
     def _metadata(self, target: Target) -> Response:
         with self.dispatch.lease(target) as predictor:
-            runtime = {"backend": predictor.backend_name, "signatures": predictor.describe()}
+            runtime = {
+                "backend": predictor.backend_name,
+                "variant": predictor.variant,
+                "signatures": predictor.describe(),
+            }
             text = rest_codec.metadata_json(predictor.name, predictor.version, predictor.signatures, runtime)
         return json_response(text)
 

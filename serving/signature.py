@@ -113,6 +113,8 @@ class Manifest:
     encoder_decoder: bool = False
     # signature name -> ONNX file, where rnnkit.json names it (the encoder-decoder graphs)
     onnx_files: Mapping[str, str] = field(default_factory=dict)
+    # reduced-precision variants export wrote: variant -> {"published", "reason", "files": {graph: file}, ...}
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, version_dir: str) -> Manifest:
@@ -164,6 +166,7 @@ class Manifest:
             bool(data.get("zero_padding_invariant", False)),
             bool(pair),
             files,
+            {str(k): dict(v) for k, v in (data.get("variants") or {}).items()},
         )
 
 
