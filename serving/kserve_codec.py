@@ -11,7 +11,6 @@ The binary tensor extension is not supported and is refused with a clear error.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import invalid_argument
-from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, numpy_dtype
+from serving.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from serving.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
 
 # rnnkit.json dtype -> KServe v2 datatype
 DATATYPES: dict[str, str] = {
@@ -78,9 +78,11 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 def parse_body(body: bytes) -> Any:
     if not body.strip():
         raise invalid_argument("failed to parse the request JSON buffer: the document is empty")
+    if exceeds_depth(body):
+        raise invalid_argument(f"failed to parse the request JSON buffer: nesting depth exceeds {MAX_JSON_DEPTH}")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
         raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
 
 
@@ -98,7 +100,7 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def _check_values(values: list[Any], datatype: str, name: str) -> None:
+def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> None:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise invalid_argument(f"input '{name}': datatype BYTES expects JSON strings")
@@ -108,12 +110,18 @@ def _check_values(values: list[Any], datatype: str, name: str) -> None:
     elif datatype.startswith(("INT", "UINT")):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON integers")
+        info = np.iinfo(numpy_dtype(dtype))
+        if values and not (info.min <= min(values) and max(values) <= info.max):
+            raise invalid_argument(
+                f"input '{name}': a value is out of the range of {datatype} ({info.min}..{info.max})"
+            )
     elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
 
 
-def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
-    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape."""
+def decode_tensor(item: Any, spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape; the declared
+    ``shape`` is taken from `budget` and compared with the length of ``data`` before any array is built."""
     if not isinstance(item, Mapping):
         raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
     name = spec.name
@@ -136,17 +144,21 @@ def decode_tensor(item: Any, spec: TensorSpec) -> np.ndarray:
     expected = _datatype(spec)
     if datatype != expected:
         raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
+    count = (budget or ElementBudget(None)).take(name, shape)
     values = _flatten(item["data"])
-    count = math.prod(shape)
     if len(values) != count:
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
-    _check_values(values, datatype, name)
-    array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    _check_values(values, datatype, name, spec.dtype)
+    try:
+        array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    except OverflowError:  # an integer beyond float64 for an FP input
+        raise invalid_argument(f"input '{name}': a value is out of the range of {datatype}") from None
     return array.reshape(shape)
 
 
-def decode_infer_request(doc: Any, signature: Signature) -> InferRequest:
-    """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters."""
+def decode_infer_request(doc: Any, signature: Signature, budget: ElementBudget | None = None) -> InferRequest:
+    """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters; the
+    inputs' declared shapes share `budget`."""
     if not isinstance(doc, Mapping):
         raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
     items = doc.get("inputs")
@@ -165,7 +177,7 @@ def decode_infer_request(doc: Any, signature: Signature) -> InferRequest:
             raise invalid_argument(f"unexpected inference input '{name}'; the model takes {signature.input_names}")
         if name in inputs:
             raise invalid_argument(f"input '{name}' is given twice")
-        inputs[name] = decode_tensor(item, specs[name])
+        inputs[name] = decode_tensor(item, specs[name], budget)
     missing = [n for n in signature.input_names if n not in inputs]
     if missing:
         raise invalid_argument(f"expected {len(specs)} inputs {signature.input_names}; missing {missing}")

@@ -81,7 +81,8 @@ class KServeRoutes:
         sequence = kserve_codec.sequence_control(doc)
 
         def decode(predictor: Predictor) -> kserve_codec.InferRequest:
-            return kserve_codec.decode_infer_request(doc, predictor.signature(DEFAULT_SIGNATURE))
+            signature = predictor.signature(DEFAULT_SIGNATURE)
+            return kserve_codec.decode_infer_request(doc, signature, self.dispatch.element_budget(predictor))
 
         if sequence is None:
             answer = self.dispatch.predict(target, decode)

@@ -39,7 +39,7 @@ from serving.process import free_port
 from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, rest_app
 from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
-from serving.signature import NO_LIMITS, Limits
+from serving.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -52,6 +52,10 @@ class ServerOptions:
     rest: RestOptions = field(default_factory=RestOptions)
     grpc_workers: int = 8
     grpc_tensor_content: bool = False
+    grpc_timeout_ms: int = 30_000  # --grpc_timeout_in_ms; <= 0: the client's deadline only
+    grpc_max_concurrent_rpcs: int | None = 64  # --grpc_max_concurrent_rpcs; None: no bound
+    limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
+    allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
     drain_seconds: float = 30.0
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
     sessions: SessionOptions = field(default_factory=SessionOptions)
@@ -98,7 +102,9 @@ class ModelServer:
         self.metrics = Metrics()
         self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
         self.sessions = SessionStore(options.sessions)
-        self.dispatch = Dispatch(registry, self.metrics, self.batcher, self.sessions)
+        self.dispatch = Dispatch(
+            registry, self.metrics, self.batcher, self.sessions, options.limits, options.allow_non_finite_inputs
+        )
         self.metrics.live_sessions = self.sessions.live
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
         self.metrics.loaded_versions = registry.loaded_versions
@@ -125,6 +131,8 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
+                self.options.grpc_timeout_ms,
+                self.options.grpc_max_concurrent_rpcs,
             )
         if self.options.rest_api_port:
             import uvicorn
@@ -212,13 +220,14 @@ def start_server(
     host: str = "127.0.0.1",
     backend: str = "onnx",
     device: str = "cpu",
-    limits: Limits = NO_LIMITS,
+    limits: Limits = DEFAULT_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     rest: RestOptions = DEFAULT_REST,
     batching: BatchingParameters | None = None,
     sessions: SessionOptions = DEFAULT_SESSIONS,
     poll_seconds: float = 1.0,
     policy: VersionPolicy = LATEST_ONE,
+    allow_non_finite_inputs: bool = False,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; gRPC off
     unless `port` is given, ``None`` = a free port). Call ``.stop()`` when done."""
@@ -232,5 +241,7 @@ def start_server(
         batching=batching,
         sessions=sessions,
         poll_seconds=poll_seconds,
+        limits=limits,
+        allow_non_finite_inputs=allow_non_finite_inputs,
     )
     return ModelServer(registry, options).start()
