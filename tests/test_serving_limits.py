@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving import FakeBackend, Predictor, RestOptions, Signature, TensorSpec
-from serving import grpc_codec, kserve_codec, rest_codec, tfs_json
+from serving import (
+    FakeBackend,
+    Predictor,
+    RestOptions,
+    Signature,
+    TensorSpec,
+    grpc_codec,
+    kserve_codec,
+    rest_codec,
+    tfs_json,
+)
 from serving.dispatch import Dispatch, Target
 from serving.errors import Code, ServingError
 from serving.json_depth import MAX_JSON_DEPTH, exceeds_depth, json_depth
@@ -37,8 +46,8 @@ Y = TensorSpec("y", "float32", (None, None, 4))
 SIGNATURE = Signature("serving_default", (X,), (Y,))
 
 
-def fake(name="m", fn=None, limits=Limits()):
-    return Predictor(name, 1, {"serving_default": FakeBackend(SIGNATURE, fn or (lambda i: {"y": i["x"] * 2}))}, limits)
+def fake(name="m", fn=None, limits=None):
+    return Predictor(name, 1, {"serving_default": FakeBackend(SIGNATURE, fn or (lambda i: {"y": i["x"] * 2}))}, limits or Limits())
 
 
 def client_for(dispatch, options=None):
@@ -178,8 +187,9 @@ def test_one_budget_for_every_front_over_http():
 
 
 def test_default_limits_are_finite_and_the_flags_raise_them():
-    from serving.cli import configure_parser
     import argparse
+
+    from serving.cli import configure_parser
 
     assert DEFAULT_LIMITS == Limits(1024, 8192, 8 << 20)
     args = configure_parser(argparse.ArgumentParser()).parse_args([])
