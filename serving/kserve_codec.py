@@ -150,7 +150,8 @@ def decode_tensor(item: Any, spec: TensorSpec, budget: ElementBudget | None = No
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
     _check_values(values, datatype, name, spec.dtype)
     try:
-        array = np.array(values, dtype=numpy_dtype(spec.dtype))
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            array = np.array(values, dtype=numpy_dtype(spec.dtype))
     except OverflowError:  # an integer beyond float64 for an FP input
         raise invalid_argument(f"input '{name}': a value is out of the range of {datatype}") from None
     return array.reshape(shape)

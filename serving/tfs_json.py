@@ -199,7 +199,8 @@ def _to_array(value: Any, shape: list[int], dtype: str) -> np.ndarray:
             array[()] = decoded
         return array
     try:
-        return np.array(value, dtype=numpy_dtype(dtype))
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            return np.array(value, dtype=numpy_dtype(dtype))
     except OverflowError:  # an integer beyond float64 (ints are accepted for float inputs)
         raise invalid_argument(f"JSON Value: a number is out of the range of type: {TF_TYPE_NAMES[dtype]}") from None
 

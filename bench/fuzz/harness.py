@@ -1,0 +1,138 @@
+"""Each request decoder run as the server runs it, for the fuzz targets and the property tests.
+
+One fake model ``m`` (no runtime) with two signatures: ``serving_default`` takes ``x`` float32
+``[-1, -1, 4]``; ``multi`` takes ``x``, ``ids`` int32 ``[-1, -1]`` and ``tag`` string ``[-1]``.
+A :class:`~serving.dispatch.Dispatch` with a small element budget (:data:`BUDGET`) runs every
+step: resolve, the front's codec, validation and limits, the non-finite check, the fake model,
+and the front's encoder. The property every target checks:
+
+- the request either succeeds or raises a :class:`~serving.errors.ServingError` whose code is
+  a 4xx (any other exception, or a 5xx, is a finding);
+- the decoded input arrays together hold at most :data:`BUDGET` elements.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from serving import FakeBackend, Predictor, grpc_codec, kserve_codec, rest_codec, tfs_json  # noqa: E402
+from serving.dispatch import Dispatch, Target  # noqa: E402
+from serving.errors import HTTP_STATUS, Code, ServingError  # noqa: E402
+from serving.metrics import Metrics  # noqa: E402
+from serving.registry import ModelRegistry  # noqa: E402
+from serving.signature import DEFAULT_SIGNATURE, Limits, Signature, TensorSpec  # noqa: E402
+
+BUDGET = 4096  # elements per request (the server's default is 8 Mi; small here so fuzzing reaches it)
+X = TensorSpec("x", "float32", (None, None, 4))
+IDS = TensorSpec("ids", "int32", (None, None))
+TAG = TensorSpec("tag", "str", (None,))
+Y = TensorSpec("y", "float32", (None, None, 4))
+SIGNATURES = {
+    DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, (X,), (Y,)),
+    "multi": Signature("multi", (X, IDS, TAG), (Y,)),
+}
+
+
+def _model() -> Predictor:
+    backends = {name: FakeBackend(signature) for name, signature in SIGNATURES.items()}
+    return Predictor("m", 1, backends)
+
+
+DISPATCH = Dispatch(
+    ModelRegistry.of([_model()]),
+    Metrics(),
+    limits=Limits(max_batch_size=64, max_sequence_length=256, max_elements=BUDGET),
+)
+
+
+def _within_budget(inputs: Mapping[str, Any]) -> None:
+    total = sum(int(np.asarray(v).size) for v in inputs.values())
+    if total > BUDGET:
+        raise AssertionError(f"decoded inputs hold {total} elements, above the budget {BUDGET}")
+
+
+def _outcome(job: Callable[[], Any]) -> Code:
+    """Run one request: OK, or the 4xx code of its ServingError; anything else propagates."""
+    try:
+        job()
+    except ServingError as error:
+        status = error.http_status or HTTP_STATUS[error.code]
+        if status // 100 != 4:
+            raise AssertionError(f"a malformed request got {status} {error.code.name}: {error.message}") from error
+        return error.code
+    return Code.OK
+
+
+def tfs_json_request(body: bytes) -> Code:
+    """A TF Serving REST ``:predict`` body, as ``rest_tfs`` decodes, runs and encodes it."""
+
+    def decode(predictor: Predictor) -> rest_codec.RestPredictRequest:
+        doc = tfs_json.parse_json(body)
+        request = rest_codec.decode_predict_request(doc, predictor.signatures, DISPATCH.element_budget(predictor))
+        _within_budget(request.inputs)
+        return request
+
+    def job() -> None:
+        answer = DISPATCH.predict(Target("m"), decode)
+        rest_codec.encode_predict_response(answer.outputs, answer.request.row_format)
+
+    return _outcome(job)
+
+
+def kserve_json_request(body: bytes) -> Code:
+    """A KServe v2 REST ``infer`` body, as ``rest_kserve`` decodes, runs and encodes it."""
+
+    def job() -> None:
+        doc = kserve_codec.parse_body(body)
+        kserve_codec.sequence_control(doc)
+
+        def decode(predictor: Predictor) -> kserve_codec.InferRequest:
+            signature = predictor.signature(DEFAULT_SIGNATURE)
+            request = kserve_codec.decode_infer_request(doc, signature, DISPATCH.element_budget(predictor))
+            _within_budget(request.inputs)
+            return request
+
+        answer = DISPATCH.predict(Target("m"), decode)
+        kserve_codec.encode_infer_response("m", answer.version, answer.outputs, answer.request.outputs, answer.request.id)
+
+    return _outcome(job)
+
+
+def grpc_request(request: Any) -> Code:
+    """A ``PredictRequest`` message, as ``grpc_server`` decodes, runs and encodes it."""
+
+    def job() -> None:
+        spec = grpc_codec.model_spec(request.model_spec)
+
+        def decode(predictor: Predictor) -> grpc_codec.GrpcPredictRequest:
+            signature = predictor.signature(spec.signature_name)
+            decoded = grpc_codec.decode_predict_request(request, signature, DISPATCH.element_budget(predictor))
+            _within_budget(decoded.inputs)
+            return decoded
+
+        answer = DISPATCH.predict(Target(spec.name, spec.version, spec.label), decode)
+        outputs = {k: answer.outputs[k] for k in answer.request.outputs}
+        grpc_codec.encode_predict_response(outputs, answer.model, answer.version, spec.signature_name)
+
+    return _outcome(job)
+
+
+def grpc_bytes(data: bytes) -> Code | None:
+    """Serialized ``PredictRequest`` bytes (the model name forced to ``m``); None when they do not
+    parse (grpcio refuses those before the servicer runs)."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        request = grpc_codec.protos().predict.PredictRequest.FromString(data)
+    except (DecodeError, RecursionError):
+        return None
+    if request.model_spec.name:
+        request.model_spec.name = "m"
+    return grpc_request(request)
