@@ -136,3 +136,97 @@ def grpc_bytes(data: bytes) -> Code | None:
     if request.model_spec.name:
         request.model_spec.name = "m"
     return grpc_request(request)
+
+
+# ----------------------------------------------------------------------------------- atheris
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def fuzz_main(target: Callable[[bytes], object], corpus: str) -> None:
+    """Run `target` under atheris (libFuzzer) with the serving package instrumented.
+
+    libFuzzer flags pass through (``-runs=N``, ``-max_total_time=S``, ``-dict=...``). Without a
+    corpus directory on the command line, new inputs go to a fresh temporary directory and the
+    committed seeds (``corpus/<name>/``) are only read.
+    """
+    import tempfile
+
+    import atheris
+
+    args = list(sys.argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        args += [tempfile.mkdtemp(prefix=f"rnnkit-fuzz-{corpus}-"), os.path.join(HERE, "corpus", corpus)]
+    if not any(a.startswith("-dict=") for a in args[1:]) and os.path.exists(os.path.join(HERE, f"{corpus}.dict")):
+        args.append(f"-dict={os.path.join(HERE, f'{corpus}.dict')}")
+
+    def one_input(data: bytes) -> None:
+        target(data)
+
+    atheris.Setup(args, one_input)
+    atheris.Fuzz()
+
+
+def write_seeds() -> None:
+    """(Re)write the seed corpora under ``corpus/``: valid and typical malformed requests."""
+    import json
+
+    seeds: dict[str, list[bytes]] = {
+        "tfs_json": [
+            b'{"instances": [[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]]}',
+            b'{"inputs": [[[1, 2, 3, 4]]], "signature_name": "serving_default"}',
+            b'{"inputs": {"x": [[[1, 2, 3, 4]]]}}',
+            b'{"signature_name": "multi", "instances": [{"x": [[1, 2, 3, 4]], "ids": [7], "tag": "a"}]}',
+            b'{"signature_name": "multi", "inputs": {"x": [[[1, 2, 3, 4]]], "ids": [[7]], "tag": [{"b64": "AAE="}]}}',
+            b'{"instances": [[[NaN, Infinity, -Infinity, 1e39]]]}',
+            b'{"instances": [[[1, 2, 3]], [[1, 2, 3, 4]]]}',
+            b'{"instances": ' + b"[" * 120 + b"]" * 120 + b"}",
+        ],
+        "kserve_json": [
+            json.dumps(
+                {
+                    "id": "1",
+                    "inputs": [{"name": "x", "shape": [1, 2, 4], "datatype": "FP32", "data": [0.5] * 8}],
+                    "outputs": [{"name": "y"}],
+                }
+            ).encode(),
+            b'{"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [[[1, 2, 3, 4]]]}]}',
+            b'{"inputs": [{"name": "x", "shape": [1, 20000000, 4], "datatype": "FP32", "data": [1]}]}',
+            b'{"parameters": {"sequence_id": 42, "sequence_start": true}, '
+            b'"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}',
+            b'{"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [NaN, 1, 2, 3]}]}',
+            b'{"inputs": [{"name": "x", "shape": [1, 1, 4], "datatype": "INT32", "data": [1, 2, 3, 4]}]}',
+        ],
+    }
+    p = grpc_codec.protos()
+    grpc_seeds = []
+    for dtype, dims, field, values in (
+        (1, (1, 2, 4), "float_val", [0.5] * 8),
+        (1, (1, 20_000_000, 4), "float_val", [1.0]),
+        (2, (1, 1, 4), "double_val", [1.0, 2.0, 3.0, 4.0]),
+        (3, (1, 1, 4), "int_val", [1, 2, 3, 4]),
+        (1, (1, 1, 4), "tensor_content", [b"\0" * 16]),
+    ):
+        request = p.predict.PredictRequest()
+        request.model_spec.name = "m"
+        tensor = request.inputs["x"]
+        tensor.dtype = dtype
+        for size in dims:
+            tensor.tensor_shape.dim.add(size=size)
+        if field == "tensor_content":
+            tensor.tensor_content = values[0]
+        else:
+            getattr(tensor, field).extend(values)
+        request.output_filter.append("y")
+        grpc_seeds.append(request.SerializeToString())
+    seeds["grpc"] = grpc_seeds
+    for name, items in seeds.items():
+        folder = os.path.join(HERE, "corpus", name)
+        os.makedirs(folder, exist_ok=True)
+        for index, data in enumerate(items):
+            with open(os.path.join(folder, f"seed-{index:02d}"), "wb") as handle:
+                handle.write(data)
+
+
+if __name__ == "__main__":
+    write_seeds()
