@@ -160,6 +160,7 @@ DEFAULT_MAX_BATCH_SIZE = 1024  # --max_batch_size
 DEFAULT_MAX_SEQUENCE_LENGTH = 8192  # --max_sequence_length
 DEFAULT_MAX_REQUEST_ELEMENTS = 8 << 20  # --max_request_elements: all inputs of one request together
 MAX_RANK = 32  # the most axes an input may declare (numpy's own limit is 64; no model here takes > 4)
+MAX_AXIS = 1 << 62  # the longest axis when no element budget is set (numpy's axes are int64)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,13 @@ class ElementBudget:
             raise ValidationError(
                 f"input '{name}' declares shape {[int(d) for d in shape]}: {count} elements; a request may hold "
                 f"at most {self.limit} elements in all{others} (--max_request_elements)"
+            )
+        widest = max((int(d) for d in shape), default=0)
+        cap = self.limit if self.limit is not None else MAX_AXIS
+        if widest > cap:  # even with another axis 0 (no elements), numpy cannot hold such a shape
+            raise ValidationError(
+                f"input '{name}' declares shape {[int(d) for d in shape]}: an axis of {widest} is above the most "
+                f"a request may hold ({cap} elements; --max_request_elements)"
             )
         self.used += count
         return count

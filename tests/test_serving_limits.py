@@ -155,6 +155,12 @@ def test_kserve_declared_shape_is_refused_before_data_is_read():
     assert caught[0].code is Code.INVALID_ARGUMENT and caught[0].message == ISSUE_MESSAGE
     with pytest.raises(ServingError, match=r"input 'x': shape \[1, 2, 4\] holds 8 values, 'data' has 3"):
         kserve_codec.decode_tensor({"name": "x", "shape": [1, 2, 4], "datatype": "FP32", "data": [1, 2, 3]}, X)
+    # found by bench/fuzz/fuzz_kserve_json.py: a 0 axis makes the count 0, another axis beyond int64
+    huge = {"name": "x", "shape": [2 * 10**88, 0, 4], "datatype": "FP32", "data": []}
+    for budget in (ElementBudget(None), ElementBudget(DEFAULT_MAX_REQUEST_ELEMENTS)):
+        with pytest.raises(ServingError, match=r"input 'x' declares shape \[2000.*0, 4\]: an axis of 2000.* is above "
+                           r"the most a request may hold \((4611686018427387904|8388608) elements"):
+            kserve_codec.decode_tensor(huge, X, budget)
     with pytest.raises(ServingError, match=r"input 'x': a value is out of the range of FP32"):
         kserve_codec.decode_tensor({"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [10**400] * 4}, X)
 
