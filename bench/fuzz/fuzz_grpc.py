@@ -1,4 +1,5 @@
-"""Coverage-guided fuzzing (atheris) of the TF Serving gRPC `PredictRequest` (serialized messages) decoder, run as the server runs it.
+"""Coverage-guided fuzzing (atheris) of the TF Serving gRPC `PredictRequest` decoder, run as the server runs it:
+requests built field by field from the fuzz bytes (even first byte) or parsed from them (odd first byte).
 
     python bench/fuzz/fuzz_grpc.py -runs=200000          # or -max_total_time=60
 
@@ -12,4 +13,4 @@ with atheris.instrument_imports(include=["serving"]):
     import harness
 
 if __name__ == "__main__":
-    harness.fuzz_main(harness.grpc_bytes, "grpc")
+    harness.fuzz_main(harness.grpc_structured, "grpc")

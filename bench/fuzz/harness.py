@@ -138,6 +138,50 @@ def grpc_bytes(data: bytes) -> Code | None:
     return grpc_request(request)
 
 
+def grpc_structured(data: bytes) -> Code | None:
+    """A ``PredictRequest`` built from fuzz bytes field by field (names, dtypes, shapes, typed values or
+    ``tensor_content``, output filter); odd first byte: the bytes parsed as a serialized message."""
+    import atheris
+
+    if not data or data[0] & 1:
+        return grpc_bytes(data[1:])
+    fdp = atheris.FuzzedDataProvider(data[1:])
+    p = grpc_codec.protos()
+    request = p.predict.PredictRequest()
+    request.model_spec.name = fdp.PickValueInList(["m", "m", "m", "", "other"])
+    request.model_spec.signature_name = fdp.PickValueInList(["", "serving_default", "multi", "nope"])
+    if fdp.ConsumeBool():
+        request.model_spec.version.value = fdp.ConsumeIntInRange(0, 2)
+    names = ["x", "ids", "tag", "q"]
+    for _ in range(fdp.ConsumeIntInRange(0, 3)):
+        tensor = request.inputs[fdp.PickValueInList(names)]
+        tensor.dtype = fdp.PickValueInList([1, 1, 2, 3, 4, 5, 6, 7, 9, 10, 17, 19, 22, 23, fdp.ConsumeIntInRange(0, 30)])
+        for _ in range(fdp.ConsumeIntInRange(0, 5) if fdp.ConsumeProbability() < 0.95 else 40):
+            tensor.tensor_shape.dim.add(size=fdp.PickValueInList([0, 1, 2, 3, 4, -1, fdp.ConsumeInt(8)]))
+        tensor.tensor_shape.unknown_rank = fdp.ConsumeProbability() < 0.05
+        kind = fdp.ConsumeIntInRange(0, 7)
+        count = fdp.ConsumeIntInRange(0, 40)
+        if kind == 0:
+            tensor.tensor_content = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
+        elif kind in (1, 2):
+            getattr(tensor, "float_val" if kind == 1 else "double_val").extend(
+                fdp.ConsumeRegularFloat() if fdp.ConsumeBool() else fdp.ConsumeFloat() for _ in range(count)
+            )
+        elif kind == 3:
+            tensor.int_val.extend(fdp.ConsumeIntInRange(-(2**31), 2**31 - 1) for _ in range(count))
+        elif kind == 4:
+            tensor.int64_val.extend(fdp.ConsumeIntInRange(-(2**63), 2**63 - 1) for _ in range(count))
+        elif kind == 5:
+            tensor.bool_val.extend(fdp.ConsumeBool() for _ in range(count))
+        elif kind == 6:
+            tensor.string_val.extend(fdp.ConsumeBytes(3) for _ in range(count))
+        else:
+            tensor.half_val.extend(fdp.ConsumeIntInRange(-(2**31), 2**31 - 1) for _ in range(count))
+    for _ in range(fdp.ConsumeIntInRange(0, 2)):
+        request.output_filter.append(fdp.PickValueInList(["y", "z"]))
+    return grpc_request(request)
+
+
 # ----------------------------------------------------------------------------------- atheris
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -218,7 +262,7 @@ def write_seeds() -> None:
         else:
             getattr(tensor, field).extend(values)
         request.output_filter.append("y")
-        grpc_seeds.append(request.SerializeToString())
+        grpc_seeds.append(b"\x01" + request.SerializeToString())  # odd first byte: parse the rest
     seeds["grpc"] = grpc_seeds
     for name, items in seeds.items():
         folder = os.path.join(HERE, "corpus", name)
