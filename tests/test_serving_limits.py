@@ -258,6 +258,27 @@ def test_non_finite_inputs_are_refused_naming_the_input_and_the_first_index():
     assert np.isnan(out[0, 3, 1]) and np.isinf(out[0, 4, 0]) and len(seen) == 1
 
 
+def test_non_finite_chunks_of_a_sequence_are_refused_before_the_session_steps():
+    h_in, h_out = TensorSpec("h_in", "float32", (None, 2)), TensorSpec("h_out", "float32", (None, 2))
+    step = Signature("step", (X, h_in), (Y, h_out))
+    calls = []
+
+    def run_step(inputs):
+        calls.append(inputs["x"])
+        return {"y": inputs["x"], "h_out": inputs["h_in"] + 1}
+
+    backends = {"serving_default": FakeBackend(SIGNATURE), "step": FakeBackend(step, run_step)}
+    dispatch = Dispatch(ModelRegistry.of([Predictor("m", 1, backends)]), Metrics())
+    chunk = np.zeros((1, 2, 4), np.float32)
+    chunk[0, 1, 3] = np.nan
+    with pytest.raises(ServingError, match=r"^input 'x' has a non-finite value \(nan\) at \[0, 1, 3\]; "):
+        dispatch.stream(Target("m"), 7, True, False, lambda p: _request({"x": chunk}))
+    assert calls == [] and dispatch.sessions.live() == {}
+    chunk[0, 1, 3] = 0
+    dispatch.stream(Target("m"), 7, True, False, lambda p: _request({"x": chunk}))
+    assert len(calls) == 1 and dispatch.sessions.live() == {"m": 1}
+
+
 def test_non_finite_over_rest_tfs_and_kserve():
     dispatch = Dispatch(ModelRegistry.of([fake()]), Metrics())
     with client_for(dispatch) as client:
