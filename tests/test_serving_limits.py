@@ -178,6 +178,14 @@ def test_tfs_json_rows_are_taken_from_the_budget_before_they_are_checked():
         rest_codec.decode_predict_request({"instances": [[[10**400, 0, 0, 0]]]}, signatures)
 
 
+def test_integers_too_long_for_python_are_a_parse_error():
+    body = b'{"instances": [[[' + b"1" * 5000 + b', 0, 0, 0]]]}'
+    with pytest.raises(ServingError, match=r"^JSON Parse error: Exceeds the limit \(4300 digits\)"):
+        tfs_json.parse_json(body)
+    with pytest.raises(ServingError, match=r"^failed to parse the request JSON buffer: Exceeds the limit"):
+        kserve_codec.parse_body(body)
+
+
 def test_one_budget_for_every_front_over_http():
     """TF Serving REST, KServe v2 REST and the dispatch's own check refuse the same request alike."""
     dispatch = Dispatch(ModelRegistry.of([fake()]), Metrics(), limits=Limits(max_elements=8))
