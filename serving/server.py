@@ -32,6 +32,7 @@ from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.batching import Batcher
 from serving.batching_config import BatchingParameters
 from serving.dispatch import Dispatch
+from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config
 from serving.predictor import Predictor
@@ -52,8 +53,8 @@ class ServerOptions:
     rest: RestOptions = field(default_factory=RestOptions)
     grpc_workers: int = 8
     grpc_tensor_content: bool = False
-    grpc_timeout_ms: int = 30_000  # --grpc_timeout_in_ms; <= 0: the client's deadline only
-    grpc_max_concurrent_rpcs: int | None = 64  # --grpc_max_concurrent_rpcs; None: no bound
+    grpc_timeout_ms: int = DEFAULT_TIMEOUT_MS  # --grpc_timeout_in_ms; <= 0: the client's deadline only
+    grpc_max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS  # --grpc_max_concurrent_rpcs; None: no bound
     limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
     allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
     drain_seconds: float = 30.0
