@@ -504,3 +504,21 @@ def test_grpc_refuses_rpcs_beyond_the_concurrency_bound(grpc_stuck):
     for call in held:  # the calls the bound let in are answered
         assert call.result().outputs["y"].float_val == [1.0] * 4
     assert stub.Predict(_predict("fast"), timeout=30).outputs["y"].float_val == [2.0] * 4
+
+
+def test_in_worker_sync_answers_on_time_and_never_runs_a_job_whose_deadline_passed_in_the_queue():
+    from concurrent.futures import ThreadPoolExecutor
+
+    dispatch = Dispatch(ModelRegistry.of([fake()]), Metrics())
+    release, ran = threading.Event(), []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(release.wait, 30)  # the only worker is taken
+        with pytest.raises(ServingError, match=r"^Request timed out after 50 ms \(--flag\)$") as caught:
+            dispatch.in_worker_sync(pool, lambda: ran.append("late"), 50, "--flag")
+        assert caught.value.code is Code.DEADLINE_EXCEEDED
+        with pytest.raises(ServingError, match=r"^Deadline Exceeded \(the client's deadline\)$"):
+            dispatch.in_worker_sync(pool, lambda: ran.append("client"), 30_000, "--flag", client_s=0.05)
+        release.set()
+        busy.result()
+        assert dispatch.in_worker_sync(pool, lambda: "done", 30_000, "--flag", client_s=float("inf")) == "done"
+    assert ran == []  # both timed-out jobs were dropped from the queue, never run
