@@ -19,7 +19,7 @@ from serving import grpc_codec  # noqa: E402
 from serving.errors import Code  # noqa: E402
 
 FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-LONG = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+LONG = settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 # ------------------------------------------------------------------------------- strategies
 
