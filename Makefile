@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rnnkit-installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench clean haproxy
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy export serving
 
-test: lint typecheck
+# tests/test_scale_out.py runs replicas behind a real HAProxy: install it when missing and we are root
+# (CI); elsewhere that test is skipped and says how to install it.
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) || true
+
+test: lint typecheck haproxy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

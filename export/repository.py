@@ -7,6 +7,10 @@ Layout (ARCHITECTURE.md, contract 3)::
     <base>/<name>/<version>/          saved_model.pb, variables/, assets.extra/, model.onnx, step.onnx, rnnkit.json
     <base>/<name>_step/config.pbtxt   Triton sequence-batched step model with implicit state
     <base>/<name>_step/<version>/step.onnx
+    <base>/<name>_encoder/config.pbtxt         encoder-decoder models: Triton model over encoder.onnx
+    <base>/<name>_encoder/<version>/encoder.onnx
+    <base>/<name>_decoder_step/config.pbtxt    Triton sequence-batched decoder step, implicit state
+    <base>/<name>_decoder_step/<version>/decoder_step.onnx   seeded from the encoder (``triton_seed``)
 
 Everything one export makes visible is staged first (`Publication`): each version directory
 under a hidden ``.rnnkit-tmp-*`` name beside its final place, each config file as a hidden
@@ -36,7 +40,8 @@ import time
 from collections.abc import Iterator
 
 from export.model_io import TensorInfo
-from export.step import StreamingPlan
+from export.step import DECODER_STEP_FILE, ENCODER_FILE, EncoderDecoder, StreamingPlan
+from export.triton_seed import START, carry_name, write_seeded_decoder_step
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TMP_PREFIX = ".rnnkit-tmp-"
@@ -44,6 +49,8 @@ STALE_AFTER_SECONDS = 24 * 3600  # for staging names without an owner on this ho
 OWNER = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-")
 MANIFEST = "rnnkit.json"
 STEP_SUFFIX = "_step"
+ENCODER_SUFFIX = "_encoder"
+DECODER_STEP_SUFFIX = "_decoder_step"
 TRITON_MAX_BATCH = 64
 STREAM_IDLE_MICROSECONDS = 60_000_000
 TRITON_TYPES = {
@@ -339,11 +346,11 @@ def _tensor_blocks(kind: str, infos: list[TensorInfo]) -> str:
     return f"{kind} [\n" + ",\n".join(parts) + "\n]\n"
 
 
-def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str:
+def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], filename: str = "model.onnx") -> str:
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
-        'default_model_filename: "model.onnx"\n'
+        f'default_model_filename: "{filename}"\n'
         f"max_batch_size: {TRITON_MAX_BATCH}\n"
         + _tensor_blocks("input", inputs)
         + _tensor_blocks("output", outputs)
@@ -381,6 +388,51 @@ def triton_step_config(name: str, inputs: list[TensorInfo], outputs: list[Tensor
     )
 
 
+def triton_decoder_step_config(name: str, pair: EncoderDecoder) -> str:
+    """A sequence-batched Triton model over the seeded decoder step (``triton_seed``): the client
+    sends the encoder's outputs with the sequence's first request; Triton carries the states after."""
+    plan = pair.plan
+    states = []
+    for layer in plan.layers:
+        for state_in, state_out in zip(layer.inputs(), layer.outputs()):
+            states.append(
+                "    {\n"
+                f'      input_name: "{carry_name(state_in)}"\n'
+                f'      output_name: "{state_out}"\n'
+                "      data_type: TYPE_FP32\n"
+                f"      dims: [ {layer.units} ]\n"
+                f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
+                'zero_data: true name: "zeros" }\n'
+                "    }"
+            )
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f'default_model_filename: "{DECODER_STEP_FILE}"\n'
+        f"max_batch_size: {TRITON_MAX_BATCH}\n"
+        + _tensor_blocks("input", plan.step_inputs(pair.decoder_io))
+        + _tensor_blocks("output", list(pair.decoder_io.outputs))
+        + "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {STREAM_IDLE_MICROSECONDS}\n"
+        "  direct { }\n"
+        "  control_input [\n"
+        "    {\n"
+        f'      name: "{START}"\n'
+        "      control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]\n"
+        "    }\n"
+        "  ]\n"
+        "  state [\n" + ",\n".join(states) + "\n  ]\n"
+        "}\n"
+    )
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def stage_server_configs(
     pending: Publication,
     base: str,
@@ -393,7 +445,9 @@ def stage_server_configs(
 ) -> None:
     """Stage what a new version of `name` changes beside its directory: ``models.config``
     (SavedModel), the Triton ``config.pbtxt`` and, for streamable models, the ``<name>_step``
-    version (``step.onnx`` hard-linked from the staged version when possible) and its config."""
+    version (``step.onnx`` hard-linked from the staged version when possible) and its config;
+    for encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
+    ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
     staging, _ = pending.versions[0]
     if "savedmodel" in formats:
         pending.stage_text(os.path.join(base, "models.config"), models_config(base, pending=(name,)))
@@ -403,11 +457,25 @@ def stage_server_configs(
     if plan.reason is None:
         step_name = name + STEP_SUFFIX
         step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
-        source, target = os.path.join(staging, "step.onnx"), os.path.join(step_staging, "step.onnx")
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+        _link(os.path.join(staging, "step.onnx"), os.path.join(step_staging, "step.onnx"))
         pending.stage_text(
             os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
+        )
+    pair = plan.encoder_decoder
+    if pair is not None:
+        encoder_name, decoder_name = name + ENCODER_SUFFIX, name + DECODER_STEP_SUFFIX
+        encoder_staging = pending.stage_version(os.path.join(base, encoder_name, str(version)))
+        _link(os.path.join(staging, ENCODER_FILE), os.path.join(encoder_staging, ENCODER_FILE))
+        pending.stage_text(
+            os.path.join(base, encoder_name, "config.pbtxt"),
+            triton_config(encoder_name, list(pair.source), pair.encoder_outputs(), ENCODER_FILE),
+        )
+        decoder_staging = pending.stage_version(os.path.join(base, decoder_name, str(version)))
+        write_seeded_decoder_step(
+            os.path.join(staging, DECODER_STEP_FILE),
+            os.path.join(decoder_staging, DECODER_STEP_FILE),
+            [t.name for t in pair.plan.state_inputs()],
+        )
+        pending.stage_text(
+            os.path.join(base, decoder_name, "config.pbtxt"), triton_decoder_step_config(decoder_name, pair)
         )

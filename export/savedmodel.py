@@ -67,8 +67,12 @@ def write_savedmodel(model: Any, io: ModelIO, plan: StreamingPlan, directory: st
 
     TimeDistributed layers are traced as their layer on the flattened batch x time axis (Keras's
     own dynamic-time path returns wrong shapes in a SavedModel; see ``time_distributed.py``).
+    rnnkit layers run their cell loop while tracing, even with ``use_cudnn=True``, so the
+    SavedModel never holds cuDNN-only ops and runs on CPUs too.
     """
-    with flattened_time_distributed(model):
+    from rnnkit.layers.cudnn import cell_loop_only
+
+    with flattened_time_distributed(model), cell_loop_only():
         return _write_savedmodel(model, io, plan, directory)
 
 

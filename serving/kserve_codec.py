@@ -157,9 +157,14 @@ def decode_tensor(item: Any, spec: TensorSpec, budget: ElementBudget | None = No
     return array.reshape(shape)
 
 
-def decode_infer_request(doc: Any, signature: Signature, budget: ElementBudget | None = None) -> InferRequest:
+def decode_infer_request(
+    doc: Any, signature: Signature, budget: ElementBudget | None = None, partial: bool = False
+) -> InferRequest:
     """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters; the
-    inputs' declared shapes share `budget`."""
+    inputs' declared shapes share `budget`.
+
+    `partial`: the inputs may be a subset of the signature's (a request of an encoder-decoder
+    sequence carries the source, a target chunk or both; the session says which it needs)."""
     if not isinstance(doc, Mapping):
         raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
     items = doc.get("inputs")
@@ -180,7 +185,7 @@ def decode_infer_request(doc: Any, signature: Signature, budget: ElementBudget |
             raise invalid_argument(f"input '{name}' is given twice")
         inputs[name] = decode_tensor(item, specs[name], budget)
     missing = [n for n in signature.input_names if n not in inputs]
-    if missing:
+    if missing and not partial:
         raise invalid_argument(f"expected {len(specs)} inputs {signature.input_names}; missing {missing}")
     wanted: list[str] | None = None
     if "outputs" in doc:
@@ -229,7 +234,8 @@ def encode_infer_response(
     request_id: str | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> str:
-    names = list(outputs) if wanted is None else list(wanted)
+    # a request that only starts an encoder-decoder sequence has no outputs
+    names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
     doc: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request_id is not None:
         doc["id"] = request_id

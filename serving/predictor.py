@@ -23,7 +23,9 @@ import numpy as np
 from serving.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, Backend, RuntimeOptions
 from serving.errors import Code, ModelLoadError, ServingError
 from serving.signature import (
+    DECODER_STEP_SIGNATURE,
     DEFAULT_SIGNATURE,
+    ENCODER_SIGNATURE,
     MANIFEST,
     NO_LIMITS,
     STEP_SIGNATURE,
@@ -33,9 +35,14 @@ from serving.signature import (
     StatePair,
     validate,
 )
-from serving.streaming import Session, StepGraph
+from serving.streaming import EncoderGraph, Session, StepGraph
 
-ONNX_FILES = {DEFAULT_SIGNATURE: "model.onnx", STEP_SIGNATURE: "step.onnx"}
+ONNX_FILES = {
+    DEFAULT_SIGNATURE: "model.onnx",
+    STEP_SIGNATURE: "step.onnx",
+    ENCODER_SIGNATURE: "encoder.onnx",
+    DECODER_STEP_SIGNATURE: "decoder_step.onnx",
+}
 
 
 def version_dirs(model_dir: str) -> dict[int, str]:
@@ -79,7 +86,8 @@ def _make_backend(
 
         if "onnx" not in manifest.formats:
             raise ModelLoadError(f"{version_dir!r} was exported without ONNX (formats {list(manifest.formats)})")
-        return OnnxBackend(os.path.join(version_dir, ONNX_FILES[signature.name]), signature, device, options)
+        filename = manifest.onnx_files.get(signature.name) or ONNX_FILES[signature.name]
+        return OnnxBackend(os.path.join(version_dir, filename), signature, device, options)
     from serving.tf_backend import TFBackend
 
     if "savedmodel" not in manifest.formats:
@@ -182,21 +190,38 @@ class Predictor:
         return bool(self.manifest is not None and self.manifest.zero_padding_invariant)
 
     @property
+    def encoder_decoder(self) -> bool:
+        """Whether sessions start from an encoder's outputs and step the ``decoder_step`` graph
+        (rnnkit.json ``streaming.mode == "encoder_decoder"``; without a manifest: the version has
+        ``encoder`` and ``decoder_step`` backends and no ``step``)."""
+        if self.manifest is not None:
+            return self.manifest.encoder_decoder
+        backends = self._backends
+        return STEP_SIGNATURE not in backends and {ENCODER_SIGNATURE, DECODER_STEP_SIGNATURE} <= set(backends)
+
+    @property
+    def step_signature_name(self) -> str:
+        """The signature a session steps: ``decoder_step`` for encoder-decoder models, else ``step``."""
+        return DECODER_STEP_SIGNATURE if self.encoder_decoder else STEP_SIGNATURE
+
+    @property
     def states(self) -> tuple[StatePair, ...]:
         """The step graph's recurrent states (input, output, units); empty when the model cannot stream."""
-        if STEP_SIGNATURE not in self._backends:
+        step_name = self.step_signature_name
+        if step_name not in self._backends:
             return ()
         if self.manifest is not None and self.manifest.states:
             return self.manifest.states
         # no manifest (a hand-built predictor): the step signature's extra tensors, paired in order
-        step, default = self._backends[STEP_SIGNATURE].signature(), self._backends[DEFAULT_SIGNATURE].signature()
+        step, default = self._backends[step_name].signature(), self._backends[DEFAULT_SIGNATURE].signature()
         ins = [s for s in step.inputs if s.name not in default.input_names]
         outs = [s for s in step.outputs if s.name not in default.output_names]
         return tuple(StatePair(i.name, o.name, int(i.shape[-1] or 0)) for i, o in zip(ins, outs))
 
     def streaming_error(self) -> ServingError | None:
         """Why this version cannot stream (the reason export recorded), or None when it can."""
-        if STEP_SIGNATURE in self._backends and self.states:
+        needed = [self.step_signature_name] + ([ENCODER_SIGNATURE] if self.encoder_decoder else [])
+        if all(name in self._backends for name in needed) and self.states:
             return None
         reason = (self.manifest.streaming_reason if self.manifest is not None else None) or (
             f"it has no '{STEP_SIGNATURE}' signature"
@@ -207,7 +232,8 @@ class Predictor:
         )
 
     def step_graph(self) -> StepGraph:
-        """The ``step`` graph sessions run: states, chunk signature, outputs, backend, limits.
+        """The ``step`` graph sessions run: states, chunk signature, outputs, backend, limits; for
+        encoder-decoder models the ``decoder_step`` graph with the ``encoder`` attached.
 
         Raises the :class:`ServingError` of :meth:`streaming_error` when this version cannot stream.
         """
@@ -215,27 +241,34 @@ class Predictor:
         if refused is not None:
             raise refused
         pairs = self.states
-        step = self._backend(STEP_SIGNATURE)
+        step = self._backend(self.step_signature_name)
         step_signature = step.signature()
         state_inputs = {p.input for p in pairs}
         state_outputs = {p.output for p in pairs}
         chunk_inputs = tuple(s for s in step_signature.inputs if s.name not in state_inputs)
         default_outputs = self.signature(DEFAULT_SIGNATURE).output_names
+        encoder = None
+        if self.encoder_decoder:
+            backend = self._backend(ENCODER_SIGNATURE)
+            encoder = EncoderGraph(backend.signature(), backend)
         return StepGraph(
             self.name,
             self.version,
             pairs,
-            Signature(STEP_SIGNATURE, chunk_inputs, step_signature.outputs),
+            Signature(step_signature.name, chunk_inputs, step_signature.outputs),
             tuple(n for n in default_outputs if n not in state_outputs),
             step,
             self.limits,
+            encoder,
         )
 
     def session(self) -> Session:
         """A streaming session: ``step(chunk) -> outputs`` carrying the RNN state between chunks.
 
         States start at zeros; ``reset()`` zeroes them, ``close()`` ends the session. Bidirectional
-        (non-streamable) models raise a :class:`ServingError` naming export's reason.
+        (non-streamable) models raise a :class:`ServingError` naming export's reason. Encoder-decoder
+        models start from the encoder's outputs: the first ``step`` carries the source inputs (and
+        optionally a target chunk), later ones target chunks (see :mod:`serving.streaming`).
         """
         return Session(self.step_graph())
 

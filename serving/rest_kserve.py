@@ -81,8 +81,11 @@ class KServeRoutes:
         sequence = kserve_codec.sequence_control(doc)
 
         def decode(predictor: Predictor) -> kserve_codec.InferRequest:
+            # a sequence of an encoder-decoder model carries the source, target chunks or both
+            partial = sequence is not None and predictor.encoder_decoder
             signature = predictor.signature(DEFAULT_SIGNATURE)
-            return kserve_codec.decode_infer_request(doc, signature, self.dispatch.element_budget(predictor))
+            budget = self.dispatch.element_budget(predictor)
+            return kserve_codec.decode_infer_request(doc, signature, budget, partial)
 
         if sequence is None:
             answer = self.dispatch.predict(target, decode)

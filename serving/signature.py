@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,9 @@ from serving.errors import ModelLoadError, ValidationError
 MANIFEST = "rnnkit.json"
 DEFAULT_SIGNATURE = "serving_default"
 STEP_SIGNATURE = "step"
+# encoder-decoder models: the encoder (source inputs -> the decoder's initial states) and the decoder step graph
+ENCODER_SIGNATURE = "encoder"
+DECODER_STEP_SIGNATURE = "decoder_step"
 # SignatureDef method name both TF Serving codecs (REST metadata, gRPC metadata) print
 METHOD_PREDICT = "tensorflow/serving/predict"
 # Dtypes a manifest may name (numpy names); anything else is refused at load time.
@@ -107,6 +110,10 @@ class Manifest:
     # appending all-zero time steps leaves the answers unchanged: requests of different lengths
     # may be batched by zero right-padding (sequence outputs sliced back)
     zero_padding_invariant: bool = False
+    # encoder-decoder models: sessions start from the encoder's outputs and step `decoder_step`
+    encoder_decoder: bool = False
+    # signature name -> ONNX file, where rnnkit.json names it (the encoder-decoder graphs)
+    onnx_files: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, version_dir: str) -> Manifest:
@@ -133,7 +140,10 @@ class Manifest:
         streaming = data.get("streaming") or {}
         names = data.get("signatures") or [DEFAULT_SIGNATURE]
         states: tuple[StatePair, ...] = ()
-        if streaming.get("streamable") and STEP_SIGNATURE in names:
+        # A step graph exists in every exported format (the SavedModel's `step` signature, `step.onnx`):
+        # an ONNX-only export lists no SavedModel signatures, yet streams.
+        has_step = STEP_SIGNATURE in names or (not data.get("signatures") and streaming.get("mode", "step") == "step")
+        if streaming.get("streamable") and has_step:
             states = tuple(
                 StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in streaming.get("states") or []
             )
@@ -141,6 +151,10 @@ class Manifest:
             state_out = tuple(TensorSpec(s.output, "float32", (None, s.units)) for s in states)
             signatures[STEP_SIGNATURE] = Signature(STEP_SIGNATURE, inputs + state_in, outputs + state_out)
         reason = streaming.get("reason")
+        pair = streaming.get("encoder_decoder") if streaming.get("mode") == "encoder_decoder" else None
+        files: dict[str, str] = {}
+        if pair:
+            states = _encoder_decoder(pair, signatures, files)
         return cls(
             str(data["model_name"]),
             int(data["version"]),
@@ -149,7 +163,37 @@ class Manifest:
             None if reason is None else str(reason),
             states,
             bool(data.get("zero_padding_invariant", False)),
+            bool(pair),
+            files,
         )
+
+
+def _encoder_decoder(
+    pair: Mapping[str, Any], signatures: dict[str, Signature], files: dict[str, str]
+) -> tuple[StatePair, ...]:
+    """Read ``streaming.encoder_decoder``: add the encoder and decoder step signatures and their ONNX
+    files; the decoder's state pairs. The encoder must return exactly the states the decoder step takes."""
+    for name in (ENCODER_SIGNATURE, DECODER_STEP_SIGNATURE):
+        entry = pair[name]
+        signatures[name] = Signature(
+            name,
+            tuple(TensorSpec.from_json(t) for t in entry["inputs"]),
+            tuple(TensorSpec.from_json(t) for t in entry["outputs"]),
+        )
+        files[name] = str(entry["file"])
+    states = tuple(StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in pair["states"])
+    encoder, step = signatures[ENCODER_SIGNATURE], signatures[DECODER_STEP_SIGNATURE]
+    wanted = sorted(s.input for s in states)
+    if not states or sorted(encoder.output_names) != wanted:
+        raise ValueError(
+            f"streaming.encoder_decoder: the encoder's outputs {encoder.output_names} must be the decoder "
+            f"step's state inputs {wanted}"
+        )
+    missing = [s.input for s in states if s.input not in step.input_names]
+    missing += [s.output for s in states if s.output not in step.output_names]
+    if missing:
+        raise ValueError(f"streaming.encoder_decoder: the decoder step graph lacks the state tensors {missing}")
+    return states
 
 
 # The server's defaults (``rnnkit serve``, :func:`serving.start_server`, :class:`serving.dispatch.Dispatch`);

@@ -245,6 +245,12 @@ def test_issue_models_serve_like_keras(base, case):
         got = predictor.predict(feed)
         for name in io.output_names:
             np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=TOLERANCE, err_msg=name)
+        if case == "encoder_decoder":  # sessions start from the encoder (tests/test_serving_encoder_decoder.py)
+            with predictor.session() as session:
+                assert session.step({"src": feed["src"]}) == {}
+                steps = [session.step({"tgt": feed["tgt"][:, t : t + 1]})["logits"] for t in range(7)]
+            np.testing.assert_allclose(np.concatenate(steps, 1), np.asarray(want["logits"]), atol=TOLERANCE)
+            return
         with pytest.raises(ServingError, match="cannot stream") as refused:
             predictor.session()
         assert report.streaming["reason"] in str(refused.value)

@@ -228,3 +228,18 @@ def test_session_metrics():
     assert ':rnnkit:serving:live_sessions{model_name="lstm"} 3.0' in text
     assert ':rnnkit:serving:evicted_sessions_total{model_name="lstm"} 2.0' in text
     assert ':rnnkit:serving:loaded_versions{model_name="lstm"} 1.0' in text
+
+
+def test_an_onnx_only_export_streams(tmp_path):
+    """rnnkit.json of an ONNX-only export lists no SavedModel signatures; step.onnx still streams."""
+    import export
+
+    model = serving_repo.streaming_model("LSTM")
+    export.export_model(model, str(tmp_path), "onnx_only", formats="onnx")
+    x = sequence()
+    with Predictor.load(os.path.join(tmp_path, "onnx_only")) as predictor:
+        assert "step" in predictor.manifest.signatures
+        full = predictor.predict({"x": x})
+        with predictor.session() as session:
+            parts = [session.step({"x": chunk}) for chunk in chunks(x)]
+        np.testing.assert_allclose(np.concatenate([p["y"] for p in parts], axis=1), full["y"], atol=TOL)

@@ -128,11 +128,13 @@ class RecurrentLayer(keras.layers.RNN):
         def cell_loop():
             return super(RecurrentLayer, self).inner_loop(sequences, initial_state, mask=mask, training=training)
 
+        if cudnn.cudnn_disabled_here():  # an export trace or `cell_loop_only()`, whatever use_cudnn says
+            return cell_loop()
         blockers = self.cudnn_blockers()
         # "auto" takes the kernel in training calls only: inference graphs (SavedModel export,
         # serving) then never hold GPU-only ops. use_cudnn=True takes it in every call.
         wanted = bool(training) or self.use_cudnn is True
-        if not blockers and wanted and not cudnn.cudnn_disabled_here():
+        if not blockers and wanted:
             try:
                 return cudnn.run_time_loop(self, sequences, initial_state, mask, training, cell_loop)
             except NotImplementedError:
