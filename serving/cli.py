@@ -12,6 +12,13 @@ import sys
 
 BACKENDS = ("onnx", "tf")
 DEVICES = ("cpu", "gpu", "auto")
+# serving.signature.DEFAULT_LIMITS and serving.grpc_server's defaults, written out so that this module
+# imports nothing heavy (a test keeps them equal)
+DEFAULT_MAX_BATCH_SIZE = 1024
+DEFAULT_MAX_SEQUENCE_LENGTH = 8192
+DEFAULT_MAX_REQUEST_ELEMENTS = 8 << 20
+DEFAULT_GRPC_TIMEOUT_MS = 30_000
+DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 64
 
 
 def _positive(text: str) -> int:
@@ -92,23 +99,44 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     own.add_argument("--intra_op_threads", type=int, default=1, help="runtime threads per op (default 1; 0 = runtime)")
     own.add_argument("--inter_op_threads", type=int, default=1, help="runtime threads across ops (default 1)")
     own.add_argument("--max_request_bytes", type=_positive, default=16 << 20, help="request size limit (16 MiB)")
-    own.add_argument("--max_batch_size", type=_positive, default=None, help="largest batch accepted (default any)")
-    own.add_argument("--max_sequence_length", type=_positive, default=None, help="most time steps (default any)")
+    own.add_argument(
+        "--max_batch_size",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"largest batch a request may hold (default {DEFAULT_MAX_BATCH_SIZE})",
+    )
+    own.add_argument(
+        "--max_sequence_length",
+        type=_positive,
+        default=DEFAULT_MAX_SEQUENCE_LENGTH,
+        help=f"most time steps a request may hold (default {DEFAULT_MAX_SEQUENCE_LENGTH})",
+    )
+    own.add_argument(
+        "--max_request_elements",
+        type=_positive,
+        default=DEFAULT_MAX_REQUEST_ELEMENTS,
+        help="most tensor elements of all inputs of one request together, checked on the declared shapes "
+        f"before anything is allocated (default {DEFAULT_MAX_REQUEST_ELEMENTS})",
+    )
+    own.add_argument(
+        "--allow_non_finite_inputs",
+        action="store_true",
+        help="pass NaN/Infinity inputs to the model (default: refused with 400 / INVALID_ARGUMENT)",
+    )
     own.add_argument("--rest_workers", type=_positive, default=4, help="threads running REST requests (default 4)")
-    own.add_argument(
-        "--rest_inline_bytes",
-        type=int,
-        default=0,
-        help="run requests with bodies up to this size on the event loop, skipping the worker thread (default 0)",
-    )
-    own.add_argument(
-        "--rest_inline_predict_us",
-        type=float,
-        default=500.0,
-        help="when no other request is being handled, run a small :predict on the event loop if the model's "
-        "recent requests took under this many CPU microseconds (default 500; 0 = never)",
-    )
     own.add_argument("--grpc_workers", type=_positive, default=8, help="threads running gRPC requests (default 8)")
+    own.add_argument(
+        "--grpc_timeout_in_ms",
+        type=int,
+        default=DEFAULT_GRPC_TIMEOUT_MS,
+        help=f"server-side deadline of a gRPC Predict (default {DEFAULT_GRPC_TIMEOUT_MS}; <= 0: the client's only)",
+    )
+    own.add_argument(
+        "--grpc_max_concurrent_rpcs",
+        type=_positive,
+        default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
+        help=f"gRPC calls accepted at once; more get RESOURCE_EXHAUSTED (default {DEFAULT_GRPC_MAX_CONCURRENT_RPCS})",
+    )
     own.add_argument(
         "--grpc_tensor_content", action="store_true", help="reply with tensor_content instead of typed *_val fields"
     )
@@ -170,11 +198,12 @@ def run(args: argparse.Namespace) -> int:
         if sessions.idle_seconds <= 0:
             raise ValueError(f"--session_idle_seconds must be positive, received {sessions.idle_seconds:g}")
         configs = model_configs(args.model_name, args.model_base_path, args.model_config_file)
+        limits = Limits(args.max_batch_size, args.max_sequence_length, args.max_request_elements)
         registry = load_registry(
             configs,
             args.backend,
             args.device,
-            Limits(args.max_batch_size, args.max_sequence_length),
+            limits,
             RuntimeOptions(args.intra_op_threads, args.inter_op_threads, args.strict_device, args.variant),
             VersionPolicy("latest", args.num_versions),
         )
@@ -189,14 +218,12 @@ def run(args: argparse.Namespace) -> int:
         rest_api_port=args.rest_api_port,
         port=args.port,
         grpc_inference_port=args.grpc_inference_port,
-        rest=RestOptions(
-            args.rest_api_timeout_in_ms,
-            args.max_request_bytes,
-            args.rest_workers,
-            args.rest_inline_bytes,
-            args.rest_inline_predict_us,
-        ),
+        rest=RestOptions(args.rest_api_timeout_in_ms, args.max_request_bytes, args.rest_workers),
         grpc_workers=args.grpc_workers,
+        grpc_timeout_ms=args.grpc_timeout_in_ms,
+        grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        limits=limits,
+        allow_non_finite_inputs=args.allow_non_finite_inputs,
         grpc_tensor_content=args.grpc_tensor_content,
         drain_seconds=args.drain_seconds,
         batching=batching,

@@ -6,13 +6,17 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
    (:meth:`Dispatch.lease`; unknown models and versions fail with TF Serving's texts);
 2. **validate** — the front's codec turns the body into arrays against the version's signatures,
    then :meth:`Dispatch.validate` checks names, dtypes and shapes;
-3. **limits** — batch size and sequence length against :meth:`Dispatch.limits_for` (checked with
-   step 2, so each input is refused with its first problem);
+3. **limits** — the element budget (:meth:`Dispatch.element_budget`: codecs take each input's
+   *declared* shape from it before building an array), batch size and sequence length against
+   :meth:`Dispatch.limits_for` (checked with step 2, so each input is refused with its first
+   problem); then the values: NaN and infinity are refused unless ``allow_non_finite``;
 4. **schedule** — :meth:`Dispatch.run`: the :class:`~serving.batching.Batcher` when batching is on,
    else the predictor; chunks of a sequence go through the :class:`~serving.session_store.SessionStore`
    (:meth:`Dispatch.stream`);
-5. **timeout** — :meth:`Dispatch.in_worker` runs a request in a worker thread and answers
-   DEADLINE_EXCEEDED when it takes longer than the front's timeout;
+5. **timeout** — :meth:`Dispatch.in_worker` (asyncio fronts) and :meth:`Dispatch.in_worker_sync`
+   (threaded fronts: gRPC) run a request in a worker thread and answer DEADLINE_EXCEEDED when it
+   takes longer than the front's timeout; a request whose deadline passed before a worker took it
+   is not run at all;
 6. **metrics** — :meth:`Dispatch.record` counts every model request by model and status and
    times the successful ones (TF Serving's metric names).
 
@@ -31,6 +35,7 @@ is bounded where it is kept (:class:`~serving.session_store.SessionStore`, :meth
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -45,7 +50,7 @@ from serving.metrics import Metrics
 from serving.predictor import Predictor
 from serving.registry import Lease, ModelRegistry
 from serving.session_store import SequenceId, SessionStore
-from serving.signature import DEFAULT_SIGNATURE, Limits, validate
+from serving.signature import DEFAULT_LIMITS, DEFAULT_SIGNATURE, ElementBudget, Limits, check_finite, validate
 from serving.status import VersionStatus
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
@@ -96,7 +101,13 @@ class Call:
 
 
 class Dispatch:
-    """The data plane behind every front: one registry, batcher, session store and metrics."""
+    """The data plane behind every front: one registry, batcher, session store and metrics.
+
+    `limits`: the server's bounds on a request (``--max_batch_size``, ``--max_sequence_length``,
+    ``--max_request_elements``), applied together with each version's own (the tighter wins);
+    `allow_non_finite`: pass NaN/infinity inputs to the model (``--allow_non_finite_inputs``)
+    instead of refusing them.
+    """
 
     def __init__(
         self,
@@ -104,11 +115,15 @@ class Dispatch:
         metrics: Metrics | None = None,
         batcher: Batcher | None = None,
         sessions: SessionStore | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        allow_non_finite: bool = False,
     ) -> None:
         self.registry = registry
         self.metrics = metrics if metrics is not None else Metrics()
         self.batcher = batcher
         self.sessions = sessions if sessions is not None else SessionStore()
+        self.limits = limits
+        self.allow_non_finite = allow_non_finite
 
     # ------------------------------------------------------------------------ 1. resolve
 
@@ -123,12 +138,26 @@ class Dispatch:
     # ------------------------------------------------------------- 2 + 3. validate, limits
 
     def limits_for(self, predictor: Predictor) -> Limits:
-        """The request limits of a version (today those it was loaded with: ``--max_batch_size``...)."""
-        return predictor.limits
+        """The request limits for a version: the server's and those it was loaded with, the tighter of each."""
+        return self.limits.tighter(predictor.limits)
+
+    def element_budget(self, predictor: Predictor) -> ElementBudget:
+        """A fresh element budget for one request to `predictor`: every front's codec takes each
+        input's declared shape from it before building the input's array."""
+        return ElementBudget(self.limits_for(predictor).max_elements)
 
     def validate(self, predictor: Predictor, inputs: Mapping[str, Any], signature_name: str) -> dict[str, np.ndarray]:
-        """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes."""
-        return validate(predictor.signature(signature_name), inputs, self.limits_for(predictor))
+        """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes;
+        non-finite values refused unless ``allow_non_finite``."""
+        arrays = validate(predictor.signature(signature_name), inputs, self.limits_for(predictor))
+        self.check_values(arrays)
+        return arrays
+
+    def check_values(self, inputs: Mapping[str, Any]) -> None:
+        """NaN and infinity in float inputs -> INVALID_ARGUMENT naming the input and the first bad
+        index, unless the server passes them through (``--allow_non_finite_inputs``)."""
+        if not self.allow_non_finite:
+            check_finite(inputs)
 
     # ----------------------------------------------------------------------- 4. schedule
 
@@ -157,6 +186,7 @@ class Dispatch:
         apply in the session, against the step graph's chunk signature."""
         with self._sequence_lease(target, key, start) as predictor:
             request = decode(predictor)
+            self.check_values(request.inputs)
             outputs = self.sessions.step(predictor, key, request.inputs, start, end)
         return Prediction(predictor.name, predictor.version, request, outputs)
 
@@ -191,6 +221,32 @@ class Dispatch:
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})") from None
+
+    def in_worker_sync(
+        self, executor: Executor, job: Callable[[], T], timeout_ms: int, flag: str, client_s: float | None = None
+    ) -> T:
+        """:meth:`in_worker` for a front that handles each request in a thread of its own (gRPC): wait
+        for `job` in `executor` at most `timeout_ms` (<= 0: no cap) or `client_s` (the client's
+        remaining deadline, when shorter). A job still queued when the time is up never runs."""
+        if client_s is not None and not client_s < 1e7:  # no client deadline: gRPC reports a far-future one
+            client_s = None
+        limits = [t for t in (timeout_ms / 1000 if timeout_ms > 0 else None, client_s) if t is not None]
+        wait = min(limits) if limits else None
+        deadline = None if wait is None else time.monotonic() + wait
+
+        def guarded() -> T:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ServingError(Code.DEADLINE_EXCEEDED, "Request timed out in the queue")
+            return job()
+
+        future = executor.submit(guarded)
+        try:
+            return future.result(wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            if client_s is not None and wait == client_s and (timeout_ms <= 0 or client_s < timeout_ms / 1000):
+                raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded (the client's deadline)") from None
             raise ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})") from None
 
     # ------------------------------------------------------------------------ 6. metrics

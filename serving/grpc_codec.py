@@ -1,7 +1,9 @@
 """TF Serving gRPC messages <-> arrays, as pure functions (no channel, no server).
 
 ``PredictRequest`` inputs are accepted as raw ``tensor_content`` or typed ``*_val`` fields
-(fewer typed values than the shape needs repeat the last one, as ``tf.make_ndarray`` does);
+(fewer typed values than the shape needs repeat the last one, as ``tf.make_ndarray`` does).
+A declared shape is checked against the request's element budget and against the content it
+came with before any array is built, so a few bytes declaring a huge shape allocate nothing;
 replies use typed fields, TF Serving's default. The generated protos import TensorFlow, so
 they are imported inside the functions: importing this module costs nothing, calling it
 loads the protos (the gRPC front is the only caller).
@@ -10,7 +12,6 @@ loads the protos (the gRPC front is the only caller).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -19,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from serving.errors import Code, ServingError, invalid_argument
-from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, Signature, TensorSpec
+from serving.signature import (
+    DATA_TYPES,
+    DEFAULT_SIGNATURE,
+    METHOD_PREDICT,
+    ElementBudget,
+    Signature,
+    TensorSpec,
+)
 from serving.status import VersionStatus
 
 # DataType number -> (numpy dtype, typed TensorProto field)
@@ -99,8 +107,9 @@ def model_spec(spec: Any) -> ModelSpec:
     )
 
 
-def tensor_to_array(proto: Any, alias: str = "") -> np.ndarray:
-    """A ``TensorProto`` -> ndarray (tensor_content or typed values)."""
+def tensor_to_array(proto: Any, alias: str = "", budget: ElementBudget | None = None) -> np.ndarray:
+    """A ``TensorProto`` -> ndarray (tensor_content or typed values); the declared shape is taken
+    from `budget` (default: an unlimited one, which still bounds the rank) before anything is built."""
     entry = _FROM_WIRE.get(int(proto.dtype))
     if entry is None:
         raise invalid_argument(f"tensor parsing error: {alias} (unsupported DataType {proto.dtype})")
@@ -108,7 +117,7 @@ def tensor_to_array(proto: Any, alias: str = "") -> np.ndarray:
     if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
         raise invalid_argument(f"tensor parsing error: {alias} (the shape must be fully defined)")
     shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
-    size = math.prod(shape)
+    size = (budget if budget is not None else ElementBudget(None)).take(alias, shape)
     if proto.tensor_content and dtype is not object:
         content = proto.tensor_content
         itemsize = np.dtype(dtype).itemsize
@@ -139,10 +148,24 @@ def tensor_to_array(proto: Any, alias: str = "") -> np.ndarray:
         flat = flat.view(np.float16)
     else:
         flat = np.zeros(size, dtype=dtype)
-        flat[:count] = np.asarray(values, dtype=dtype)
+        flat[:count] = _typed_values(values, np.dtype(dtype), field, alias)
         if 0 < count < size:
             flat[count:] = flat[count - 1]
     return flat.reshape(shape)
+
+
+def _typed_values(values: Any, dtype: np.dtype, field: str, alias: str) -> np.ndarray:
+    """Typed values as `dtype`; int_val carries int8/16, uint8/16 too, so its range is checked."""
+    if dtype.kind not in "iu":
+        return np.asarray(values, dtype=dtype)
+    wide = np.asarray(values, dtype=np.uint64 if dtype == np.uint64 else np.int64)
+    info = np.iinfo(dtype)
+    if wide.size and (int(wide.min()) < info.min or int(wide.max()) > info.max):
+        raise invalid_argument(
+            f"tensor parsing error: {alias} ({field} holds values outside the range of {dtype.name}: "
+            f"{int(wide.min())}..{int(wide.max())})"
+        )
+    return wide.astype(dtype)
 
 
 def array_to_tensor(array: np.ndarray, as_tensor_content: bool = False) -> Any:
@@ -176,8 +199,11 @@ class GrpcPredictRequest:
     outputs: list[str]  # the output names to return: the filter, or all in signature order
 
 
-def decode_predict_request(request: Any, signature: Signature) -> GrpcPredictRequest:
-    """Inputs by name and the output names to return (the filter, or all in signature order)."""
+def decode_predict_request(
+    request: Any, signature: Signature, budget: ElementBudget | None = None
+) -> GrpcPredictRequest:
+    """Inputs by name and the output names to return (the filter, or all in signature order);
+    every input's declared shape is taken from `budget` before its array is built."""
     expected = signature.input_names
     sent = list(request.inputs.keys())
     if len(sent) != len(expected) or set(sent) != set(expected):
@@ -192,7 +218,7 @@ def decode_predict_request(request: Any, signature: Signature) -> GrpcPredictReq
             f"input size does not match signature: {len(sent)}!={len(expected)} len({_set(sent)}) != "
             f"len({_set(expected)}). Sent extra: {_set(extra)}. Missing but required: {_set(missing)}."
         )
-    inputs = {name: tensor_to_array(request.inputs[name], name) for name in expected}
+    inputs = {name: tensor_to_array(request.inputs[name], name, budget) for name in expected}
     outputs = signature.output_names
     wanted: list[str] = []
     for alias in request.output_filter:

@@ -6,6 +6,12 @@ Those generated modules import TensorFlow's proto modules; ``serving.tfs_protos`
 without starting TensorFlow itself, inside :func:`start_grpc_server`.
 Exceptions become gRPC statuses in one place (:func:`_call`) via ``wire_error``, with the
 same codes and texts as the REST front.
+
+Bounds: at most ``max_concurrent_rpcs`` RPCs are accepted at once (grpcio answers the next one
+``RESOURCE_EXHAUSTED``), and a ``Predict`` is answered ``DEADLINE_EXCEEDED`` after ``timeout_ms``
+(``--grpc_timeout_in_ms``) or the client's own deadline, whichever is sooner: the work runs in a
+separate pool (:meth:`serving.dispatch.Dispatch.in_worker_sync`), so the RPC thread answers on
+time even while the model is still running.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from serving.errors import Code, grpc_message, invalid_argument, wire_error
 from serving.predictor import Predictor
 
 T = TypeVar("T")
+
+TIMEOUT_FLAG = "--grpc_timeout_in_ms"
+DEFAULT_TIMEOUT_MS = 30_000  # as REST's --rest_api_timeout_in_ms
+DEFAULT_MAX_CONCURRENT_RPCS = 64  # x 16 MiB messages (--max_request_bytes): at most ~1 GiB of requests held
 
 
 def _call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
@@ -43,10 +53,15 @@ def start_grpc_server(
     workers: int = 8,
     max_message_bytes: int = -1,
     tensor_content: bool = False,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS,
     health: Any = None,
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server`` (with `health`, a
-    :class:`serving.health.Health`, registered beside the TF Serving services)."""
+    :class:`serving.health.Health`, registered beside the TF Serving services).
+
+    `timeout_ms`: the server's deadline for a ``Predict`` (<= 0: only the client's);
+    `max_concurrent_rpcs`: RPCs accepted at once, beyond it ``RESOURCE_EXHAUSTED`` (None: no bound)."""
     import grpc
 
     from serving import grpc_codec
@@ -59,6 +74,8 @@ def start_grpc_server(
     model_servicer: Any = model_service_pb2_grpc.ModelServiceServicer
 
     grpc_codec.protos()  # load the messages now, not on the first request
+    threads = dispatch.worker_threads(workers)
+    work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnkit-grpc-work")
 
     class PredictionService(prediction_servicer):
         def Predict(self, request: Any, context: Any) -> Any:
@@ -66,7 +83,8 @@ def start_grpc_server(
                 spec = grpc_codec.model_spec(request.model_spec)
 
                 def decode(predictor: Predictor) -> grpc_codec.GrpcPredictRequest:
-                    return grpc_codec.decode_predict_request(request, predictor.signature(spec.signature_name))
+                    signature = predictor.signature(spec.signature_name)
+                    return grpc_codec.decode_predict_request(request, signature, dispatch.element_budget(predictor))
 
                 answer = dispatch.predict(Target(spec.name, spec.version, spec.label), decode)
                 return grpc_codec.encode_predict_response(
@@ -77,7 +95,10 @@ def start_grpc_server(
                     tensor_content,
                 )
 
-            return _call(context, dispatch, request.model_spec.name, "Predict", job)
+            def timed() -> Any:
+                return dispatch.in_worker_sync(work, job, timeout_ms, TIMEOUT_FLAG, context.time_remaining())
+
+            return _call(context, dispatch, request.model_spec.name, "Predict", timed)
 
         def GetModelMetadata(self, request: Any, context: Any) -> Any:
             def job() -> Any:
@@ -104,14 +125,16 @@ def start_grpc_server(
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=dispatch.worker_threads(workers), thread_name_prefix="rnnkit-grpc"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnkit-grpc"),
         options=options,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
     if health is not None:
         health.add_to(server)
     if server.add_insecure_port(address) == 0:
+        work.shutdown(wait=False)
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()
     return server

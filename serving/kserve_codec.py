@@ -18,7 +18,6 @@ before any array is built (:func:`decode_raw`), so a request never allocates mor
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import invalid_argument
-from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec, numpy_dtype
+from serving.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from serving.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
 
 # rnnkit.json dtype -> KServe v2 datatype
 DATATYPES: dict[str, str] = {
@@ -102,9 +102,11 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 def parse_body(body: bytes) -> Any:
     if not body.strip():
         raise invalid_argument("failed to parse the request JSON buffer: the document is empty")
+    if exceeds_depth(body):
+        raise invalid_argument(f"failed to parse the request JSON buffer: nesting depth exceeds {MAX_JSON_DEPTH}")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
         raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
 
 
@@ -122,7 +124,7 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def _check_values(values: list[Any], datatype: str, name: str) -> None:
+def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> None:
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in values):
             raise invalid_argument(f"input '{name}': datatype BYTES expects JSON strings")
@@ -132,6 +134,11 @@ def _check_values(values: list[Any], datatype: str, name: str) -> None:
     elif datatype.startswith(("INT", "UINT")):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON integers")
+        info = np.iinfo(numpy_dtype(dtype))
+        if values and not (info.min <= min(values) and max(values) <= info.max):
+            raise invalid_argument(
+                f"input '{name}': a value is out of the range of {datatype} ({info.min}..{info.max})"
+            )
     elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
 
@@ -152,23 +159,18 @@ def check_header(name: str, shape: Any, datatype: Any, spec: TensorSpec) -> list
     return [int(d) for d in shape]
 
 
-def declared_count(name: str, shape: Sequence[int], max_elements: int | None = None) -> int:
-    """The number of elements `shape` declares, refused when over `max_elements` (the element
-    budget; ``None`` = none), before anything is allocated for it."""
-    count = math.prod(shape)
-    if max_elements is not None and count > max_elements:
-        raise invalid_argument(
-            f"input '{name}': shape {list(shape)} declares {count} elements, more than the limit of {max_elements}"
-        )
-    return count
+def declared_count(name: str, shape: Sequence[int], budget: ElementBudget | None = None) -> int:
+    """The number of elements `shape` declares, taken from the request's element `budget`
+    (``None``: only the rank and axis caps) before anything is allocated for it."""
+    return (budget or ElementBudget(None)).take(name, shape)
 
 
 def decode_raw(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes, max_elements: int | None = None
+    name: str, datatype: str, shape: Sequence[int], raw: bytes, budget: ElementBudget | None = None
 ) -> np.ndarray:
     """A raw (binary) tensor -> an array of `shape`. The declared size is checked against the
     element budget and against ``len(raw)`` before the array is built."""
-    count = declared_count(name, shape, max_elements)
+    count = declared_count(name, shape, budget)
     if datatype == "BYTES":
         if count * 4 > len(raw):
             raise invalid_argument(
@@ -220,7 +222,7 @@ def encode_raw(array: np.ndarray) -> bytes:
 
 
 def decode_tensor(
-    item: Any, spec: TensorSpec, binary: bytes | None = None, max_elements: int | None = None
+    item: Any, spec: TensorSpec, binary: bytes | None = None, budget: ElementBudget | None = None
 ) -> np.ndarray:
     """One ``inputs`` entry -> an array of the signature's dtype and the request's shape
     (`binary`: its raw bytes when the entry declared ``binary_data_size``)."""
@@ -235,13 +237,17 @@ def decode_tensor(
     if binary is not None:
         if "data" in item:
             raise invalid_argument(f"input '{name}': give either 'data' or binary_data_size, not both")
-        return decode_raw(name, datatype, shape, binary, max_elements)
-    count = declared_count(name, shape, max_elements)
+        return decode_raw(name, datatype, shape, binary, budget)
+    count = declared_count(name, shape, budget)
     values = _flatten(item["data"])
     if len(values) != count:
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
-    _check_values(values, datatype, name)
-    array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    _check_values(values, datatype, name, spec.dtype)
+    try:
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    except OverflowError:  # an integer beyond float64 for an FP input
+        raise invalid_argument(f"input '{name}': a value is out of the range of {datatype}") from None
     return array.reshape(shape)
 
 
@@ -272,13 +278,13 @@ def decode_infer_request(
     doc: Any,
     signature: Signature,
     binary: bytes | None = None,
-    max_elements: int | None = None,
+    budget: ElementBudget | None = None,
     partial: bool = False,
 ) -> InferRequest:
     """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters.
 
     `binary`: the bytes after the JSON header of a binary-extension request (``None``: JSON only);
-    `max_elements`: the element budget of one input (``None``: none); `partial`: the inputs may be
+    `budget`: the request's element budget, shared by its inputs; `partial`: the inputs may be
     a subset of the signature's (a request of an encoder-decoder sequence carries the source, a
     target chunk or both; the session says which it needs)."""
     if not isinstance(doc, Mapping):
@@ -314,7 +320,7 @@ def decode_infer_request(
                 )
             raw = binary[offset : offset + size]
             offset += size
-        inputs[name] = decode_tensor(item, specs[name], raw, max_elements)
+        inputs[name] = decode_tensor(item, specs[name], raw, budget)
     if binary is not None and offset != len(binary):
         raise invalid_argument(
             f"{len(binary)} bytes follow the JSON header, but the inputs' binary_data_size add up to {offset}"

@@ -13,6 +13,7 @@ answered with ``error_message`` and the stream goes on, as Triton does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from serving import kserve_codec, kserve_grpc_codec
 from serving.dispatch import Call, Dispatch, Prediction, Target
 from serving.errors import Code, grpc_message, wire_error
+from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS, TIMEOUT_FLAG
 from serving.predictor import Predictor
 from serving.signature import DEFAULT_SIGNATURE
 
@@ -59,7 +61,9 @@ def infer(dispatch: Dispatch, request: Any, sequence_header: str | None) -> Any:
     def decode(predictor: Predictor) -> kserve_grpc_codec.GrpcInferRequest:
         # a sequence of an encoder-decoder model carries the source, target chunks or both
         partial = sequence is not None and predictor.encoder_decoder
-        return kserve_grpc_codec.decode_infer_request(request, predictor.signature(DEFAULT_SIGNATURE), partial=partial)
+        signature = predictor.signature(DEFAULT_SIGNATURE)
+        budget = dispatch.element_budget(predictor)
+        return kserve_grpc_codec.decode_infer_request(request, signature, budget, partial)
 
     answer: Prediction[kserve_grpc_codec.GrpcInferRequest]
     if sequence is None:
@@ -72,8 +76,18 @@ def infer(dispatch: Dispatch, request: Any, sequence_header: str | None) -> Any:
     )
 
 
-def add_inference_service(server: Any, dispatch: Dispatch) -> None:
-    """Register ``inference.GRPCInferenceService`` on `server` (a ``grpc.Server``)."""
+def add_inference_service(
+    server: Any, dispatch: Dispatch, work: futures.Executor | None = None, timeout_ms: int = DEFAULT_TIMEOUT_MS
+) -> None:
+    """Register ``inference.GRPCInferenceService`` on `server` (a ``grpc.Server``). With `work`, each
+    inference runs there and is answered ``DEADLINE_EXCEEDED`` after `timeout_ms` (or the client's
+    deadline if sooner), as the TF Serving front's ``Predict`` is."""
+
+    def bounded(job: Callable[[], T], client_s: float | None) -> T:
+        if work is None:
+            return job()
+        return dispatch.in_worker_sync(work, job, timeout_ms, TIMEOUT_FLAG, client_s)
+
     protos = kserve_grpc_codec.protos()
     pb2 = protos.pb2
     base: Any = protos.pb2_grpc.GRPCInferenceServiceServicer
@@ -109,14 +123,20 @@ def add_inference_service(server: Any, dispatch: Dispatch) -> None:
 
         def ModelInfer(self, request: Any, context: Any) -> Any:
             header = _sequence_header(context)
-            return _call(context, dispatch, request.model_name, "ModelInfer", lambda: infer(dispatch, request, header))
+            return _call(
+                context,
+                dispatch,
+                request.model_name,
+                "ModelInfer",
+                lambda: bounded(lambda: infer(dispatch, request, header), context.time_remaining()),
+            )
 
         def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
             header = _sequence_header(context)
             for request in request_iterator:
                 call = Call("GRPC", dispatch.metric_name(request.model_name), "ModelStreamInfer")
                 try:
-                    response = infer(dispatch, request, header)
+                    response = bounded(functools.partial(infer, dispatch, request, header), None)
                 except Exception as error:
                     code, message, _ = wire_error(error)
                     dispatch.record(call, code)
@@ -129,26 +149,38 @@ def add_inference_service(server: Any, dispatch: Dispatch) -> None:
 
 
 def start_inference_server(
-    dispatch: Dispatch, address: str, workers: int = 8, max_message_bytes: int = -1, health: Any = None
+    dispatch: Dispatch,
+    address: str,
+    workers: int = 8,
+    max_message_bytes: int = -1,
+    health: Any = None,
+    timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS,
 ) -> Any:
     """Bind `address` ("host:port") with the inference service (and `health`, a
-    :class:`serving.health.Health`), start serving, return the ``grpc.Server``.
+    :class:`serving.health.Health`), start serving, return the ``grpc.Server``. The same bounds as
+    the TF Serving front: `timeout_ms` per inference, `max_concurrent_rpcs` calls at once.
 
-    Each open ModelStreamInfer stream holds one of the server's worker threads while it lives."""
+    Each open ModelStreamInfer stream holds one of the server's worker threads (and one of the
+    `max_concurrent_rpcs`) while it lives."""
     import grpc
 
+    threads = dispatch.worker_threads(workers)
+    work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnkit-kserve-work")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=dispatch.worker_threads(workers), thread_name_prefix="rnnkit-kserve"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnkit-kserve"),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    add_inference_service(server, dispatch)
+    add_inference_service(server, dispatch, work, timeout_ms)
     if health is not None:
         health.add_to(server)
     if server.add_insecure_port(address) == 0:
+        work.shutdown(wait=False)
         raise OSError(f"cannot bind the KServe v2 gRPC port {address}")
     server.start()
     return server

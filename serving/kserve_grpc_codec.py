@@ -24,7 +24,7 @@ import numpy as np
 
 from serving import kserve_codec
 from serving.errors import invalid_argument
-from serving.signature import Signature, TensorSpec, numpy_dtype
+from serving.signature import ElementBudget, Signature, TensorSpec, numpy_dtype
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -72,8 +72,8 @@ def parameters_dict(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _typed_contents(name: str, datatype: str, shape: list[int], contents: Any, max_elements: int | None) -> Any:
-    count = kserve_codec.declared_count(name, shape, max_elements)
+def _typed_contents(name: str, datatype: str, shape: list[int], contents: Any, budget: ElementBudget | None) -> Any:
+    count = kserve_codec.declared_count(name, shape, budget)
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:
         raise invalid_argument(f"input '{name}': datatype {datatype} travels only in raw_input_contents")
@@ -87,10 +87,10 @@ def _typed_contents(name: str, datatype: str, shape: list[int], contents: Any, m
 
 
 def decode_infer_request(
-    request: Any, signature: Signature, max_elements: int | None = None, partial: bool = False
+    request: Any, signature: Signature, budget: ElementBudget | None = None, partial: bool = False
 ) -> GrpcInferRequest:
     """A ``ModelInferRequest`` -> inputs by name (arrays of the request's shapes), requested outputs,
-    parameters; `max_elements`: the element budget of one input (``None``: none); `partial`: the
+    parameters; `budget`: the request's element budget, shared by its inputs; `partial`: the
     inputs may be a subset of the signature's (requests of an encoder-decoder sequence)."""
     if not request.inputs:
         raise invalid_argument("the inference request needs at least one input")
@@ -114,9 +114,9 @@ def decode_infer_request(
         if raw:
             if tensor.HasField("contents"):
                 raise invalid_argument(f"input '{name}': typed contents and raw_input_contents cannot be mixed")
-            inputs[name] = kserve_codec.decode_raw(name, tensor.datatype, shape, raw_contents[index], max_elements)
+            inputs[name] = kserve_codec.decode_raw(name, tensor.datatype, shape, raw_contents[index], budget)
             continue
-        values = _typed_contents(name, tensor.datatype, shape, tensor.contents, max_elements)
+        values = _typed_contents(name, tensor.datatype, shape, tensor.contents, budget)
         if tensor.datatype == "BYTES":
             array = np.empty(len(values), dtype=object)
             array[:] = list(values)

@@ -5,8 +5,8 @@ over a :class:`ModelRegistry`.
 KServe routes (:mod:`serving.rest_kserve`), both of which only translate between the wire and
 the :class:`~serving.dispatch.Dispatch`; it answers every exception through
 :func:`serving.rest_http.error_response` and records each model request in the metrics.
-Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``
-(small ``:predict`` requests at low load run on the event loop: :mod:`serving.rest_inline`).
+Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``,
+never on the event loop (a slow model cannot stall other requests or escape the timeout).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from serving.errors import Code
 from serving.metrics import CONTENT_TYPE, Metrics
 from serving.registry import ModelRegistry
 from serving.rest_http import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
-from serving.rest_inline import InlinePolicy
 from serving.rest_kserve import KServeRoutes
 from serving.rest_tfs import TfsRoutes
 from serving.session_store import SessionStore
@@ -48,8 +47,7 @@ class RestFront:
         self.pool = ThreadPoolExecutor(
             max_workers=self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest"
         )
-        self.inline = InlinePolicy(options, batching=dispatch.batcher is not None)
-        self.tfs = TfsRoutes(self.dispatch, options, self.inline, self._in_worker)
+        self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
         self.kserve = KServeRoutes(self.dispatch, options, self._in_worker)
 
     async def handle(self, request: Request) -> Response:
@@ -60,14 +58,11 @@ class RestFront:
         if not v2 and not _V1.fullmatch(path):
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
         call = Call("REST")
-        self.inline.active += 1
         try:
             response = await (self.kserve if v2 else self.tfs).handle(request, path, call)
             code = Code.OK
         except Exception as error:
             response, code = error_response(error)
-        finally:
-            self.inline.active -= 1
         self.dispatch.record(call, code)
         return response
 

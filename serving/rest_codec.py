@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ServingError, invalid_argument
-from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, Signature, TensorSpec
+from serving.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, ElementBudget, Signature, TensorSpec
 from serving.status import VersionStatus
 from serving.tfs_json import decode_rows, decode_tensor, dump, element_strings, encode_tensor, is_named, nest
 
@@ -39,8 +39,11 @@ def _signature_for(doc: Mapping[str, Any], signatures: Mapping[str, Signature]) 
     return signature
 
 
-def decode_predict_request(doc: Any, signatures: Mapping[str, Signature]) -> RestPredictRequest:
-    """A parsed ``:predict`` body -> signature name, input arrays, and which form it used."""
+def decode_predict_request(
+    doc: Any, signatures: Mapping[str, Signature], budget: ElementBudget | None = None
+) -> RestPredictRequest:
+    """A parsed ``:predict`` body -> signature name, input arrays, and which form it used; each
+    input's shape is taken from `budget` before its array is built."""
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {dump(doc)} Is not object")
     signature = _signature_for(doc, signatures)
@@ -51,11 +54,13 @@ def decode_predict_request(doc: Any, signatures: Mapping[str, Signature]) -> Res
         raise invalid_argument("Missing 'inputs' or 'instances' key")
     specs = signature.inputs
     if has_instances:
-        return RestPredictRequest(signature.name, _decode_instances(doc["instances"], specs), True)
-    return RestPredictRequest(signature.name, _decode_inputs(doc["inputs"], specs), False)
+        return RestPredictRequest(signature.name, _decode_instances(doc["instances"], specs, budget), True)
+    return RestPredictRequest(signature.name, _decode_inputs(doc["inputs"], specs, budget), False)
 
 
-def _decode_instances(instances: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def _decode_instances(
+    instances: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None
+) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise invalid_argument("Expecting 'instances' to be an list/array")
     if not instances:
@@ -70,7 +75,7 @@ def _decode_instances(instances: Any, specs: Sequence[TensorSpec]) -> dict[str, 
                     f"Failed to process element: {position} of 'instances' list. JSON object: {dump(item)} "
                     f"keys must be equal to: {','.join(names)}"
                 )
-        return {spec.name: decode_rows([item[spec.name] for item in instances], spec) for spec in specs}
+        return {spec.name: decode_rows([item[spec.name] for item in instances], spec, budget) for spec in specs}
     if len(specs) > 1:
         raise invalid_argument(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
@@ -79,17 +84,17 @@ def _decode_instances(instances: Any, specs: Sequence[TensorSpec]) -> dict[str, 
     for position, item in enumerate(instances):
         if is_named(item):
             raise invalid_argument(f"Expecting value/list but got object at item {position} of input list")
-    return {specs[0].name: decode_rows(instances, specs[0])}
+    return {specs[0].name: decode_rows(instances, specs[0], budget)}
 
 
-def _decode_inputs(inputs: Any, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+def _decode_inputs(inputs: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None) -> dict[str, np.ndarray]:
     if is_named(inputs):
         arrays = {}
         for spec in specs:
             if spec.name not in inputs:
                 raise invalid_argument(f"Missing named input: {spec.name} in 'inputs' object.")
             try:
-                arrays[spec.name] = decode_tensor(inputs[spec.name], spec)
+                arrays[spec.name] = decode_tensor(inputs[spec.name], spec, budget)
             except ServingError as error:
                 raise ServingError(error.code, f"Failed to process input '{spec.name}': {error.message}") from None
         return arrays
@@ -98,7 +103,7 @@ def _decode_inputs(inputs: Any, specs: Sequence[TensorSpec]) -> dict[str, np.nda
             "inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
             f"tensorinfo_map (inputs: {','.join(s.name for s in specs)})"
         )
-    return {specs[0].name: decode_tensor(inputs, specs[0])}
+    return {specs[0].name: decode_tensor(inputs, specs[0], budget)}
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:

@@ -22,12 +22,7 @@ TIMEOUT_FLAG = "--rest_api_timeout_in_ms"
 class RestOptions:
     timeout_ms: int = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
     max_body_bytes: int = 16 << 20  # --max_request_bytes
-    workers: int = 4  # threads running decode + runtime + encode
-    inline_body_bytes: int = 0  # bodies up to this size always run on the event loop (no thread hop); 0 = never
-    # A :predict that arrives while no other request is being handled also runs on the event loop when its
-    # model's recent requests took less than this much CPU (and the body is small, batching off): at low load the
-    # thread hop (~0.15 ms) costs more than it buys; under load requests still spread over the workers. 0 = never.
-    inline_predict_us: float = 500.0
+    workers: int = 4  # threads running decode + runtime + encode (every request: never the event loop)
 
 
 DEFAULT_REST = RestOptions()

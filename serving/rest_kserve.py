@@ -88,9 +88,9 @@ class KServeRoutes:
         def decode(predictor: Predictor) -> kserve_codec.InferRequest:
             # a sequence of an encoder-decoder model carries the source, target chunks or both
             partial = sequence is not None and predictor.encoder_decoder
-            return kserve_codec.decode_infer_request(
-                doc, predictor.signature(DEFAULT_SIGNATURE), binary, partial=partial
-            )
+            signature = predictor.signature(DEFAULT_SIGNATURE)
+            budget = self.dispatch.element_budget(predictor)
+            return kserve_codec.decode_infer_request(doc, signature, binary, budget, partial)
 
         if sequence is None:
             answer = self.dispatch.predict(target, decode)

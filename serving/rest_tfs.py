@@ -22,7 +22,6 @@ from serving.dispatch import Call, Dispatch, Target
 from serving.errors import invalid_argument
 from serving.predictor import Predictor
 from serving.rest_http import RestOptions, json_response, read_body
-from serving.rest_inline import InlinePolicy
 from serving.signature import DEFAULT_SIGNATURE, Signature
 
 _POST = re.compile(
@@ -39,12 +38,10 @@ class TfsRoutes:
         self,
         dispatch: Dispatch,
         options: RestOptions,
-        inline: InlinePolicy,
         in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
     ) -> None:
         self.dispatch = dispatch
         self.options = options
-        self.inline = inline
         self.in_worker = in_worker
 
     async def handle(self, request: Request, path: str, call: Call) -> Response:
@@ -58,13 +55,7 @@ class TfsRoutes:
             target = Target(unquote(name), _int(version), _label(label))
             call.model, call.api = self.dispatch.metric_name(target.name), verb
             body = await read_body(request, self.options.max_body_bytes)
-
-            def job() -> Response:
-                return self.inline.measured(target.name, lambda: self._post(target, verb, body))
-
-            if self.inline.runs_inline(target.name, len(body)):
-                return job()
-            return await self.in_worker(job)
+            return await self.in_worker(lambda: self._post(target, verb, body))
         if get is not None:
             name, version, label, metadata = get.groups()
             if name is None:
@@ -92,7 +83,7 @@ class TfsRoutes:
             doc = tfs_json.parse_json(body)
             if verb != "predict":
                 _refuse_verb(verb, doc, predictor.signatures)
-            return rest_codec.decode_predict_request(doc, predictor.signatures)
+            return rest_codec.decode_predict_request(doc, predictor.signatures, self.dispatch.element_budget(predictor))
 
         answer = self.dispatch.predict(target, decode)
         return json_response(rest_codec.encode_predict_response(answer.outputs, answer.request.row_format))

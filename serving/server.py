@@ -32,6 +32,7 @@ from serving.backend import DEFAULT_RUNTIME, RuntimeOptions
 from serving.batching import Batcher
 from serving.batching_config import BatchingParameters
 from serving.dispatch import Dispatch
+from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
 from serving.metrics import Metrics
 from serving.model_config import ModelConfig, VersionPolicy, read_model_config
 from serving.predictor import Predictor
@@ -39,7 +40,7 @@ from serving.process import free_port
 from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, rest_app
 from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
-from serving.signature import NO_LIMITS, Limits
+from serving.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -53,6 +54,10 @@ class ServerOptions:
     rest: RestOptions = field(default_factory=RestOptions)
     grpc_workers: int = 8
     grpc_tensor_content: bool = False
+    grpc_timeout_ms: int = DEFAULT_TIMEOUT_MS  # --grpc_timeout_in_ms; <= 0: the client's deadline only
+    grpc_max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS  # --grpc_max_concurrent_rpcs; None: no bound
+    limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
+    allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
     drain_seconds: float = 30.0
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
     sessions: SessionOptions = field(default_factory=SessionOptions)
@@ -99,7 +104,9 @@ class ModelServer:
         self.metrics = Metrics()
         self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
         self.sessions = SessionStore(options.sessions)
-        self.dispatch = Dispatch(registry, self.metrics, self.batcher, self.sessions)
+        self.dispatch = Dispatch(
+            registry, self.metrics, self.batcher, self.sessions, options.limits, options.allow_non_finite_inputs
+        )
         self.metrics.live_sessions = self.sessions.live
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
         self.metrics.loaded_versions = registry.loaded_versions
@@ -141,6 +148,8 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
+                self.options.grpc_timeout_ms,
+                self.options.grpc_max_concurrent_rpcs,
                 self._health_service("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
             )
         if self.options.grpc_inference_port:
@@ -153,6 +162,8 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self._health_service(SERVICE),
+                self.options.grpc_timeout_ms,
+                self.options.grpc_max_concurrent_rpcs,
             )
         if self.options.rest_api_port:
             import uvicorn
@@ -250,13 +261,14 @@ def start_server(
     host: str = "127.0.0.1",
     backend: str = "onnx",
     device: str = "cpu",
-    limits: Limits = NO_LIMITS,
+    limits: Limits = DEFAULT_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     rest: RestOptions = DEFAULT_REST,
     batching: BatchingParameters | None = None,
     sessions: SessionOptions = DEFAULT_SESSIONS,
     poll_seconds: float = 1.0,
     policy: VersionPolicy = LATEST_ONE,
+    allow_non_finite_inputs: bool = False,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; TF
     Serving gRPC and KServe gRPC off unless `port` / `grpc_inference_port` are given, ``None`` = a
@@ -272,5 +284,7 @@ def start_server(
         batching=batching,
         sessions=sessions,
         poll_seconds=poll_seconds,
+        limits=limits,
+        allow_non_finite_inputs=allow_non_finite_inputs,
     )
     return ModelServer(registry, options).start()

@@ -8,8 +8,9 @@ manifest, so inputs are validated here once, before any runtime sees them.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,15 +199,97 @@ def _encoder_decoder(
     return states
 
 
+# The server's defaults (``rnnkit serve``, :func:`serving.start_server`, :class:`serving.dispatch.Dispatch`);
+# each has a flag that raises it. A 16 MiB body (--max_request_bytes) holds at most ~8 M JSON numbers,
+# so the element budget refuses nothing a body of the default size can carry as JSON; what it stops
+# is a small gRPC message *declaring* a huge shape (typed values repeat their last value to fill it).
+DEFAULT_MAX_BATCH_SIZE = 1024  # --max_batch_size
+DEFAULT_MAX_SEQUENCE_LENGTH = 8192  # --max_sequence_length
+DEFAULT_MAX_REQUEST_ELEMENTS = 8 << 20  # --max_request_elements: all inputs of one request together
+MAX_RANK = 32  # the most axes an input may declare (numpy's own limit is 64; no model here takes > 4)
+MAX_AXIS = 1 << 62  # the longest axis when no element budget is set (numpy's axes are int64)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Server-side bounds on one request (``None`` = unbounded)."""
 
     max_batch_size: int | None = None
     max_sequence_length: int | None = None
+    max_elements: int | None = None  # elements of all inputs of one request together
+
+    def tighter(self, other: Limits) -> Limits:
+        """Each bound as the smaller of this one's and `other`'s (``None`` = no bound on that side)."""
+
+        def least(a: int | None, b: int | None) -> int | None:
+            return b if a is None else a if b is None else min(a, b)
+
+        return Limits(
+            least(self.max_batch_size, other.max_batch_size),
+            least(self.max_sequence_length, other.max_sequence_length),
+            least(self.max_elements, other.max_elements),
+        )
 
 
 NO_LIMITS = Limits()
+DEFAULT_LIMITS = Limits(DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_MAX_REQUEST_ELEMENTS)
+
+
+class ElementBudget:
+    """The elements one request may still declare (``--max_request_elements``), shared by its inputs.
+
+    Codecs call :meth:`take` with each input's *declared* shape before they build an array, so a
+    request that declares more than the budget is refused without allocating it.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, name: str, shape: Sequence[int]) -> int:
+        """Account for input `name` of `shape`; its element count. Refuses ranks above ``MAX_RANK``."""
+        if len(shape) > MAX_RANK:
+            raise ValidationError(
+                f"input '{name}' declares {len(shape)} axes, above the most this server accepts ({MAX_RANK})"
+            )
+        count = math.prod(int(d) for d in shape)
+        if self.limit is not None and self.used + count > self.limit:
+            others = f" ({self.used} taken by the inputs before it)" if self.used else ""
+            raise ValidationError(
+                f"input '{name}' declares shape {[int(d) for d in shape]}: {count} elements; a request may hold "
+                f"at most {self.limit} elements in all{others} (--max_request_elements)"
+            )
+        widest = max((int(d) for d in shape), default=0)
+        cap = self.limit if self.limit is not None else MAX_AXIS
+        if widest > cap:  # even with another axis 0 (no elements), numpy cannot hold such a shape
+            raise ValidationError(
+                f"input '{name}' declares shape {[int(d) for d in shape]}: an axis of {widest} is above the most "
+                f"a request may hold ({cap} elements; --max_request_elements)"
+            )
+        self.used += count
+        return count
+
+
+def check_finite(inputs: Mapping[str, Any]) -> None:
+    """Refuse NaN and infinity in floating-point inputs, naming the input and the first bad index.
+
+    ONNX Runtime's fused LSTM/GRU turn NaN inputs into finite outputs (Keras and TF give NaN), so a
+    non-finite input would otherwise get a plausible-looking answer.
+    """
+    for name, value in inputs.items():
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if array.dtype.kind != "f" or array.size == 0:
+            continue
+        finite = np.isfinite(array)
+        if finite.all():
+            continue
+        flat = int(np.argmin(finite.reshape(-1)))  # the first False
+        index = [int(i) for i in np.unravel_index(flat, array.shape)]
+        bad = float(array.reshape(-1)[flat])
+        raise ValidationError(
+            f"input '{name}' has a non-finite value ({bad}) at {index}; the server refuses NaN and infinity "
+            "(--allow_non_finite_inputs passes them to the model)"
+        )
 
 
 def _kind_ok(received: np.dtype, expected: np.dtype) -> bool:
@@ -244,14 +327,17 @@ def validate(signature: Signature, inputs: Mapping[str, Any], limits: Limits = N
         )
     arrays: dict[str, np.ndarray] = {}
     batch: tuple[str, int] | None = None
+    budget = ElementBudget(limits.max_elements)  # a backstop: codecs check declared shapes before this
     for spec in signature.inputs:
         value = inputs[spec.name]
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        budget.take(spec.name, array.shape)
         want = numpy_dtype(spec.dtype)
         if array.dtype != want:
             if not _kind_ok(array.dtype, want):
                 raise ValidationError(f"input '{spec.name}' expects dtype {spec.dtype}, received {array.dtype.name}")
-            array = array.astype(want)
+            with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf (see check_finite)
+                array = array.astype(want)
         if array.ndim != spec.rank:
             raise ValidationError(
                 f"input '{spec.name}' expects rank {spec.rank} with shape {spec.shape_text()}, "

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from serving.errors import Code, ServingError, invalid_argument
-from serving.signature import TensorSpec, numpy_dtype
+from serving.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from serving.signature import ElementBudget, TensorSpec, numpy_dtype
 
 TF_TYPE_NAMES = {
     "float32": "float",
@@ -46,9 +47,12 @@ except ImportError:  # pragma: no cover - optional
 
 
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS)."""
+    """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS);
+    bodies nested deeper than ``MAX_JSON_DEPTH`` are refused before parsing."""
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
+    if exceeds_depth(body):
+        raise invalid_argument(f"JSON Parse error: nesting depth exceeds {MAX_JSON_DEPTH}")
     if _fast_loads is not None:
         try:
             return _fast_loads(body)
@@ -60,6 +64,8 @@ def parse_json(body: bytes) -> Any:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except (ValueError, RecursionError) as error:  # e.g. an integer of more than 4300 digits
+        raise invalid_argument(f"JSON Parse error: {error}") from None
 
 
 def dump(value: Any, limit: int = 200) -> str:
@@ -192,26 +198,35 @@ def _to_array(value: Any, shape: list[int], dtype: str) -> np.ndarray:
         else:
             array[()] = decoded
         return array
-    return np.array(value, dtype=numpy_dtype(dtype))
+    try:
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            return np.array(value, dtype=numpy_dtype(dtype))
+    except OverflowError:  # an integer beyond float64 (ints are accepted for float inputs)
+        raise invalid_argument(f"JSON Value: a number is out of the range of type: {TF_TYPE_NAMES[dtype]}") from None
 
 
-def _checked_shape(value: Any, spec: TensorSpec) -> list[int]:
+def _checked_shape(value: Any, spec: TensorSpec, budget: ElementBudget | None = None) -> list[int]:
     if spec.dtype in _UNSUPPORTED:
         raise ServingError(
             Code.UNIMPLEMENTED, f"Conversion of JSON Value: {dump(value, 60)} to type: {TF_TYPE_NAMES[spec.dtype]}"
         )
     shape = _shape_of(value)
+    (budget or ElementBudget(None)).take(spec.name, shape)
     exact, check = _scalar_checker(spec.dtype)
     _check(value, shape, 0, frozenset(exact), check)
     return shape
 
 
-def decode_tensor(value: Any, spec: TensorSpec) -> np.ndarray:
-    """One JSON value (scalar or nested lists) -> an array of `spec`'s dtype."""
-    return _to_array(value, _checked_shape(value, spec), spec.dtype)
+def decode_tensor(value: Any, spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+    """One JSON value (scalar or nested lists) -> an array of `spec`'s dtype; its shape (that of the
+    first element at each level) is taken from `budget` before the values are checked or copied."""
+    return _to_array(value, _checked_shape(value, spec, budget), spec.dtype)
 
 
-def decode_rows(items: list[Any], spec: TensorSpec) -> np.ndarray:
+def decode_rows(items: list[Any], spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+    """Rows of one input (``instances``) -> one array; all rows together are taken from `budget`
+    (as many rows as the first one's shape) before any row is checked."""
+    (budget or ElementBudget(None)).take(spec.name, [len(items), *_shape_of(items[0] if items else None)])
     first: list[int] | None = None
     for position, item in enumerate(items):
         try:

@@ -139,7 +139,7 @@ SERVING_LAYERS = (
     # states, metrics, array helpers, config files and their text format, TF Serving's proto loader
     ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos"),
     # codecs: wire formats <-> arrays, pure functions (TF Serving JSON and gRPC, KServe v2)
-    ("tfs_json", "rest_codec", "grpc_codec", "kserve_codec", "kserve_grpc_codec"),
+    ("json_depth", "tfs_json", "rest_codec", "grpc_codec", "kserve_codec", "kserve_grpc_codec"),
     # backends: the interface and the runtimes behind it (ONNX Runtime, TensorFlow, the fake)
     ("backend", "onnx_backend", "tf_backend"),
     # one loaded version and its public step graph (the sessions' view of it)
@@ -151,7 +151,7 @@ SERVING_LAYERS = (
     # the one request path: resolve -> validate -> limits -> schedule -> timeout -> metrics
     ("dispatch",),
     # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC TF Serving and KServe), gRPC health
-    ("rest_http", "rest_inline", "rest_tfs", "rest_kserve", "rest", "grpc_server", "kserve_grpc", "health"),
+    ("rest_http", "rest_tfs", "rest_kserve", "rest", "grpc_server", "kserve_grpc", "health"),
     # running it: server, child process, command line, demo, the package's lazy names
     ("process", "server", "cli", "demo", "__main__", "__init__"),
 )

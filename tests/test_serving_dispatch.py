@@ -60,7 +60,7 @@ def decode(request):
 @pytest.fixture
 def dispatch():
     registry = ModelRegistry.of([model(1, 10.0, Limits(2, 3)), model(2, 2.0, Limits(2, 3))])
-    yield Dispatch(registry, Metrics())
+    yield Dispatch(registry, Metrics(), limits=Limits())  # no server-wide limits: the versions' own apply
     registry.close()
 
 

@@ -14,7 +14,7 @@ from serving_repo import assert_error
 from serving import Predictor, ServingError
 from serving import kserve_codec as codec
 from serving.registry import ModelRegistry
-from serving.signature import Signature, TensorSpec
+from serving.signature import ElementBudget, Signature, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +333,9 @@ def test_binary_header_length_past_the_body(client):
 
 def test_raw_codec_checks_the_declared_size_before_building_arrays():
     # the element budget is checked from the declared shape alone: nothing is allocated for it
-    with pytest.raises(ServingError, match=r"input 'x': shape \[1000, 1000, 1000\] declares 1000000000 elements, "
-                       r"more than the limit of 1000"):
-        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"", max_elements=1000)
+    with pytest.raises(ServingError, match=r"input 'x' declares shape \[1000, 1000, 1000\]: 1000000000 elements; "
+                       r"a request may hold at most 1000 elements in all \(--max_request_elements\)"):
+        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"", ElementBudget(1000))
     with pytest.raises(ServingError, match=r"needs 4000000000 bytes of raw data, received 4"):
         codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"\0" * 4)
     array = np.arange(6, dtype=np.int64).reshape(2, 3)

@@ -308,38 +308,3 @@ def test_prometheus_metrics_parse_with_tf_serving_names(client):
     assert any(s.labels.get("le") == "+Inf" for s in latency.samples)
 
 
-def test_small_requests_run_inline_only_when_idle_and_fast():
-    """The event-loop fast path: chosen for small bodies of models measured fast, never under load,
-    never with batching, and turned off by inline_predict_us=0."""
-    from serving.batching import Batcher, BatchingParameters
-    from serving.dispatch import Dispatch
-    from serving.metrics import Metrics
-    from serving.registry import ModelRegistry
-    from serving.rest import RestFront, RestOptions
-    from serving.rest_inline import AUTO_INLINE_MAX_BYTES
-
-    front = RestFront(Dispatch(ModelRegistry(), Metrics()), RestOptions())
-    assert not front.inline.runs_inline("m", 100)  # never measured yet: a worker thread measures it first
-    front.inline.recent_predict_us["m"] = 120.0
-    front.inline.active = 1  # only this request
-    assert front.inline.runs_inline("m", 100)
-    assert not front.inline.runs_inline("m", AUTO_INLINE_MAX_BYTES + 1)
-    front.inline.active = 3
-    assert not front.inline.runs_inline("m", 100)
-    front.inline.active = 1
-    front.inline.recent_predict_us["m"] = 5000.0
-    assert not front.inline.runs_inline("m", 100)
-    front.close()
-    off = RestFront(Dispatch(ModelRegistry(), Metrics()), RestOptions(inline_predict_us=0))
-    off.inline.recent_predict_us["m"], off.inline.active = 1.0, 1
-    assert not off.inline.runs_inline("m", 100)
-    off.close()
-    batcher = Batcher(BatchingParameters(4, 1000, 1, 10))
-    batched = RestFront(Dispatch(ModelRegistry(), Metrics(), batcher), RestOptions())
-    batched.inline.recent_predict_us["m"], batched.inline.active = 1.0, 1
-    assert not batched.inline.runs_inline("m", 100)
-    forced = RestFront(Dispatch(ModelRegistry(), Metrics()), RestOptions(inline_body_bytes=1 << 20))
-    assert forced.inline.runs_inline("m", 100)  # the explicit --rest_inline_bytes override
-    batched.close()
-    forced.close()
-    batcher.close()

@@ -219,7 +219,9 @@ def test_sigterm_drains_requests_in_flight(repo):
     steps = 300_000  # a slow request: long JSON body, long recurrence
     body = b'{"instances": [[' + b"[1.0]," * (steps - 1) + b"[1.0]]]}"
     with spawn_server(
-        ["--model_base_path", os.path.join(base, "half"), "--model_name", "half", "--rest_workers", "1"], timeout=120
+        ["--model_base_path", os.path.join(base, "half"), "--model_name", "half", "--rest_workers", "1"]
+        + ["--max_sequence_length", str(steps)],  # above the default limit (8192)
+        timeout=120,
     ) as proc:
         results, errors = [], []
 
