@@ -43,8 +43,11 @@ def start_grpc_server(
     workers: int = 8,
     max_message_bytes: int = -1,
     tensor_content: bool = False,
+    credentials: Any = None,
 ) -> Any:
-    """Bind `address` ("host:port"), start serving, return the ``grpc.Server``."""
+    """Bind `address` ("host:port"), start serving, return the ``grpc.Server``.
+
+    `credentials` (``grpc.ssl_server_credentials``, see :mod:`serving.tls`) makes the port TLS-only."""
     import grpc
 
     from serving import grpc_codec
@@ -107,7 +110,8 @@ def start_grpc_server(
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
-    if server.add_insecure_port(address) == 0:
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()
     return server

@@ -8,8 +8,12 @@ In-process (tests, notebooks, the demo)::
 
 As a child process: :func:`serving.process.spawn_server`.
 
-Shutdown: SIGTERM/SIGINT (or ``stop``) closes the listening sockets, lets requests in flight
-finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes the models.
+Shutdown: SIGTERM/SIGINT (or ``stop``) stops both fronts at once: the listening sockets close
+(new REST connections and new gRPC calls are refused; gRPC answers UNAVAILABLE), requests in
+flight on either front finish (up to ``drain_seconds``), then the models close.
+
+TLS: ``ServerOptions.ssl`` (``--ssl_config_file``, :mod:`serving.tls`) serves REST over HTTPS
+and gRPC over TLS with the same key; with ``client_verify`` both refuse clients without a certificate.
 
 While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
 unload after their requests), predictions go through a :class:`~serving.batching.Batcher` when
@@ -40,6 +44,7 @@ from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, rest_app
 from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
 from serving.signature import NO_LIMITS, Limits
+from serving.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -56,6 +61,7 @@ class ServerOptions:
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
     sessions: SessionOptions = field(default_factory=SessionOptions)
     poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
+    ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
 
 
 def load_registry(
@@ -109,7 +115,8 @@ class ModelServer:
 
     @property
     def rest_url(self) -> str | None:
-        return f"http://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
+        scheme = "https" if self.options.ssl is not None else "http"
+        return f"{scheme}://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
 
     @property
     def grpc_target(self) -> str | None:
@@ -125,10 +132,15 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
+                grpc_server_credentials(self.options.ssl) if self.options.ssl is not None else None,
             )
         if self.options.rest_api_port:
             import uvicorn
 
+            tls: dict[str, Any] = {}
+            if self.options.ssl is not None:
+                context = rest_ssl_context(self.options.ssl)
+                tls["ssl_context_factory"] = lambda config, default: context
             config = uvicorn.Config(
                 rest_app(self.dispatch, self.options.rest),
                 host=self.options.host,
@@ -137,6 +149,7 @@ class ModelServer:
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=int(self.options.drain_seconds),
+                **tls,
             )
             self._uvicorn = uvicorn.Server(config)
             self._thread = threading.Thread(target=self._uvicorn.run, name="rnnkit-rest", daemon=True)
@@ -152,16 +165,18 @@ class ModelServer:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, drain requests in flight, close the models. Safe to call twice."""
+        """Stop accepting on both fronts at once, drain requests in flight, close the models. Safe to call twice."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.options.drain_seconds
+        # grpc's stop returns at once: the port closes, new calls get UNAVAILABLE, calls in flight get `grace`
+        grpc_stopped = self._grpc.stop(grace) if self._grpc is not None else None
         if self._uvicorn is not None and self._thread is not None:
-            self._uvicorn.should_exit = True
+            self._uvicorn.should_exit = True  # uvicorn closes its sockets and waits for its requests
             self._thread.join(grace + 5)
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait(grace + 5)
+        if grpc_stopped is not None:
+            grpc_stopped.wait(grace + 5)
         if self.batcher is not None:
             self.batcher.close()
         self.sessions.close()
@@ -219,6 +234,7 @@ def start_server(
     sessions: SessionOptions = DEFAULT_SESSIONS,
     poll_seconds: float = 1.0,
     policy: VersionPolicy = LATEST_ONE,
+    ssl: SSLConfig | None = None,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; gRPC off
     unless `port` is given, ``None`` = a free port). Call ``.stop()`` when done."""
@@ -232,5 +248,6 @@ def start_server(
         batching=batching,
         sessions=sessions,
         poll_seconds=poll_seconds,
+        ssl=ssl,
     )
     return ModelServer(registry, options).start()

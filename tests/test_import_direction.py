@@ -69,8 +69,8 @@ SERVING_LAYERS = (
     # what a request failed with, and how it reads on the wire
     ("errors",),
     # plain data and the files that describe it: names, shapes, manifest (signature), version
-    # states, metrics, array helpers, config files and their text format, TF Serving's proto loader
-    ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos"),
+    # states, metrics, array helpers, config files and their text format, TF Serving's proto loader, TLS
+    ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos", "tls"),
     # codecs: wire formats <-> arrays, pure functions (TF Serving JSON and gRPC, KServe v2)
     ("tfs_json", "rest_codec", "grpc_codec", "kserve_codec"),
     # backends: the interface and the runtimes behind it (ONNX Runtime, TensorFlow, the fake)
