@@ -51,6 +51,7 @@ def start_grpc_server(
     import grpc
 
     from serving import grpc_codec
+    from serving.grpc_guard import UndecodableRequests
     from serving.tfs_protos import import_proto_modules
 
     model_service_pb2_grpc, prediction_service_pb2_grpc = import_proto_modules(
@@ -107,6 +108,7 @@ def start_grpc_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=dispatch.worker_threads(workers), thread_name_prefix="rnnkit-grpc"),
         options=options,
+        interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)

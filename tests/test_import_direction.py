@@ -84,7 +84,7 @@ SERVING_LAYERS = (
     # the one request path: resolve -> validate -> limits -> schedule -> timeout -> metrics
     ("dispatch",),
     # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC)
-    ("rest_http", "rest_inline", "rest_tfs", "rest_kserve", "rest", "grpc_server"),
+    ("rest_http", "rest_inline", "rest_tfs", "rest_kserve", "rest", "grpc_guard", "grpc_server"),
     # running it: server, child process, command line, demo, the package's lazy names
     ("process", "server", "cli", "demo", "__main__", "__init__"),
 )

@@ -186,6 +186,26 @@ def test_grpc_metadata_and_status(stubs):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Missing ModelSpec" in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/tensorflow.serving.PredictionService/Predict",
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    ],
+)
+def test_grpc_bytes_that_are_not_the_request_message_are_invalid_argument(server, stubs, method):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary(method)  # no serializers: the bytes go as they are
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff\xff\xff not a protobuf", timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert caught.value.details().startswith(f"the request bytes of {method} do not parse as its request message: ")
+    predict, _ = stubs  # and the server goes on answering
+    reply = predict.Predict(predict_request("half", {"x": np.ones((1, 1, 1), np.float32)}), timeout=30)
+    assert list(reply.outputs["y"].float_val) == [3.5]
+
+
 def test_raw_http_and_metrics_over_the_socket(server, stubs):
     with httpx.Client(base_url=server.rest_url, timeout=30) as http:
         assert http.post("/v1/models/half:predict", json={"instances": [[[1.0]]]}).json() == {"predictions": [[[3.5]]]}
