@@ -329,9 +329,10 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         rest_bodies = [rest_body(x) for x in inputs]
         grpc_bodies = [grpc_request(x.shape, content=x.tobytes()) for x in inputs]
 
+        poll = min(0.5, args.publish_every / 2)  # the server notices each new version well before the next
         log = open(os.path.join(base, "server.log"), "w+b")
         server = spawn_server(
-            ["--model_base_path", model_dir, "--model_name", MODEL, "--file_system_poll_wait_seconds", "0.5"],
+            ["--model_base_path", model_dir, "--model_name", MODEL, "--file_system_poll_wait_seconds", str(poll)],
             port=None,
             timeout=180,
             stderr=log,
