@@ -132,7 +132,7 @@ class ModelServer:
                 self.options.grpc_workers,
                 self.options.rest.max_body_bytes,
                 self.options.grpc_tensor_content,
-                grpc_server_credentials(self.options.ssl) if self.options.ssl is not None else None,
+                credentials=grpc_server_credentials(self.options.ssl) if self.options.ssl is not None else None,
             )
         if self.options.rest_api_port:
             import uvicorn
