@@ -1,12 +1,15 @@
 """Faults over real sockets on 127.0.0.1 (`python -m serving` child processes): SIGTERM during
 concurrent REST + gRPC load answers every request accepted before it and refuses new ones cleanly
-(connection refused, a connection closed before any response, gRPC UNAVAILABLE; never a wrong, 5xx
-or half answer), gRPC stops accepting at once while REST still drains; and a new version published
+(REST: connection refused, or closed/reset before a byte of a reply, read on raw sockets;
+gRPC: UNAVAILABLE, or CANCELLED by grpc core for a call caught by the shutdown; never a wrong, 5xx or
+half answer), gRPC stops accepting at once while REST still drains; and a new version published
 while 32 clients hit the REST socket gives zero failed requests. (Corrupt versions:
 tests/test_serving_reload.py; kill -9 of export: tests/test_export_kill.py.)"""
 
 import collections
+import json
 import os
+import socket
 import threading
 import time
 
@@ -22,6 +25,7 @@ from serving.tfs_protos import import_proto_modules
 
 pytestmark = pytest.mark.slow  # child processes, real sockets, many client threads
 
+PATH = "/v1/models/half:predict"
 SLOW_STEPS = 600_000  # a slow request (seconds): a long sequence through the recurrence
 
 
@@ -52,11 +56,34 @@ def stub(channel):
     return services.PredictionServiceStub(channel)
 
 
-def refused_rest(error):
-    """A clean REST refusal: the connection was refused, or closed before a byte of a response."""
-    if isinstance(error, httpx.ConnectError):
-        return True
-    return isinstance(error, httpx.RemoteProtocolError) and "without sending a response" in str(error)
+def raw_post(port, path, body):
+    """POST over a fresh socket (``Connection: close``), every byte of the reply kept, so a refusal
+    (refused, or closed/reset before a byte of a reply) is told apart from a half answer.
+    Returns ("answered", (status, json)), ("refused", why) or ("half", bytes received)."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    received = b""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    except ConnectionRefusedError:
+        return "refused", "connection refused"
+    try:
+        with sock:
+            sock.sendall(head.encode() + body)
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+    except (ConnectionResetError, BrokenPipeError) as error:
+        if not received:
+            return "refused", repr(error)
+        return "half", received
+    if not received:
+        return "refused", "closed before a reply"
+    header, _, content = received.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+    if len(content) != int(fields.get("content-length", -1)):
+        return "half", received
+    return "answered", (int(lines[0].split()[1]), json.loads(content))
 
 
 def refused_grpc(error):
@@ -68,7 +95,7 @@ def refused_grpc(error):
 def test_sigterm_under_rest_and_grpc_load_answers_accepted_requests_and_refuses_new_ones(staged, tmp_path):
     model_dir = str(tmp_path / "half")
     serving_repo.publish(os.path.join(staged, "1"), model_dir, 1)
-    args = ["--model_base_path", model_dir, "--model_name", "half"]
+    args = ["--model_base_path", model_dir, "--model_name", "half", "--max_sequence_length", str(SLOW_STEPS)]
     slow_body = b'{"instances": [[' + b"[1.0]," * (SLOW_STEPS - 1) + b"[1.0]]]}"
     slow_grpc = predict_request(np.ones(SLOW_STEPS, np.float32))
     with spawn_server(args, port=None, timeout=120) as proc:
@@ -96,22 +123,21 @@ def test_sigterm_under_rest_and_grpc_load_answers_accepted_requests_and_refuses_
 
         def rest_load(index):
             seen = outcomes["rest", index]  # (sent after SIGTERM?, outcome), in order
-            with httpx.Client(timeout=120) as http:
-                for n in range(100_000):  # bounded; ends after refusals once the server stops
-                    if stop.is_set():
-                        return
-                    x = float(index * 1000 + n % 1000)
-                    after = bool(sigterm_at)
-                    try:
-                        reply = http.post(rest_url, json={"instances": [[[x]]]})
-                        good = reply.status_code == 200 and reply.json() == {"predictions": [[[0.5 * x + 2.0]]]}
-                        seen.append((after, "answered" if good else f"{reply.status_code} {reply.text}"))
-                    except httpx.TransportError as error:
-                        seen.append((after, "refused" if refused_rest(error) else repr(error)))
-                        if after:
-                            time.sleep(0.05)
-                    if sum(o == "refused" for _, o in seen) > 10:
-                        return
+            for n in range(100_000):  # bounded; ends after refusals once the server stops
+                if stop.is_set():
+                    return
+                x = float(index * 1000 + n % 1000)
+                after = bool(sigterm_at)
+                kind, reply = raw_post(proc.rest_api_port, PATH, json.dumps({"instances": [[[x]]]}).encode())
+                if kind == "answered":
+                    good = reply == (200, {"predictions": [[[0.5 * x + 2.0]]]})
+                    seen.append((after, "answered" if good else f"wrong {reply}"))
+                else:
+                    seen.append((after, "refused" if kind == "refused" else f"{kind} {reply!r}"))
+                    if after:
+                        time.sleep(0.05)
+                if sum(o == "refused" for _, o in seen) > 10:
+                    return
 
         def grpc_load(index):
             seen = outcomes["grpc", index]
@@ -156,9 +182,9 @@ def test_sigterm_under_rest_and_grpc_load_answers_accepted_requests_and_refuses_
         else:
             pytest.fail("new gRPC calls were still accepted after SIGTERM")
         for _ in range(200):  # bounded: uvicorn closes its listening socket within a few loop turns
-            try:
-                httpx.post(rest_url, json={"instances": [[[1.0]]]}, timeout=30)
-            except httpx.ConnectError:
+            kind, reply = raw_post(proc.rest_api_port, PATH, b'{"instances": [[[1.0]]]}')
+            assert kind in ("answered", "refused"), (kind, reply)
+            if kind == "refused":
                 break
             time.sleep(0.01)
         else:
