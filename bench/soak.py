@@ -19,7 +19,7 @@ INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, OUT_OF_RAN
 message, RSS at end <= 1.2 x start + 50 MiB.
 
     .venv/bin/python bench/soak.py                       # 20 000 requests (bounded by --seconds 900)
-    .venv/bin/python bench/soak.py --quick               # 600 requests, for a smoke run
+    .venv/bin/python bench/soak.py --quick               # 600 requests, a version every 0.2 s: a smoke run
     .venv/bin/python bench/soak.py --requests 5000 --seconds 120 --skip_rows grpc_huge_declared_shape
 """
 
@@ -264,6 +264,7 @@ class Tally:
     )
     bad_rows: dict[str, list[str]] = field(default_factory=lambda: collections.defaultdict(list))
     versions: set[int] = field(default_factory=set)
+    fronts: collections.Counter[str] = field(default_factory=collections.Counter)  # requests per front
 
 
 class RssSampler:
@@ -346,6 +347,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         def check_good(index: int, front: str, outcome: str, answer: Any, version: int | None) -> None:
             with tally.lock:
                 tally.good += 1
+                tally.fronts[front] += 1
                 if version is not None:
                     tally.versions.add(version)
                 if outcome != "ok":
@@ -422,6 +424,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                         outcome, good, detail = send_malformed(row, payload, http, stub, call)
                         with tally.lock:
                             tally.malformed += 1
+                            tally.fronts["REST" if row.front == "rest" else "gRPC"] += 1
                             tally.rows[row.name][outcome] += 1
                             if outcome.startswith("5"):
                                 tally.fivexx += 1
@@ -470,6 +473,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "requests": requests,
         "malformed": tally.malformed,
         "good": tally.good,
+        "by_front": dict(tally.fronts),
         "failed_good": len(tally.good_failed),
         "failed_good_examples": tally.good_failed[:5],
         "5xx": tally.fivexx,
@@ -531,7 +535,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"requests {result['requests']} in {result['seconds']:.1f} s "
         f"({result['requests'] / max(result['seconds'], 1e-9):.0f}/s); malformed {result['malformed']} "
-        f"({result['malformed'] / max(result['requests'], 1):.0%})",
+        f"({result['malformed'] / max(result['requests'], 1):.0%}); REST {result['by_front'].get('REST', 0)}, "
+        f"gRPC {result['by_front'].get('gRPC', 0)}",
         f"reloads: {result['reloads_published']} versions published; "
         f"{len(result['versions_answering'])} versions answered gRPC requests",
         f"failed good requests: {result['failed_good']}  {result['failed_good_examples'][:2]}",
@@ -566,11 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish_every", type=float, default=3.0, help="seconds between new versions (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_rows", nargs="*", default=[], help="corpus rows not to send (names from the table)")
-    parser.add_argument("--quick", action="store_true", help="600 requests, 120 s at most, publish every 1 s")
+    parser.add_argument("--quick", action="store_true", help="600 requests, 120 s at most, a version every 0.2 s")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.seconds, args.publish_every = min(args.requests, 600), min(args.seconds, 120.0), 1.0
+        args.requests, args.seconds, args.publish_every = min(args.requests, 600), min(args.seconds, 120.0), 0.2
     if not (0 <= args.malformed <= 1 and args.requests > 0 and args.clients > 0):
         parser.error("--malformed must be in [0, 1], --requests and --clients positive")
     result = run_soak(args)
