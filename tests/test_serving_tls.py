@@ -24,9 +24,9 @@ from serving.tls import SSLConfig, parse_ssl_config, read_ssl_config, rest_ssl_c
 BODY = {"instances": [[[1.0]]]}
 
 
-def quoted(pem: bytes) -> str:
+def quoted(pem: bytes, quote: str = "'") -> str:
     """PEM text as a text-format string: newlines written as \\n (as TF Serving's examples do)."""
-    return "'" + pem.decode().replace("\n", "\\n") + "'"
+    return quote + pem.decode().replace("\n", "\\n") + quote
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,18 @@ def test_a_valid_config_reads_every_field(ca, server_cert, tmp_path):
     assert config.custom_ca == ca.cert_pem.bytes().decode()
     assert config.client_verify is True and config.source == str(path)
     assert "PRIVATE KEY" not in repr(config)
+    key, cert, authority = (
+        quoted(pem, '"') for pem in (config.server_key.encode(), config.server_cert.encode(), config.custom_ca.encode())
+    )
+    readme_style = (  # double quotes and comments after the values, as the README shows
+        f"server_key: {key}  # the key\n"
+        f"server_cert: {cert}\n"
+        f"custom_ca: {authority}   # signs client certificates\n"
+        "client_verify: true  # refuse clients without one\n"
+    )
+    assert parse_ssl_config(readme_style) == SSLConfig(
+        config.server_key, config.server_cert, config.custom_ca, True, "<ssl config>"
+    )
     plain = parse_ssl_config(config_text(server_cert))
     assert (plain.custom_ca, plain.client_verify) == ("", False)
     assert parse_ssl_config(config_text(server_cert, ca, "false")).client_verify is False
