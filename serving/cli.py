@@ -71,6 +71,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "max_enqueued_batches (default: TF Serving's 1000, 0, CPUs, 10)",
     )
     tfs.add_argument(
+        "--ssl_config_file",
+        help="SSLConfig text file (server_key, server_cert, custom_ca as PEM text; client_verify): "
+        "TLS on gRPC and REST",
+    )
+    tfs.add_argument(
         "--file_system_poll_wait_seconds",
         type=float,
         default=1.0,
@@ -187,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.session_store import SessionOptions
     from serving.signature import Limits
     from serving.text_format import ConfigError
+    from serving.tls import SSLConfig, read_ssl_config
 
     try:
         batching: BatchingParameters | None = None
@@ -197,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         sessions = SessionOptions(args.session_idle_seconds, args.max_sessions)
         if sessions.idle_seconds <= 0:
             raise ValueError(f"--session_idle_seconds must be positive, received {sessions.idle_seconds:g}")
+        ssl: SSLConfig | None = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         configs = model_configs(args.model_name, args.model_base_path, args.model_config_file)
         limits = Limits(args.max_batch_size, args.max_sequence_length, args.max_request_elements)
         registry = load_registry(
@@ -229,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         batching=batching,
         sessions=sessions,
         poll_seconds=args.file_system_poll_wait_seconds,
+        ssl=ssl,
     )
     try:
         return ModelServer(registry, options).serve_forever()

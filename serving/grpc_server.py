@@ -56,15 +56,18 @@ def start_grpc_server(
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS,
     health: Any = None,
+    credentials: Any = None,
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server`` (with `health`, a
     :class:`serving.health.Health`, registered beside the TF Serving services).
 
     `timeout_ms`: the server's deadline for a ``Predict`` (<= 0: only the client's);
-    `max_concurrent_rpcs`: RPCs accepted at once, beyond it ``RESOURCE_EXHAUSTED`` (None: no bound)."""
+    `max_concurrent_rpcs`: RPCs accepted at once, beyond it ``RESOURCE_EXHAUSTED`` (None: no bound);
+    `credentials` (``grpc.ssl_server_credentials``, see :mod:`serving.tls`) makes the port TLS-only."""
     import grpc
 
     from serving import grpc_codec
+    from serving.grpc_guard import UndecodableRequests
     from serving.tfs_protos import import_proto_modules
 
     model_service_pb2_grpc, prediction_service_pb2_grpc = import_proto_modules(
@@ -128,12 +131,14 @@ def start_grpc_server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnkit-grpc"),
         options=options,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
     if health is not None:
         health.add_to(server)
-    if server.add_insecure_port(address) == 0:
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
         work.shutdown(wait=False)
         raise OSError(f"cannot bind the gRPC port {address}")
     server.start()

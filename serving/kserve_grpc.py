@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from serving import kserve_codec, kserve_grpc_codec
 from serving.dispatch import Call, Dispatch, Prediction, Target
 from serving.errors import Code, grpc_message, wire_error
+from serving.grpc_guard import UndecodableRequests
 from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS, TIMEOUT_FLAG
 from serving.predictor import Predictor
 from serving.signature import DEFAULT_SIGNATURE
@@ -156,10 +157,12 @@ def start_inference_server(
     health: Any = None,
     timeout_ms: int = DEFAULT_TIMEOUT_MS,
     max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS,
+    credentials: Any = None,
 ) -> Any:
     """Bind `address` ("host:port") with the inference service (and `health`, a
     :class:`serving.health.Health`), start serving, return the ``grpc.Server``. The same bounds as
-    the TF Serving front: `timeout_ms` per inference, `max_concurrent_rpcs` calls at once.
+    the TF Serving front: `timeout_ms` per inference, `max_concurrent_rpcs` calls at once, bytes
+    that do not parse answered ``INVALID_ARGUMENT``; `credentials` makes the port TLS-only.
 
     Each open ModelStreamInfer stream holds one of the server's worker threads (and one of the
     `max_concurrent_rpcs`) while it lives."""
@@ -175,11 +178,13 @@ def start_inference_server(
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[UndecodableRequests()],
     )
     add_inference_service(server, dispatch, work, timeout_ms)
     if health is not None:
         health.add_to(server)
-    if server.add_insecure_port(address) == 0:
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
         work.shutdown(wait=False)
         raise OSError(f"cannot bind the KServe v2 gRPC port {address}")
     server.start()

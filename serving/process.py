@@ -26,15 +26,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """``python -m serving ...`` as a child process; ``stop()`` sends SIGTERM and waits."""
 
-    def __init__(self, process: subprocess.Popen[bytes], host: str, rest_api_port: int, port: int) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], host: str, rest_api_port: int, port: int, tls: bool = False
+    ) -> None:
         self.process = process
+        self.tls = tls
         self.host = host
         self.rest_api_port = rest_api_port
         self.port = port
 
     @property
     def rest_url(self) -> str | None:
-        return f"http://{self.host}:{self.rest_api_port}" if self.rest_api_port else None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.rest_api_port}" if self.rest_api_port else None
 
     @property
     def grpc_target(self) -> str | None:
@@ -90,4 +94,5 @@ def spawn_server(
                 process.wait()
                 raise TimeoutError(f"the server did not listen on {host}:{probe_port} within {timeout} s") from None
             time.sleep(0.02)
-    return ServerProcess(process, host, rest_api_port, port)
+    tls = any(arg == "--ssl_config_file" or arg.startswith("--ssl_config_file=") for arg in args)
+    return ServerProcess(process, host, rest_api_port, port, tls)

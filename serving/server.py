@@ -8,8 +8,12 @@ In-process (tests, notebooks, the demo)::
 
 As a child process: :func:`serving.process.spawn_server`.
 
-Shutdown: SIGTERM/SIGINT (or ``stop``) closes the listening sockets, lets requests in flight
-finish (up to ``drain_seconds``), stops gRPC with the same grace, then closes the models.
+Shutdown: SIGTERM/SIGINT (or ``stop``) stops both fronts at once: the listening sockets close
+(new REST connections and new gRPC calls are refused; gRPC answers UNAVAILABLE), requests in
+flight on either front finish (up to ``drain_seconds``), then the models close.
+
+TLS: ``ServerOptions.ssl`` (``--ssl_config_file``, :mod:`serving.tls`) serves REST over HTTPS
+and gRPC over TLS with the same key; with ``client_verify`` both refuse clients without a certificate.
 
 While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
 unload after their requests), predictions go through a :class:`~serving.batching.Batcher` when
@@ -41,6 +45,7 @@ from serving.registry import LATEST_ONE, ModelRegistry
 from serving.rest import DEFAULT_REST, RestOptions, rest_app
 from serving.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
 from serving.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
+from serving.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -62,6 +67,7 @@ class ServerOptions:
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
     sessions: SessionOptions = field(default_factory=SessionOptions)
     poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
+    ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
 
 
 def load_registry(
@@ -119,7 +125,8 @@ class ModelServer:
 
     @property
     def rest_url(self) -> str | None:
-        return f"http://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
+        scheme = "https" if self.options.ssl is not None else "http"
+        return f"{scheme}://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
 
     @property
     def grpc_target(self) -> str | None:
@@ -130,6 +137,10 @@ class ModelServer:
         """The KServe v2 gRPC address (``--grpc_inference_port``), or None when it is off."""
         port = self.options.grpc_inference_port
         return f"{self.options.host}:{port}" if port else None
+
+    def _grpc_credentials(self) -> Any:
+        """TLS credentials for every gRPC port (``--ssl_config_file``), or None: plain."""
+        return grpc_server_credentials(self.options.ssl) if self.options.ssl is not None else None
 
     def _health_service(self, *services: str) -> Any:
         from serving.health import Health
@@ -151,6 +162,7 @@ class ModelServer:
                 self.options.grpc_timeout_ms,
                 self.options.grpc_max_concurrent_rpcs,
                 self._health_service("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+                credentials=self._grpc_credentials(),
             )
         if self.options.grpc_inference_port:
             from serving.kserve_grpc import start_inference_server
@@ -164,10 +176,15 @@ class ModelServer:
                 self._health_service(SERVICE),
                 self.options.grpc_timeout_ms,
                 self.options.grpc_max_concurrent_rpcs,
+                credentials=self._grpc_credentials(),
             )
         if self.options.rest_api_port:
             import uvicorn
 
+            tls: dict[str, Any] = {}
+            if self.options.ssl is not None:
+                context = rest_ssl_context(self.options.ssl)
+                tls["ssl_context_factory"] = lambda config, default: context
             config = uvicorn.Config(
                 rest_app(self.dispatch, self.options.rest),
                 host=self.options.host,
@@ -176,6 +193,7 @@ class ModelServer:
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=int(self.options.drain_seconds),
+                **tls,
             )
             self._uvicorn = uvicorn.Server(config)
             self._thread = threading.Thread(target=self._uvicorn.run, name="rnnkit-rest", daemon=True)
@@ -197,18 +215,19 @@ class ModelServer:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, drain requests in flight, close the models. Safe to call twice."""
+        """Stop accepting on both fronts at once, drain requests in flight, close the models. Safe to call twice."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.options.drain_seconds
         for health in self._health:  # probes see NOT_SERVING while requests drain
             health.drain()
+        # grpc's stop returns at once: the ports close, new calls get UNAVAILABLE, calls in flight get `grace`
+        grpc_stopped = [server.stop(grace) for server in (self._grpc, self._kserve_grpc) if server is not None]
         if self._uvicorn is not None and self._thread is not None:
-            self._uvicorn.should_exit = True
+            self._uvicorn.should_exit = True  # uvicorn closes its sockets and waits for its requests
             self._thread.join(grace + 5)
-        stopping = [server.stop(grace) for server in (self._grpc, self._kserve_grpc) if server is not None]
-        for done in stopping:
+        for done in grpc_stopped:
             done.wait(grace + 5)
         if self.batcher is not None:
             self.batcher.close()
@@ -269,6 +288,7 @@ def start_server(
     poll_seconds: float = 1.0,
     policy: VersionPolicy = LATEST_ONE,
     allow_non_finite_inputs: bool = False,
+    ssl: SSLConfig | None = None,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; TF
     Serving gRPC and KServe gRPC off unless `port` / `grpc_inference_port` are given, ``None`` = a
@@ -286,5 +306,6 @@ def start_server(
         poll_seconds=poll_seconds,
         limits=limits,
         allow_non_finite_inputs=allow_non_finite_inputs,
+        ssl=ssl,
     )
     return ModelServer(registry, options).start()

@@ -136,8 +136,8 @@ SERVING_LAYERS = (
     # what a request failed with, and how it reads on the wire
     ("errors",),
     # plain data and the files that describe it: names, shapes, manifest (signature), version
-    # states, metrics, array helpers, config files and their text format, TF Serving's proto loader
-    ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos"),
+    # states, metrics, array helpers, config files and their text format, TF Serving's proto loader, TLS
+    ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos", "tls"),
     # codecs: wire formats <-> arrays, pure functions (TF Serving JSON and gRPC, KServe v2)
     ("json_depth", "tfs_json", "rest_codec", "grpc_codec", "kserve_codec", "kserve_grpc_codec"),
     # backends: the interface and the runtimes behind it (ONNX Runtime, TensorFlow, the fake)
@@ -151,7 +151,7 @@ SERVING_LAYERS = (
     # the one request path: resolve -> validate -> limits -> schedule -> timeout -> metrics
     ("dispatch",),
     # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC TF Serving and KServe), gRPC health
-    ("rest_http", "rest_tfs", "rest_kserve", "rest", "grpc_server", "kserve_grpc", "health"),
+    ("rest_http", "rest_tfs", "rest_kserve", "rest", "grpc_guard", "grpc_server", "kserve_grpc", "health"),
     # running it: server, child process, command line, demo, the package's lazy names
     ("process", "server", "cli", "demo", "__main__", "__init__"),
 )

@@ -1,6 +1,9 @@
 """Versions and hot reload: the version policy (newest N, all, specific), a new version appearing
 under load (no failed request, answers switch), a broken version reported in status while the
-old one serves, version removal after in-flight requests, and polling over a real socket."""
+old one serves (not an ONNX file; truncated model.onnx/step.onnx; a missing file; rnnkit.json not
+JSON, not a manifest, another format, naming a tensor the graph lacks), a good version after a broken
+one, a numbered directory without rnnkit.json ignored until it has one, version removal after
+in-flight requests, and polling over a real socket."""
 
 import os
 import shutil
@@ -135,6 +138,86 @@ def test_a_broken_version_is_reported_and_the_previous_one_keeps_serving(staged,
         assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V2
         registry.poll()  # a failed version is not retried on every poll
         assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V2
+    registry.close()
+
+
+def _truncate(path):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+
+
+def _write(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+# corrupt published versions: what is done to a copy of version 2 before it is renamed to 3, and the error
+CORRUPTIONS = {
+    "truncated model.onnx": (lambda d: _truncate(os.path.join(d, "model.onnx")), "ONNX Runtime cannot load"),
+    "truncated step.onnx": (lambda d: _truncate(os.path.join(d, "step.onnx")), "ONNX Runtime cannot load"),
+    "missing model.onnx": (
+        lambda d: os.remove(os.path.join(d, "model.onnx")),
+        "/3/model.onnx' does not exist",
+    ),
+    "missing step.onnx": (lambda d: os.remove(os.path.join(d, "step.onnx")), "/3/step.onnx' does not exist"),
+    "rnnkit.json not JSON": (lambda d: _truncate(os.path.join(d, "rnnkit.json")), "/3/rnnkit.json': "),
+    "rnnkit.json not a manifest": (
+        lambda d: _write(os.path.join(d, "rnnkit.json"), '{"format": 1, "outputs": []}'),
+        "/3/rnnkit.json' is not a valid rnnkit manifest: 'inputs'",
+    ),
+    "rnnkit.json of another format": (
+        lambda d: _write(os.path.join(d, "rnnkit.json"), '{"format": 2}'),
+        "unsupported manifest format 2 (this server reads format 1)",
+    ),
+    "rnnkit.json naming a tensor the graph lacks": (
+        lambda d: _write(
+            os.path.join(d, "rnnkit.json"),
+            open(os.path.join(d, "rnnkit.json")).read().replace('"name": "x"', '"name": "frames"'),
+        ),
+        "lacks the tensors ['frames'] named by the manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_version_is_reported_in_status_while_the_previous_one_serves(staged, model_dir, corruption):
+    corrupt, message = CORRUPTIONS[corruption]
+    serving_repo.publish(os.path.join(staged, "2"), model_dir, 2)
+    registry = load_registry([ModelConfig("half", model_dir)])
+    with client_for(registry) as client:
+        broken = os.path.join(model_dir, ".rnnkit-tmp-3")
+        shutil.copytree(os.path.join(staged, "2"), broken)
+        corrupt(broken)
+        os.rename(broken, os.path.join(model_dir, "3"))
+        registry.poll()
+        status = client.get("/v1/models/half").json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("3", "END"), ("2", "AVAILABLE")]
+        assert status[0]["status"]["error_code"] == "FAILED_PRECONDITION"
+        assert message in status[0]["status"]["error_message"], status[0]["status"]["error_message"]
+        assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V2
+        assert client.post("/v1/models/half/versions/3:predict", json=BODY).status_code == 404
+        serving_repo.publish(os.path.join(staged, "1"), model_dir, 4)  # a good version after the broken one
+        registry.poll()
+        assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V1
+        assert states(client) == [("4", "AVAILABLE"), ("3", "END"), ("2", "END")]
+    registry.close()
+
+
+def test_a_numbered_directory_without_its_manifest_is_not_a_version_until_it_has_one(staged, model_dir):
+    serving_repo.publish(os.path.join(staged, "2"), model_dir, 2)
+    registry = load_registry([ModelConfig("half", model_dir)])
+    with client_for(registry) as client:
+        incomplete = os.path.join(model_dir, "3")  # e.g. a copy still in progress
+        shutil.copytree(os.path.join(staged, "1"), incomplete, ignore=shutil.ignore_patterns("rnnkit.json"))
+        registry.poll()
+        assert states(client) == [("2", "AVAILABLE")]
+        assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V2
+        shutil.copy(os.path.join(staged, "1", "rnnkit.json"), incomplete)
+        registry.poll()
+        assert states(client) == [("3", "AVAILABLE"), ("2", "END")]
+        assert client.post("/v1/models/half:predict", json=BODY).json()["predictions"] == V1
     registry.close()
 
 

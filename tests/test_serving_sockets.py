@@ -2,8 +2,10 @@
 a child process, the official tensorflow_serving gRPC client, raw HTTP, metrics, and SIGTERM
 draining requests in flight."""
 
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -186,6 +188,26 @@ def test_grpc_metadata_and_status(stubs):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Missing ModelSpec" in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        "/tensorflow.serving.PredictionService/Predict",
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    ],
+)
+def test_grpc_bytes_that_are_not_the_request_message_are_invalid_argument(server, stubs, method):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary(method)  # no serializers: the bytes go as they are
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff\xff\xff not a protobuf", timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert caught.value.details().startswith(f"the request bytes of {method} do not parse as its request message: ")
+    predict, _ = stubs  # and the server goes on answering
+    reply = predict.Predict(predict_request("half", {"x": np.ones((1, 1, 1), np.float32)}), timeout=30)
+    assert list(reply.outputs["y"].float_val) == [3.5]
+
+
 def test_raw_http_and_metrics_over_the_socket(server, stubs):
     with httpx.Client(base_url=server.rest_url, timeout=30) as http:
         assert http.post("/v1/models/half:predict", json={"instances": [[[1.0]]]}).json() == {"predictions": [[[3.5]]]}
@@ -224,18 +246,32 @@ def test_sigterm_drains_requests_in_flight(repo):
         timeout=120,
     ) as proc:
         results, errors = [], []
+        sent = [threading.Event() for _ in range(3)]
+        host, port = proc.rest_url.removeprefix("http://").split(":")
 
-        def send():
+        def send(done: threading.Event):
+            # a raw socket, so the test knows when the whole request has reached the server
             try:
-                reply = httpx.post(proc.rest_url + "/v1/models/half:predict", content=body, timeout=120)
-                results.append((reply.status_code, reply.json()["predictions"][0][-1]))
+                with socket.create_connection((host, int(port)), timeout=120) as sock:
+                    head = f"POST /v1/models/half:predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                    sock.sendall(head.encode() + b"Content-Type: application/json\r\nConnection: close\r\n\r\n" + body)
+                    done.set()
+                    reply = b""
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                status = int(reply.split(b" ", 2)[1])
+                payload = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+                results.append((status, payload["predictions"][0][-1]))
             except Exception as error:
                 errors.append(repr(error))
+                done.set()
 
-        threads = [threading.Thread(target=send) for _ in range(3)]
+        threads = [threading.Thread(target=send, args=(event,)) for event in sent]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)  # the three requests are in: one runs, two wait for the single worker
+        for event in sent:
+            assert event.wait(60)
+        time.sleep(0.2)  # the three requests are in: one runs, two wait for the single worker
         exit_code = proc.stop(timeout=120)
         for thread in threads:
             thread.join(120)
