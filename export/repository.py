@@ -38,7 +38,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from export.model_io import TensorInfo
 from export.step import DECODER_STEP_FILE, ENCODER_FILE, EncoderDecoder, StreamingPlan
@@ -373,21 +373,26 @@ def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo]
     )
 
 
+def _implicit_states(plan: StreamingPlan, input_name: Callable[[str], str]) -> list[str]:
+    """Triton ``sequence_batching.state`` entries, one per recurrent state of `plan`, starting at zero;
+    `input_name` maps a state's step-graph input to the name Triton feeds it under."""
+    return [
+        "    {\n"
+        f'      input_name: "{input_name(state_in)}"\n'
+        f'      output_name: "{state_out}"\n'
+        "      data_type: TYPE_FP32\n"
+        f"      dims: [ {layer.units} ]\n"
+        f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
+        'zero_data: true name: "zeros" }\n'
+        "    }"
+        for layer in plan.layers
+        for state_in, state_out in zip(layer.inputs(), layer.outputs())
+    ]
+
+
 def triton_step_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], plan: StreamingPlan) -> str:
     """A sequence-batched Triton model over step.onnx; RNN states live in Triton (implicit state)."""
-    states = []
-    for layer in plan.layers:
-        for state_in, state_out in zip(layer.inputs(), layer.outputs()):
-            states.append(
-                "    {\n"
-                f'      input_name: "{state_in}"\n'
-                f'      output_name: "{state_out}"\n'
-                "      data_type: TYPE_FP32\n"
-                f"      dims: [ {layer.units} ]\n"
-                f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
-                'zero_data: true name: "zeros" }\n'
-                "    }"
-            )
+    states = _implicit_states(plan, lambda state_in: state_in)
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -407,19 +412,7 @@ def triton_decoder_step_config(name: str, pair: EncoderDecoder) -> str:
     """A sequence-batched Triton model over the seeded decoder step (``triton_seed``): the client
     sends the encoder's outputs with the sequence's first request; Triton carries the states after."""
     plan = pair.plan
-    states = []
-    for layer in plan.layers:
-        for state_in, state_out in zip(layer.inputs(), layer.outputs()):
-            states.append(
-                "    {\n"
-                f'      input_name: "{carry_name(state_in)}"\n'
-                f'      output_name: "{state_out}"\n'
-                "      data_type: TYPE_FP32\n"
-                f"      dims: [ {layer.units} ]\n"
-                f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
-                'zero_data: true name: "zeros" }\n'
-                "    }"
-            )
+    states = _implicit_states(plan, carry_name)
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'

@@ -4,7 +4,7 @@ official client works unchanged.
 
 Those generated modules import TensorFlow's proto modules; ``serving.tfs_protos`` loads them
 without starting TensorFlow itself, inside :func:`start_grpc_server`.
-Exceptions become gRPC statuses in one place (:func:`_call`) via ``wire_error``, with the
+Exceptions become gRPC statuses in one place (:func:`recorded_call`) via ``wire_error``, with the
 same codes and texts as the REST front.
 
 Bounds: at most ``max_concurrent_rpcs`` RPCs are accepted at once (grpcio answers the next one
@@ -31,11 +31,11 @@ DEFAULT_TIMEOUT_MS = 30_000  # as REST's --rest_api_timeout_in_ms
 DEFAULT_MAX_CONCURRENT_RPCS = 64  # x 16 MiB messages (--max_request_bytes): at most ~1 GiB of requests held
 
 
-def _call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
+def recorded_call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
     """Run `job`, record it, and turn an exception into the gRPC status of the same code and text."""
     import grpc
 
-    call = Call("GRPC", dispatch.metric_name(model), api)
+    call = Call("GRPC", dispatch.metric_name(model) if model else "", api)
     try:
         result = job()
     except Exception as error:
@@ -101,7 +101,7 @@ def start_grpc_server(
             def timed() -> Any:
                 return dispatch.in_worker_sync(work, job, timeout_ms, TIMEOUT_FLAG, context.time_remaining())
 
-            return _call(context, dispatch, request.model_spec.name, "Predict", timed)
+            return recorded_call(context, dispatch, request.model_spec.name, "Predict", timed)
 
         def GetModelMetadata(self, request: Any, context: Any) -> Any:
             def job() -> Any:
@@ -110,7 +110,7 @@ def start_grpc_server(
                     signatures = predictor.signatures
                 return grpc_codec.metadata_response(request, predictor.name, predictor.version, signatures)
 
-            return _call(context, dispatch, request.model_spec.name, "GetModelMetadata", job)
+            return recorded_call(context, dispatch, request.model_spec.name, "GetModelMetadata", job)
 
     class ModelService(model_servicer):
         def GetModelStatus(self, request: Any, context: Any) -> Any:
@@ -120,7 +120,7 @@ def start_grpc_server(
                 spec = grpc_codec.model_spec(request.model_spec)
                 return grpc_codec.status_response(dispatch.status(spec.name, spec.version))
 
-            return _call(context, dispatch, request.model_spec.name, "GetModelStatus", job)
+            return recorded_call(context, dispatch, request.model_spec.name, "GetModelStatus", job)
 
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -22,27 +22,11 @@ from serving import kserve_codec, kserve_grpc_codec
 from serving.dispatch import Call, Dispatch, Prediction, Target
 from serving.errors import Code, grpc_message, wire_error
 from serving.grpc_guard import UndecodableRequests
-from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS, TIMEOUT_FLAG
+from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS, TIMEOUT_FLAG, recorded_call
 from serving.predictor import Predictor
 from serving.signature import DEFAULT_SIGNATURE
 
 T = TypeVar("T")
-
-
-def _call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
-    """Run `job`, record it, and turn an exception into the gRPC status of the same code and text."""
-    import grpc
-
-    call = Call("GRPC", dispatch.metric_name(model) if model else "", api)
-    try:
-        result = job()
-    except Exception as error:
-        code, message, _ = wire_error(error)
-        dispatch.record(call, code)
-        context.abort(grpc.StatusCode[code.name], grpc_message(message))
-        raise  # unreachable: abort raises
-    dispatch.record(call, Code.OK)
-    return result
 
 
 def _sequence_header(context: Any) -> str | None:
@@ -105,7 +89,7 @@ def add_inference_service(
                 target = Target(request.name, kserve_grpc_codec.model_version(request.version))
                 return pb2.ModelReadyResponse(ready=dispatch.ready(target))
 
-            return _call(context, dispatch, request.name, "ModelReady", job)
+            return recorded_call(context, dispatch, request.name, "ModelReady", job)
 
         def ServerMetadata(self, request: Any, context: Any) -> Any:
             return kserve_grpc_codec.server_metadata_response(_package_version())
@@ -120,11 +104,11 @@ def add_inference_service(
                     request.name, dispatch.versions(request.name), platform, signature
                 )
 
-            return _call(context, dispatch, request.name, "ModelMetadata", job)
+            return recorded_call(context, dispatch, request.name, "ModelMetadata", job)
 
         def ModelInfer(self, request: Any, context: Any) -> Any:
             header = _sequence_header(context)
-            return _call(
+            return recorded_call(
                 context,
                 dispatch,
                 request.model_name,
