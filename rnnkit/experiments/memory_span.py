@@ -123,7 +123,9 @@ def run_memory_span(quick: bool = False, seed: int = 0, out_dir: str | os.PathLi
                 solved_flags: list[bool | None] = [None] * len(lags)
                 per_lag = {}
                 for index, lag in enumerate(lags):
-                    shape_task = make_task(task, train_examples=2, val_examples=2, seed=run_seed, **_lag_kwargs(task, lag))
+                    shape_task = make_task(
+                        task, train_examples=2, val_examples=2, seed=run_seed, **_lag_kwargs(task, lag)
+                    )
                     keras.utils.set_random_seed(run_seed)
                     model = ModelSpec(cell=cell, units=units, layers=1, connection="none").build(shape_task)
                     run = train_fresh(
@@ -192,7 +194,8 @@ def run_memory_span(quick: bool = False, seed: int = 0, out_dir: str | os.PathLi
         f"T=lag cells: seeds that solved it / seeds that ran it ('-': no seed got there, each stops at its first "
         f"unsolved lag). Solved: adding {config['criteria']['adding']} (0.1 × the predict-1 baseline 1/6), copy "
         f"{config['criteria']['copy']}, on {config['eval_examples']} held-out generated examples, checked every "
-        f"{config['eval_every']} steps; at most {config['max_steps']} steps of {config['batch_size']} fresh examples, "
+        f"{config['eval_every']} steps; at most {config['max_steps']['adding']} (adding) / "
+        f"{config['max_steps']['copy']} (copy) steps of {config['batch_size']} fresh examples, "
         f"Adam {config['learning_rate']}, clipnorm {config['global_clipnorm']}. Budget: the lstm at "
         f"{config['budget_units']} units. Lecture: ~7 steps vanilla RNN, ~100 LSTM. Curves: memory_span_curves.png.",
     ]
@@ -212,8 +215,13 @@ def _span_figure(results: dict, lags: list[int], seeds: list[int]):
     for axes, (task, task_results) in zip(axes_list, results["tasks"].items()):
         for index, (cell, r) in enumerate(task_results["cells"].items()):
             fractions = [r["solved_seeds"][str(lag)] / len(seeds) for lag in lags]
-            axes.plot(lags, fractions, marker="o", color=f"C{index}", label=f"{cell} ({r['units']} u), span "
-                      f"{r['span_mean']:.0f} ± {r['span_std']:.0f}")
+            axes.plot(
+                lags,
+                fractions,
+                marker="o",
+                color=f"C{index}",
+                label=f"{cell} ({r['units']} u), span {r['span_mean']:.0f} ± {r['span_std']:.0f}",
+            )
         axes.set_xscale("log")
         axes.set_xticks(lags, [str(lag) for lag in lags])
         axes.set_ylim(-0.05, 1.05)
@@ -244,8 +252,14 @@ def _curves_figure(results: dict, lags: list[int], out_dir) -> None:
                     if record is None:
                         continue
                     curve = record["curve"]
-                    axes.plot(curve["step"], curve[metric], color=f"C{index}", alpha=0.7, linewidth=1,
-                              label=f"T={lag}" if k == 0 else None)
+                    axes.plot(
+                        curve["step"],
+                        curve[metric],
+                        color=f"C{index}",
+                        alpha=0.7,
+                        linewidth=1,
+                        label=f"T={lag}" if k == 0 else None,
+                    )
             if metric == "mse":
                 axes.axhline(ADDING_BASELINE_MSE, color="grey", linestyle=":", linewidth=1)
                 axes.axhline(ADDING_SOLVED_MSE, color="grey", linestyle="--", linewidth=1)
