@@ -8,7 +8,7 @@ Tasks and protocols:
   recurrent networks of rectified linear units", run at T = 150–400): T steps of (value, marker)
   pairs, the target the sum of the two marked values. Predicting the constant 1 gives MSE
   ``ADDING_BASELINE_MSE`` = Var(U + U') = 1/6 ≈ 0.167; *solved* means evaluation MSE below
-  0.1 × that (``ADDING_SOLVED_MSE`` ≈ 0.0167), the criterion of Le et al. The lag is T.
+  0.1 × that (``ADDING_SOLVED_MSE`` ≈ 0.0167): an order of magnitude below the baseline. The lag is T.
 - ``copy`` — copy memory (Arjovsky, Shah & Bengio 2016, "Unitary evolution recurrent neural
   networks", after Hochreiter & Schmidhuber 1997) reduced to one symbol: a token out of 8 at
   step 0, ``lag − 1`` blanks, a go marker; the answer is the token. *Solved* means evaluation
