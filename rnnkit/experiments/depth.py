@@ -79,7 +79,7 @@ def run_depth(quick: bool = False, seed: int = 0, out_dir: str | os.PathLike = "
         "depths": [2, 4] if quick else [2, 4, 8],
         "connections": list(CONNECTIONS),
         "seeds": [seed] if quick else [seed, seed + 1, seed + 2],
-        "steps": 20 if quick else 1200,
+        "steps": 20 if quick else 3000,
         "batch_size": 32,
         "eval_every": 10 if quick else 100,
         "eval_examples": 128 if quick else 1000,
