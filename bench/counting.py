@@ -1,4 +1,4 @@
-"""LSTMs learn aⁿbⁿ counting, GRUs less so — measured by `rnnkit.experiments.counting`.
+"""LSTMs count aⁿbⁿ past the training n, GRUs do not (Weiss, Goldberg & Yahav 2018) — measured by `rnnkit.experiments.counting`.
 
     .venv/bin/python bench/counting.py [--quick] [--seed N] [--out bench/out/counting]
 

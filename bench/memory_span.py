@@ -1,4 +1,5 @@
-"""Usable memory ~7 steps (vanilla RNN), ~100 (LSTM) — measured by `rnnkit.experiments.memory_span`.
+"""Usable memory ~7 steps (vanilla RNN), ~100 (LSTM), on the adding problem and copy task — measured by
+`rnnkit.experiments.memory_span`.
 
     .venv/bin/python bench/memory_span.py [--quick] [--seed N] [--out bench/out/memory_span]
 

@@ -10,8 +10,22 @@ import pytest
 from rnnkit.cli import build_parser, main
 from rnnkit.experiments import EXPERIMENTS, experiment_names
 from rnnkit.experiments.clipping import StepRecorder
-from rnnkit.experiments.counting import counts_to, is_member, off_by_one_strings
-from rnnkit.experiments.memory_span import accuracy_threshold, usable_span
+from rnnkit.experiments.counting import (
+    accepted,
+    anbn_prediction_batch,
+    counts_to,
+    encode_anbn,
+    next_symbol_targets,
+)
+from rnnkit.experiments.depth import build_classifier
+from rnnkit.experiments.fresh_batches import EVAL_STREAM, FreshBatches, evaluate, train_fresh
+from rnnkit.experiments.memory_span import (
+    ADDING_BASELINE_MSE,
+    ADDING_SOLVED_MSE,
+    is_solved,
+    span,
+    task_generator,
+)
 from rnnkit.experiments.parameters import budget_mismatch, count_parameters, match_units
 from rnnkit.experiments.runner import format_table, jsonable
 from rnnkit.experiments.vanishing import decay_fit
@@ -70,25 +84,102 @@ def test_match_units_gives_the_closest_count():
         count_parameters("rnn", 4, 2, 2)
 
 
-# -- thresholds and spans -----------------------------------------------------------------------------
-def test_accuracy_threshold():
-    assert accuracy_threshold(1 / 8) == pytest.approx(0.9125)
-    assert accuracy_threshold(0.5, 0.5) == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="chance"):
-        accuracy_threshold(1.0)
-    with pytest.raises(ValueError, match="fraction"):
-        accuracy_threshold(0.1, 0.0)
+# -- span criterion and spans ------------------------------------------------------------------------
+def test_span_criterion():
+    assert ADDING_SOLVED_MSE == pytest.approx(0.1 / 6)
+    assert is_solved("adding", {"mse": 0.0166}) and not is_solved("adding", {"mse": 0.0167})
+    assert is_solved("copy", {"accuracy": 0.99}) and not is_solved("copy", {"accuracy": 0.989})
+    with pytest.raises(ValueError, match="task"):
+        is_solved("parity", {"accuracy": 1.0})
 
 
-def test_usable_span_stops_at_the_first_failure():
-    lags = [5, 10, 20, 50, 100]
-    assert usable_span(lags, [1, 1, 1, 1, 1], 0.9) == 100
-    assert usable_span(lags, [1, 0.95, 0.5, 1, 1], 0.9) == 10  # a later pass does not count
-    assert usable_span(lags, [0.2, 1, 1, 1, 1], 0.9) == 0
-    assert usable_span([20, 5, 10], [0.1, 1, 1], 0.9) == 10  # order of the lists does not matter
-    assert usable_span([5], [0.9], 0.9) == 5  # the threshold itself passes
+def test_adding_baseline_is_the_mse_of_predicting_one():
+    _, y = task_generator("adding", 30)(200_000, 3)
+    assert np.mean((y - 1.0) ** 2) == pytest.approx(ADDING_BASELINE_MSE, rel=0.01)
+
+
+def test_span_stops_at_the_first_unsolved_lag():
+    lags = [10, 25, 50, 100, 200]
+    assert span(lags, [True] * 5) == 200
+    assert span(lags, [True, True, False, True, True]) == 25  # a later pass does not count
+    assert span(lags, [True, True, None, None, None]) == 25  # not run counts as unsolved
+    assert span(lags, [False, True, True, True, True]) == 0
+    assert span([50, 10, 25], [False, True, True]) == 25  # order of the lists does not matter
     with pytest.raises(ValueError, match="lags"):
-        usable_span([5, 10], [1.0], 0.9)
+        span([5, 10], [True])
+
+
+def test_task_generators_shapes_and_lag():
+    x, y = task_generator("adding", 7)(5, 0)
+    assert x.shape == (5, 7, 2) and y.shape == (5,)
+    assert (x[:, :, 1].sum(axis=1) == 2).all()  # two markers per sequence
+    x, y = task_generator("copy", 9)(5, 0)
+    assert x.shape == (5, 10, 10) and (x[np.arange(5), 0, y] == 1).all() and (x[:, 9, 9] == 1).all()
+    with pytest.raises(ValueError, match="task"):
+        task_generator("parity", 3)
+
+
+# -- fresh batches -----------------------------------------------------------------------------------
+def test_fresh_batches_differ_every_step_and_repeat_per_seed():
+    batches = FreshBatches(task_generator("adding", 12), 8, seed=4)
+    first, second = batches.batch(0), batches.batch(1)
+    assert not np.array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[0], FreshBatches(task_generator("adding", 12), 8, seed=4).batch(0)[0])
+    assert not np.array_equal(first[0], FreshBatches(task_generator("adding", 12), 8, seed=5).batch(0)[0])
+    x_eval, _ = batches.evaluation(8)
+    assert all(not np.array_equal(x_eval, batches.batch(k)[0]) for k in range(20))
+    with pytest.raises(ValueError, match="step"):
+        batches.batch(EVAL_STREAM)
+
+
+def test_evaluate_sequence_crossentropy_by_hand():
+    class Fixed:
+        def __call__(self, x, training=False):
+            probs = np.array([[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]] * 2, dtype="float32")
+            return {"probs": probs}
+
+    y = np.array([[0, 1, -1], [0, 2, 2]])  # row 0: padded last step, all right; row 1: step 1 wrong
+    metrics = evaluate(Fixed(), None, y, "sequence_crossentropy")
+    assert metrics["accuracy"] == 0.5
+    expected = -(np.log(0.8) + np.log(0.7) + np.log(0.8) + np.log(0.1) + np.log(0.4)) / 5
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_train_fresh_smoke_curve_and_early_stop():
+    task = make_task("copy", train_examples=2, val_examples=2, lag=2)
+    model = ModelSpec(cell="gru", units=4, layers=1, connection="none").build(task)
+    batches = FreshBatches(task_generator("copy", 2), 8, seed=0)
+    run = train_fresh(model, batches, steps=7, loss="crossentropy", eval_every=3, eval_examples=16, jit_compile=False)
+    assert run["curve"]["step"] == [3, 6, 7] and run["steps"] == 7 and run["solved_at"] is None
+    assert len(run["curve"]["accuracy"]) == len(run["curve"]["train_loss"]) == 3
+    run = train_fresh(
+        model,
+        batches,
+        steps=50,
+        loss="crossentropy",
+        eval_every=2,
+        eval_examples=16,
+        solved=lambda m: True,
+        probe=lambda model: {"extra": 1.0},
+        jit_compile=False,
+    )
+    assert run["solved_at"] == 2 and run["steps"] == 2 and run["curve"]["extra"] == [1.0]
+    with pytest.raises(ValueError, match="loss"):
+        train_fresh(model, batches, steps=1, loss="hinge", eval_every=1, eval_examples=4)
+
+
+def test_bench_memory_span_quick_end_to_end(tmp_path):
+    out = tmp_path / "memory_span"
+    assert main(["bench", "memory_span", "--quick", "--out", str(out)]) == 0
+    assert (out / "memory_span.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "memory_span_curves.png").read_bytes().startswith(b"\x89PNG")
+    results = json.loads((out / "memory_span.json").read_text())["results"]
+    for task in ("adding", "copy"):
+        for cell in ("simple", "gru", "lstm"):
+            record = results["tasks"][task]["cells"][cell]
+            assert len(record["spans"]) == 1 and record["spans"][0] in (0, 5, 10)
+            first = record["runs"][0]["lags"]["5"]
+            assert first["curve"]["step"][-1] == first["steps"] <= 20
 
 
 def test_decay_fit_recovers_a_geometric_rate():
@@ -103,19 +194,66 @@ def test_decay_fit_recovers_a_geometric_rate():
         decay_fit(np.array([1.0, 0.0, 0.0]))
 
 
-# -- counting test sets -----------------------------------------------------------------------------
-def test_off_by_one_strings_and_counts_to():
-    strings, ns = off_by_one_strings(3)
-    assert strings == ["ab", "abb", "aabb", "aab", "aabbb", "aaabbb", "aaabb", "aaabbbb"]
-    assert list(ns) == [1, 1, 2, 2, 2, 3, 3, 3]
-    assert [is_member(s) for s in strings] == [True, False, True, False, False, True, False, False]
-    assert not is_member("") and not is_member("ba") and not is_member("abab")
-    right = np.ones(len(strings), dtype=bool)
-    assert counts_to(ns, right) == 3
-    right[4] = False  # one n = 2 string wrong
-    assert counts_to(ns, right) == 1
+# -- counting --------------------------------------------------------------------------------------
+def test_next_symbol_targets_and_encoding():
+    assert list(next_symbol_targets(1)) == [0, 2]
+    assert list(next_symbol_targets(3)) == [0, 0, 0, 1, 1, 2]  # a|b after each a, b until the last, then end
+    with pytest.raises(ValueError, match="n"):
+        next_symbol_targets(0)
+    x, targets = encode_anbn([2, 1], 5)
+    np.testing.assert_array_equal(x[0, :, 0], [1, 1, 0, 0, 0])  # a channel
+    np.testing.assert_array_equal(x[0, :, 1], [0, 0, 1, 1, 0])  # b channel, then all-zero padding
+    np.testing.assert_array_equal(targets, [[0, 0, 1, 2, -1], [0, 2, -1, -1, -1]])
+    with pytest.raises(ValueError, match="length"):
+        encode_anbn([3], 5)
+    x, targets = anbn_prediction_batch(64, [1, 2], max_n=7)
+    assert x.shape == (64, 14, 2) and targets.shape == (64, 14)
+    ns = x[:, :, 0].sum(axis=1)
+    assert ns.min() >= 1 and ns.max() <= 7 and (x[:, :, 1].sum(axis=1) == ns).all()
+
+
+class _Counter:
+    """A stand-in model that counts exactly up to ``limit`` and says "end" one step late beyond it."""
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def predict(self, x, batch_size=None, verbose=0):
+        probs = np.zeros((*x.shape[:2], 3), dtype="float32")
+        for row in range(len(x)):
+            n = int(x[row, :, 0].sum())
+            classes = [0] * n + [1] * (n - 1) + [2]
+            if n > self.limit:
+                classes = [0] * n + [1] * n  # misses the end
+            probs[row, np.arange(len(classes)), classes] = 1.0
+        return {"probs": probs}
+
+
+def test_accepted_and_counts_to():
+    ns = np.arange(1, 11)
+    right = accepted(_Counter(limit=6), ns, 20)
+    np.testing.assert_array_equal(right, ns <= 6)
+    assert counts_to(ns, right) == 6
+    right[2] = False  # n = 3 wrong
+    assert counts_to(ns, right) == 2
     right[0] = False
     assert counts_to(ns, right) == 0
+
+
+# -- depth -------------------------------------------------------------------------------------------
+def test_depth_classifier_puts_a_skip_on_the_top_layer():
+    """return_sequences=True inside: at 2 layers residual and none differ (they are equal when the
+    top layer returns its summary, which is why the old 2-layer rows were identical)."""
+    import keras
+
+    x = np.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    plain = build_classifier(2, "none", 6, 4, 2)
+    residual = build_classifier(2, "residual", 6, 4, 2)
+    residual.set_weights(plain.get_weights())  # same widths: no projection, the same weights
+    assert not np.allclose(plain(x)["probs"], residual(x)["probs"], atol=1e-6)
+    stack = residual.get_layer("encoder")
+    assert stack.return_sequences and stack._has_skip(1)
 
 
 # -- the clipping run's per-step record ------------------------------------------------------------

@@ -39,7 +39,9 @@ EXPERIMENTS = {
     "clipping": Experiment(
         "rnnkit.experiments.clipping", "run_clipping", "global-norm clipping and the guard tame exploding gradients"
     ),
-    "counting": Experiment("rnnkit.experiments.counting", "run_counting", "LSTMs learn aⁿbⁿ counting, GRUs less so"),
+    "counting": Experiment(
+        "rnnkit.experiments.counting", "run_counting", "LSTMs learn to count aⁿbⁿ past the training n, GRUs do not"
+    ),
     "bidirectional": Experiment(
         "rnnkit.experiments.bidirectional", "run_bidirectional", "bidirectional layers help two-sided context"
     ),
