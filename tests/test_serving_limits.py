@@ -465,9 +465,11 @@ def grpc_stuck():
     from serving.grpc_server import start_grpc_server
 
     release = threading.Event()
+    entered = threading.Semaphore(0)  # released once per call that reached the `slow` model
     opened = []
 
     def stuck(inputs):
+        entered.release()
         release.wait(30)
         return {"y": inputs["x"]}
 
@@ -481,6 +483,7 @@ def grpc_stuck():
         opened.append((server, channel))
         return prediction_service_pb2_grpc.PredictionServiceStub(channel), release
 
+    start.entered = entered
     yield start
     release.set()
     for server, channel in opened:
@@ -514,14 +517,12 @@ def test_grpc_refuses_rpcs_beyond_the_concurrency_bound(grpc_stuck):
 
     stub, release = grpc_stuck(30_000, 2)
     held = [stub.Predict.future(_predict("slow"), timeout=30) for _ in range(2)]
-    refused = None
-    for _ in range(50):  # the held calls may not have reached the server yet: retry until the bound bites
-        try:
-            stub.Predict(_predict("fast"), timeout=30)
-        except grpc.RpcError as error:
-            refused = error
-            break
-    assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in held:  # both held calls are inside the model: the bound of 2 is taken
+        assert grpc_stuck.entered.acquire(timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(_predict("fast"), timeout=30)
+    refused = caught.value
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "Concurrent RPC limit exceeded" in refused.details()
     release.set()
     for call in held:  # the calls the bound let in are answered
