@@ -140,12 +140,10 @@ class Manifest:
         outputs = tuple(TensorSpec.from_json(t) for t in data["outputs"])
         signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs)}
         streaming = data.get("streaming") or {}
-        names = data.get("signatures") or [DEFAULT_SIGNATURE]
         states: tuple[StatePair, ...] = ()
-        # A step graph exists in every exported format (the SavedModel's `step` signature, `step.onnx`):
-        # an ONNX-only export lists no SavedModel signatures, yet streams.
-        has_step = STEP_SIGNATURE in names or (not data.get("signatures") and streaming.get("mode", "step") == "step")
-        if streaming.get("streamable") and has_step:
+        # A streamable model's step graph exists in every format it was exported in (the SavedModel's
+        # `step` signature, `step.onnx`); manifests older than `mode` only had step models.
+        if streaming.get("streamable") and streaming.get("mode", "step") == "step":
             states = tuple(
                 StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in streaming.get("states") or []
             )
