@@ -44,9 +44,9 @@ import onnxruntime as ort  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from export.model_io import ModelIO  # noqa: E402
-from export.onnx_export import to_onnx  # noqa: E402
-from export.variants import to_int8  # noqa: E402
+from rnnkit_export.analysis.model_io import ModelIO  # noqa: E402
+from rnnkit_export.onnx.convert import to_onnx  # noqa: E402
+from rnnkit_export.variants import to_int8  # noqa: E402
 from rnnkit import layers as rk  # noqa: E402
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -107,7 +107,7 @@ def tf2onnx_cli(model: keras.Model, folder: str) -> bytes:
 
 def bare_lstm(model: keras.Model) -> bytes:
     """Only the fused LSTM (+ the same Dense) with the weights of the model's LSTM layer."""
-    from export.converters import converter_for
+    from rnnkit_export.onnx.converters import converter_for
 
     layer = next(layer for layer in model.layers if isinstance(layer, rk.LSTM))
     d = converter_for(layer.cell)(layer.cell)
@@ -138,7 +138,7 @@ def bare_lstm(model: keras.Model) -> bytes:
 
 
 def int8_bytes(model_bytes: bytes, folder: str) -> bytes:
-    """The int8 variant `rnnkit export --quantize int8` writes (export.variants.to_int8)."""
+    """The int8 variant `rnnkit export --quantize int8` writes (rnnkit_export.variants.to_int8)."""
     source, target = os.path.join(folder, "fp32.onnx"), os.path.join(folder, "int8.onnx")
     with open(source, "wb") as handle:
         handle.write(model_bytes)

@@ -17,7 +17,7 @@ example ports, is shipped as ``deploy/haproxy/haproxy.cfg``):
 Then, under a bounded load (stateless requests + many concurrent sessions of several chunks), one
 replica is killed with SIGKILL, the load continues, the replica is started again and rejoins when
 its readiness check passes. Every answer is checked against a single in-process
-``serving.Predictor`` (stateless: exactly equal; sessions: the chunks' outputs against the
+``rnnkit_serving.Predictor`` (stateless: exactly equal; sessions: the chunks' outputs against the
 full-sequence answer). Also measured: p50/p99 through the balancer vs direct to one replica, and
 throughput with 1, 2 and 3 replicas.
 
@@ -59,7 +59,7 @@ FEATURES = 8
 SEQUENCE_HEADER = "x-rnnkit-sequence-id"  # the header the balancer hashes on (the server reads it too)
 REPLICA_HEADER = "x-rnnkit-replica"  # added by HAProxy to every answer: which server answered
 READY_PATH = "/v2/health/ready"
-UNKNOWN_SEQUENCE = "is unknown or expired"  # serving.session_store's text for a sequence a replica does not hold
+UNKNOWN_SEQUENCE = "is unknown or expired"  # rnnkit_serving.scheduling.session_store's text for a sequence a replica does not hold
 BALANCER_ERRORS = (502, 503, 504)  # HAProxy's own answers: the replica died mid-request / none available
 
 
@@ -198,7 +198,7 @@ class Replica:
     """One `python -m serving` child process on fixed ports (so a restart rejoins the same server line)."""
 
     def __init__(self, name: str, model_dir: str, log_dir: str) -> None:
-        from serving.process import free_port
+        from rnnkit_serving.server.process import free_port
 
         self.backend = Backend(name, "127.0.0.1", free_port(), free_port())
         self.model_dir = model_dir
@@ -206,7 +206,7 @@ class Replica:
         self.process: Any = None
 
     def start(self) -> None:
-        from serving import spawn_server
+        from rnnkit_serving import spawn_server
 
         with open(self.log_path, "ab") as log:
             self.process = spawn_server(
@@ -234,7 +234,7 @@ class HAProxy:
     """`haproxy -db -f <config>` as a child process, with its stats socket for server states."""
 
     def __init__(self, workdir: str, backends: Sequence[Backend], timings: Timings = BENCH_TIMINGS) -> None:
-        from serving.process import free_port
+        from rnnkit_serving.server.process import free_port
 
         self.rest_port = free_port()
         self.grpc_port = free_port()
@@ -326,7 +326,7 @@ def build_model(base: str, units: int = 32) -> str:
     """Masking -> LSTM (sequences) -> Dense `y` per step: streamable, exported once (ONNX only)."""
     import keras
 
-    from export import export_model
+    from rnnkit_export import export_model
     from rnnkit import layers as rk
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -340,7 +340,7 @@ def build_model(base: str, units: int = 32) -> str:
 
 @dataclass
 class Workload:
-    """Inputs and their single-process answers (one `serving.Predictor`, in this process)."""
+    """Inputs and their single-process answers (one `rnnkit_serving.Predictor`, in this process)."""
 
     stateless: list[np.ndarray]
     stateless_answers: list[np.ndarray]
@@ -350,7 +350,7 @@ class Workload:
 
 
 def workload(model_dir: str, chunks: int, seed: int = 0) -> Workload:
-    from serving import Predictor
+    from rnnkit_serving import Predictor
 
     rng = np.random.default_rng(seed)
     stateless = [rng.normal(size=(1, int(rng.integers(6, 25)), FEATURES)).astype(np.float32) for _ in range(64)]
@@ -429,7 +429,7 @@ class GrpcClient:
     def __init__(self, target: str) -> None:
         import grpc
 
-        from serving import grpc_codec
+        from rnnkit_serving.codecs.tfs import grpc as grpc_codec
 
         self.grpc = grpc
         self.codec = grpc_codec

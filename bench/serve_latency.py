@@ -52,7 +52,7 @@ def export_small(base: str) -> str:
     import keras
 
     import rnnkit.layers as rk
-    from export import export_model
+    from rnnkit_export import export_model
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     keras.utils.set_random_seed(0)
@@ -67,7 +67,8 @@ def export_small(base: str) -> str:
 def raw_latency(model_dir: str, n: int) -> None:
     import onnxruntime as ort
 
-    from serving import Predictor, RuntimeOptions
+    from rnnkit_serving import Predictor
+    from rnnkit_serving import RuntimeOptions
 
     x = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
     with Predictor.load(model_dir) as p:
@@ -114,7 +115,7 @@ def peak_rss_mib(pid: int) -> float:
 def cold_start(model_dir: str, backend: str, grpc_on: bool, kserve_grpc: bool = False) -> tuple[float, float]:
     import httpx
 
-    from serving import free_port
+    from rnnkit_serving import free_port
 
     rest = free_port()
     grpc_port = free_port() if grpc_on else 0
@@ -160,7 +161,7 @@ def wire_latency(model_dir: str, n: int) -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import free_port
+    from rnnkit_serving import free_port
 
     rest, grpc_port = free_port(), free_port()
     proc = serve(

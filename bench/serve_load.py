@@ -39,7 +39,7 @@ FEATURES = 8
 def build(base: str, units: int, variant: str = "fp32") -> str:
     import keras
 
-    from export import export_model
+    from rnnkit_export import export_model
     from rnnkit import layers as rk
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -123,7 +123,7 @@ def drive_in_process(call, inputs: list[dict], concurrency: int, requests: int) 
 def bench_http(
     model_dir: str, payloads: list[bytes], requests: int, batching_file: str, variant: str, levels: list[int]
 ) -> dict:
-    from serving import spawn_server
+    from rnnkit_serving import spawn_server
 
     results = {}
     for batching in (False, True):
@@ -140,8 +140,8 @@ def bench_http(
 
 
 def bench_in_process(model_dir: str, xs: list[np.ndarray], requests: int, variant: str, levels: list[int]) -> dict:
-    from serving import Predictor
-    from serving.batching import Batcher, BatchingParameters
+    from rnnkit_serving import Predictor
+    from rnnkit_serving.scheduling.batching import Batcher, BatchingParameters
 
     results = {}
     inputs = [{"x": x} for x in xs]
@@ -162,7 +162,7 @@ def bench_in_process(model_dir: str, xs: list[np.ndarray], requests: int, varian
 def bench_streaming(model_dir: str, steps: int) -> dict:
     import onnxruntime as ort
 
-    from serving import Predictor
+    from rnnkit_serving import Predictor
 
     rng = np.random.default_rng(1)
     chunks = [rng.normal(size=(1, 1, FEATURES)).astype(np.float32) for _ in range(64)]

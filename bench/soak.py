@@ -9,7 +9,7 @@ removes versions older than the two newest. ``--clients`` threads send ``--reque
 malformed requests: every row of the issue's table (the 44-byte gRPC Predict declaring a
 [1, 20 000 000, 4] tensor, NaN/Infinity inputs, JSON nested 50 000 deep, oversize batch and length,
 unknown model names) plus other malformed bodies on both fronts and KServe v2. Good requests are
-checked against a local ``serving.Predictor`` of the same version (rtol 1e-5).
+checked against a local ``rnnkit_serving.Predictor`` of the same version (rtol 1e-5).
 
 Printed: requests, malformed, reloads (versions published, and versions seen answering), failed good
 requests, 5xx, RSS of the server process at start/peak/end, and a table with every corpus row's
@@ -58,7 +58,7 @@ def build(base: str) -> str:
     """Export the 2-layer LSTM stack once; return its version directory (the one every publish copies)."""
     import keras
 
-    from export import export_model
+    from rnnkit_export import export_model
     from rnnkit import layers as rk
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -94,7 +94,7 @@ class Publisher:
 
 
 def protos() -> tuple[Any, Any]:
-    from serving.tfs_protos import import_proto_modules
+    from rnnkit_serving.codecs.tfs.protos import import_proto_modules
 
     predict_pb2, services = import_proto_modules(
         "tensorflow_serving.apis.predict_pb2", "tensorflow_serving.apis.prediction_service_pb2_grpc"
@@ -309,8 +309,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     import grpc
     import httpx
 
-    from serving import Predictor
-    from serving.process import spawn_server
+    from rnnkit_serving import Predictor
+    from rnnkit_serving.server.process import spawn_server
 
     base = tempfile.mkdtemp(prefix="rnnkit-soak-")
     server = None

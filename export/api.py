@@ -8,13 +8,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from export import repository
-from export.model_io import ModelIO
-from export.onnx_export import StrictExportError, to_onnx, to_onnx_encoder, to_onnx_step
-from export.parity import check_parity, zero_padding_invariant
-from export.report import DEFAULT_TOLERANCE, FORMATS, ExportError, ExportReport
-from export.savedmodel import gpu_only_ops, write_savedmodel
-from export.step import (
+from rnnkit_export.repository import publish as repository
+from rnnkit_export.analysis.model_io import ModelIO
+from rnnkit_export.onnx.convert import StrictExportError, to_onnx, to_onnx_encoder, to_onnx_step
+from rnnkit_export.verify.parity import check_parity, zero_padding_invariant
+from rnnkit_export.report import DEFAULT_TOLERANCE, FORMATS, ExportError, ExportReport
+from rnnkit_export.savedmodel.writer import gpu_only_ops, write_savedmodel
+from rnnkit_export.streaming.step import (
     DECODER_STEP_FILE,
     DECODER_STEP_SIGNATURE,
     ENCODER_FILE,
@@ -23,9 +23,9 @@ from export.step import (
     StreamingPlan,
     plan_streaming,
 )
-from export.twins import with_rnnkit_twins
-from export.variants import DEFAULT_MIN_AGREEMENT, build_variants, check_min_agreement, check_variants, load_calibration
-from export.warmup import write_warmup
+from rnnkit_export.analysis.twins import with_rnnkit_twins
+from rnnkit_export.variants import DEFAULT_MIN_AGREEMENT, build_variants, check_min_agreement, check_variants, load_calibration
+from rnnkit_export.savedmodel.warmup import write_warmup
 
 log = logging.getLogger("rnnkit.export")
 
@@ -84,7 +84,7 @@ def export_model(
     failure nothing is published (no new version, configs unchanged) and ExportError is raised.
     ``strict``: a recurrent layer that cannot be fused is an error instead of a loop fallback.
     ``streaming``: ``"auto"`` builds step graphs only where chunked execution provably equals the
-    full run (``export.streamability``; the reason is recorded when it does not), ``"off"`` never,
+    full run (``rnnkit_export.analysis.streamability``; the reason is recorded when it does not), ``"off"`` never,
     ``"required"`` fails (naming the layer and reason) when the model cannot stream. In ``"auto"``
     a step graph that fails to build or to match the full model is dropped, never the full model.
     ``serving_base_path``: where servers will see `base_path` (``/models`` when the repository is
@@ -92,7 +92,7 @@ def export_model(
     instead of this machine's path.
     ``quantize``: ``"int8"``, ``"fp16"`` or both (comma-separated): a variant of every ONNX graph
     (``model.int8.onnx``, ``step.int8.onnx``, ...) staged in the same publication, written only
-    if it passes the accuracy gate against the float32 graphs (``export.variants``: max |diff|
+    if it passes the accuracy gate against the float32 graphs (``rnnkit_export.variants``: max |diff|
     within a documented tolerance, arg-max agreement of class-score outputs >=
     ``variant_min_agreement``) on the parity inputs and on ``calibration_data`` (a ``.npz``
     with one array per model input) when given. A refused variant does not stop the version;

@@ -11,7 +11,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from export.report import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, FORMATS, VARIANT_TOLERANCES, VARIANTS
+from rnnkit_export.report import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, FORMATS, VARIANT_TOLERANCES, VARIANTS
 
 LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py", "onnxruntime")
 OWN_MODULES = r"(rnnkit|export)(\.|$)"  # warnings from these modules are the command's own
@@ -148,8 +148,8 @@ def _export(args: argparse.Namespace) -> int:
     import keras
 
     import rnnkit.layers  # noqa: F401  (registers rnnkit classes for deserialization)
-    from export.api import export_model
-    from export.report import ExportError
+    from rnnkit_export.api import export_model
+    from rnnkit_export.report import ExportError
 
     try:
         model = keras.saving.load_model(args.model)

@@ -9,7 +9,7 @@ from typing import Any
 MANIFEST_FORMAT = 1
 FORMATS = ("savedmodel", "onnx")
 DEFAULT_TOLERANCE = 1e-5  # float32 parity, max |difference|
-VARIANTS = ("int8", "fp16")  # --quantize: reduced-precision variants of the ONNX graphs (export.variants)
+VARIANTS = ("int8", "fp16")  # --quantize: reduced-precision variants of the ONNX graphs (rnnkit_export.variants)
 DEFAULT_MIN_AGREEMENT = 0.99  # variant gate: least arg-max agreement with fp32 on class-score outputs
 # variant gate: max |variant - fp32| allowed, relative to the output's scale: tolerance * max(1, max |fp32|)
 VARIANT_TOLERANCES = {"int8": 0.05, "fp16": 0.01}
@@ -41,11 +41,11 @@ class ExportReport:
     versions: dict[str, str] = field(default_factory=dict)
     opset: int | None = None
     padding: str = "any"  # masks of any shape (right/left padding, holes) are honoured
-    # Appending all-zero steps leaves the answers unchanged (see export.parity.zero_padding_invariant):
+    # Appending all-zero steps leaves the answers unchanged (see rnnkit_export.verify.parity.zero_padding_invariant):
     # a server may batch different lengths by zero right-padding and stay exact.
     zero_padding_invariant: bool = False
     files: dict[str, int] = field(default_factory=dict)  # every other file of the version -> bytes
-    # --quantize: variant -> published?, files, gate figures, per-node report (export.variants)
+    # --quantize: variant -> published?, files, gate figures, per-node report (rnnkit_export.variants)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

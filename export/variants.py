@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from export.model_io import ModelIO, TensorInfo
-from export.parity import CASES, _chunked, _encoder_then_decoder, parity_inputs
-from export.report import DEFAULT_MIN_AGREEMENT, VARIANT_TOLERANCES, VARIANTS
-from export.step import DECODER_STEP_FILE, ENCODER_FILE, StreamingPlan
-from export.warmup import sample_inputs
+from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
+from rnnkit_export.verify.parity import CASES, run_chunked, run_encoder_then_decoder, parity_inputs
+from rnnkit_export.report import DEFAULT_MIN_AGREEMENT, VARIANT_TOLERANCES, VARIANTS
+from rnnkit_export.streaming.step import DECODER_STEP_FILE, ENCODER_FILE, StreamingPlan
+from rnnkit_export.savedmodel.warmup import sample_inputs
 
 log = logging.getLogger("rnnkit.export")
 
@@ -297,12 +297,12 @@ def _graph_runners(
     }
     if plan.reason is None and os.path.isfile(os.path.join(directory, "step.onnx")):
         step = _session_runner(os.path.join(directory, suffix("step.onnx")))
-        runners["step.onnx"] = lambda feed: _chunked(step, io.outputs, plan, feed)
+        runners["step.onnx"] = lambda feed: run_chunked(step, io.outputs, plan, feed)
     pair = plan.encoder_decoder
     if pair is not None and os.path.isfile(os.path.join(directory, ENCODER_FILE)):
         encoder = _session_runner(os.path.join(directory, suffix(ENCODER_FILE)))
         decoder = _session_runner(os.path.join(directory, suffix(DECODER_STEP_FILE)))
-        runners[ENCODER_FILE] = lambda feed: _encoder_then_decoder(encoder, decoder, pair, feed)
+        runners[ENCODER_FILE] = lambda feed: run_encoder_then_decoder(encoder, decoder, pair, feed)
     return runners
 
 

@@ -1,3 +1,3 @@
-from rnnkit.cli import main
+from rnnkit_cli import main
 
 raise SystemExit(main())

@@ -24,22 +24,15 @@ COMMAND_MODULES = {
     "train": "rnnkit.training.cli",
     "diagnose": "rnnkit.training.cli",
     "bench": "rnnkit.experiments.cli",
-    "export": "export.cli",
-    "serve": "serving.cli",
+    "export": "rnnkit_export.cli",
+    "serve": "rnnkit_serving.server.cli",
 }
 # The extra that installs what each command needs (the core install is numpy only).
 EXTRAS = {"train": "keras", "diagnose": "keras", "bench": "keras", "export": "export", "serve": "serve"}
-# Modules of the other boxes the demo runs (`rnnkit demo` steps 3 and 4). With COMMAND_MODULES,
-# the only place rnnkit (this launcher and the package) names export or serving modules
-# (tests/test_import_direction.py checks).
-DEMO_MODULES = {
-    "export": "export",
-    "serve": "serving.demo",
-}
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from rnnkit.demo import run_demo
+    from rnnkit_cli.demo import run_demo
 
     run_demo(seed=args.seed, out=args.out, epochs=args.epochs, serve=args.serve)
     return 0

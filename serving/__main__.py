@@ -1,5 +1,5 @@
 """``python -m serving``: ``rnnkit serve`` without importing rnnkit (fast cold start)."""
 
-from serving.cli import main
+from rnnkit_serving.server.cli import main
 
 raise SystemExit(main())

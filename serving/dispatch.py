@@ -10,8 +10,8 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
    *declared* shape from it before building an array), batch size and sequence length against
    :meth:`Dispatch.limits_for` (checked with step 2, so each input is refused with its first
    problem); then the values: NaN and infinity are refused unless ``allow_non_finite``;
-4. **schedule** — :meth:`Dispatch.run`: the :class:`~serving.batching.Batcher` when batching is on,
-   else the predictor; chunks of a sequence go through the :class:`~serving.session_store.SessionStore`
+4. **schedule** — :meth:`Dispatch.run`: the :class:`~rnnkit_serving.scheduling.batching.Batcher` when batching is on,
+   else the predictor; chunks of a sequence go through the :class:`~rnnkit_serving.scheduling.session_store.SessionStore`
    (:meth:`Dispatch.stream`);
 5. **timeout** — :meth:`Dispatch.in_worker` (asyncio fronts) and :meth:`Dispatch.in_worker_sync`
    (threaded fronts: gRPC) run a request in a worker thread and answer DEADLINE_EXCEEDED when it
@@ -20,16 +20,16 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
 6. **metrics** — :meth:`Dispatch.record` counts every model request by model and status and
    times the successful ones (TF Serving's metric names).
 
-Nothing here knows HTTP, gRPC or JSON: errors are raised as :class:`~serving.errors.ServingError`
-and each front turns them into wire errors through :func:`serving.errors.wire_error`.
+Nothing here knows HTTP, gRPC or JSON: errors are raised as :class:`~rnnkit_serving.errors.ServingError`
+and each front turns them into wire errors through :func:`rnnkit_serving.errors.wire_error`.
 
 Where new request rules belong: a bound on the request (element budget, batch size, sequence
-length) is a field of the :class:`~serving.signature.Limits` that :meth:`Dispatch.limits_for`
+length) is a field of the :class:`~rnnkit_serving.core.signature.Limits` that :meth:`Dispatch.limits_for`
 returns (codecs that must refuse before allocating get the same object from the front); a check
 of the values (non-finite inputs) is a step between :meth:`Dispatch.validate` and
 :meth:`Dispatch.run`; a deadline for synchronous fronts (gRPC) wraps :meth:`Dispatch.run`, as
 :meth:`Dispatch.in_worker` does for REST; state keyed by client input (sessions, metric labels)
-is bounded where it is kept (:class:`~serving.session_store.SessionStore`, :meth:`Dispatch.metric_name`).
+is bounded where it is kept (:class:`~rnnkit_serving.scheduling.session_store.SessionStore`, :meth:`Dispatch.metric_name`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from serving.batching import Batcher
-from serving.errors import Code, ServingError
-from serving.metrics import Metrics
-from serving.predictor import Predictor
-from serving.registry import Lease, ModelRegistry
-from serving.session_store import SequenceId, SessionStore
-from serving.signature import DEFAULT_LIMITS, DEFAULT_SIGNATURE, ElementBudget, Limits, check_finite, validate
-from serving.status import VersionStatus
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.registry import Lease, ModelRegistry
+from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
+from rnnkit_serving.core.signature import DEFAULT_LIMITS, DEFAULT_SIGNATURE, ElementBudget, Limits, check_finite, validate
+from rnnkit_serving.core.status import VersionStatus
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
 MAX_BATCH_WAITERS = 512  # most extra request threads a front adds to wait for batches

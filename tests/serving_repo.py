@@ -15,7 +15,7 @@ import tempfile
 import keras
 import numpy as np
 
-from export import export_model
+from rnnkit_export import export_model
 from rnnkit import layers as rk
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)

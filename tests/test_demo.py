@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from rnnkit.cli import main
-from rnnkit.demo import build_demo_model, demo_batch
+from rnnkit_cli import main
+from rnnkit_cli.demo import build_demo_model, demo_batch
 
 
 def test_demo_trains_diagnoses_and_exports(tmp_path, capsys):

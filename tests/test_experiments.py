@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rnnkit.cli import build_parser, main
+from rnnkit_cli import build_parser, main
 from rnnkit.experiments import EXPERIMENTS, experiment_names
 from rnnkit.experiments.clipping import StepRecorder
 from rnnkit.experiments.counting import (

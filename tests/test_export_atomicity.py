@@ -13,8 +13,10 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export import ExportError, export_model, repository
-from export.parity import ParityResult
+from rnnkit_export import ExportError
+from rnnkit_export import export_model
+from rnnkit_export.repository import publish as repository
+from rnnkit_export.verify.parity import ParityResult
 from rnnkit import layers as rk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,7 +286,7 @@ def test_cli_prints_only_its_own_lines_unless_verbose(tmp_path):
 
 
 def test_cli_errors_still_reach_stderr(published, tmp_path, capsys):
-    from rnnkit.cli import main
+    from rnnkit_cli import main
 
     path = tmp_path / "tiny.keras"
     tiny_model().save(path)

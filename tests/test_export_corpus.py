@@ -1,6 +1,6 @@
 """A corpus of common Keras sequence architectures: each exports with fused recurrent ops only
 (no Loop/Scan in any graph), matches Keras on padded inputs, gets the right streaming verdict,
-and serves (``serving.Predictor`` in-process) with the answers Keras gives.
+and serves (``rnnkit_serving.Predictor`` in-process) with the answers Keras gives.
 
 The three models of issue 16 (CNN-LSTM, encoder-decoder, tagger with a TimeDistributed head)
 failed to export before; they are cases here and are also served."""
@@ -16,13 +16,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export import ExportError, export_model
-from export.model_io import ModelIO
+from rnnkit_export import ExportError
+from rnnkit_export import export_model
+from rnnkit_export.analysis.model_io import ModelIO
 from rnnkit import layers as rk
-from serving import Predictor
-from serving.errors import ServingError
-from serving.onnx_backend import OnnxBackend
-from serving.signature import Signature, TensorSpec
+from rnnkit_serving import Predictor
+from rnnkit_serving.errors import ServingError
+from rnnkit_serving.runtime.onnx_backend import OnnxBackend
+from rnnkit_serving.core.signature import Signature, TensorSpec
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 L = keras.layers
@@ -316,12 +317,12 @@ def test_streaming_off_writes_no_step_graph(tmp_path):
 
 
 def test_a_failing_step_graph_never_blocks_the_full_model(tmp_path, monkeypatch):
-    import export.api
+    import rnnkit_export.api
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected step failure")
 
-    monkeypatch.setattr(export.api, "to_onnx_step", broken)
+    monkeypatch.setattr(rnnkit_export.api, "to_onnx_step", broken)
     with pytest.raises(ExportError, match=r"^--streaming required: the ONNX streaming graph could not be built: "):
         export_model(gru_reset_before(), str(tmp_path), "req", streaming="required")
     assert os.listdir(tmp_path / "req") == []
@@ -338,7 +339,7 @@ def test_a_failing_step_graph_never_blocks_the_full_model(tmp_path, monkeypatch)
 
 
 def test_cli_streaming_flag(tmp_path, capsys):
-    from rnnkit.cli import main
+    from rnnkit_cli import main
 
     path = tmp_path / "cnn.keras"
     cnn_lstm().save(path)
@@ -354,7 +355,7 @@ def test_cli_streaming_flag(tmp_path, capsys):
 def test_encoder_decoder_savedmodel_signatures_and_warmup(base):
     import tensorflow as tf
 
-    from export.warmup import read_warmup
+    from rnnkit_export.savedmodel.warmup import read_warmup
 
     _, report = exported(base, "encoder_decoder")
     assert report.signatures == ["serving_default", "encoder", "decoder_step"]

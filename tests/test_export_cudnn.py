@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras.src import backend as keras_backend
 
-import export
-import export.savedmodel
+import rnnkit_export
+import rnnkit_export.savedmodel.writer
 from rnnkit import layers as rk
 
 
@@ -21,7 +21,7 @@ def test_savedmodel_trace_never_calls_the_cudnn_kernel(monkeypatch, tmp_path):
         kernel_calls.append(1)
         raise NotImplementedError  # what the backend answers without a GPU
 
-    real_write = export.savedmodel._write_savedmodel
+    real_write = rnnkit_export.savedmodel.writer._write_savedmodel
 
     def write_with_cudnn_requested(*args, **kwargs):
         # use_cudnn=True cannot run on this CPU at all, so it is switched on for the trace only.
@@ -32,8 +32,8 @@ def test_savedmodel_trace_never_calls_the_cudnn_kernel(monkeypatch, tmp_path):
             lstm.use_cudnn = "auto"
 
     monkeypatch.setattr(keras_backend, "lstm", kernel)
-    monkeypatch.setattr(export.savedmodel, "_write_savedmodel", write_with_cudnn_requested)
-    report = export.export_model(model, str(tmp_path), "m", formats="savedmodel")
+    monkeypatch.setattr(rnnkit_export.savedmodel.writer, "_write_savedmodel", write_with_cudnn_requested)
+    report = rnnkit_export.export_model(model, str(tmp_path), "m", formats="savedmodel")
     assert kernel_calls == [] and report.signatures
     # the check itself works: outside the export, use_cudnn=True reaches the kernel
     lstm.use_cudnn = True

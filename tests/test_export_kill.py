@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export import repository
+from rnnkit_export.repository import publish as repository
 from rnnkit import layers as rk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.model_io import ModelIO
-from export.onnx_export import StrictExportError, to_onnx
-from export.twins import with_rnnkit_twins
+from rnnkit_export.analysis.model_io import ModelIO
+from rnnkit_export.onnx.convert import StrictExportError, to_onnx
+from rnnkit_export.analysis.twins import with_rnnkit_twins
 from rnnkit import layers as rk
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)

@@ -16,9 +16,10 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export import ExportError, export_model
-from export.repository import RepositoryError
-from export.warmup import read_warmup
+from rnnkit_export import ExportError
+from rnnkit_export import export_model
+from rnnkit_export.repository.publish import RepositoryError
+from rnnkit_export.savedmodel.warmup import read_warmup
 from rnnkit import layers as rk
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -289,7 +290,7 @@ def test_unwritable_base_path_and_non_model(tmp_path):
 
 
 def test_cli_export(tmp_path, capsys):
-    from rnnkit.cli import main
+    from rnnkit_cli import main
 
     path = tmp_path / "model.keras"
     unidirectional_model().save(path)

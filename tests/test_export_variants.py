@@ -11,8 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import export_model, report
-from export.variants import load_calibration
+from rnnkit_export import export_model
+from rnnkit_export import report
+from rnnkit_export.variants import load_calibration
 from rnnkit import layers as rk
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -126,7 +127,7 @@ def test_manifest_variant_entries(published):
 
 
 def test_gate_refuses_an_impossible_agreement_and_the_command_says_why(tmp_path, capsys):
-    from rnnkit.cli import main
+    from rnnkit_cli import main
 
     path = tmp_path / "clf.keras"
     classifier().save(path)
@@ -171,7 +172,7 @@ def test_bad_variant_arguments(tmp_path):
 
 
 def test_calibration_file_is_checked(tmp_path):
-    from export.model_io import ModelIO
+    from rnnkit_export.analysis.model_io import ModelIO
 
     inputs = ModelIO.of(classifier()).inputs
     np.savez(tmp_path / "wrong.npz", words=np.ones((2, 3), "int32"))

@@ -219,8 +219,8 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     """The checks above read function-level and TYPE_CHECKING imports too."""
     source = tmp_path / "probe.py"
     source.write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from serving.registry import Lease\n"
-        "def f():\n    from serving import dispatch\n    import serving.rest\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rnnkit_serving.registry import Lease\n"
+        "def f():\n    from serving import dispatch\n    import rnnkit_serving.fronts.rest.app\n"
     )
     assert sorted(serving_imports(source)) == ["dispatch", "registry", "rest"]
 

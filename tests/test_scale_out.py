@@ -2,7 +2,7 @@
 
 Two replicas, a few hundred requests (TF Serving REST, KServe v2, gRPC through HTTP/2, and
 streaming sessions routed by consistent hashing on their sequence id), one replica SIGKILLed
-under load and started again. Every answer is checked against one in-process `serving.Predictor`.
+under load and started again. Every answer is checked against one in-process `rnnkit_serving.Predictor`.
 Needs `haproxy` (`make test` installs it with apt when run as root); skipped without it.
 """
 

@@ -1,9 +1,9 @@
-"""serving.arrays: the batcher's pad / merge / split as pure functions, checked against
+"""rnnkit_serving.scheduling.arrays: the batcher's pad / merge / split as pure functions, checked against
 hand-written arrays (no threads, no runtime)."""
 
 import numpy as np
 
-from serving.arrays import merge_rows, pad_steps, split_rows
+from rnnkit_serving.scheduling.arrays import merge_rows, pad_steps, split_rows
 
 
 def seq(*lengths, value=1.0):

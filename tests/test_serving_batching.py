@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import serving_repo
 
-from serving import FakeBackend, Predictor, Signature, TensorSpec
-from serving.batching import Batcher
-from serving.batching_config import BatchingParameters, parse_batching_parameters, read_batching_parameters
-from serving.cli import configure_parser
-from serving.errors import Code, ServingError, wire_error
-from serving.metrics import Metrics
-from serving.text_format import ConfigError
+from rnnkit_serving import FakeBackend
+from rnnkit_serving import Predictor
+from rnnkit_serving import Signature
+from rnnkit_serving import TensorSpec
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.config.batching_config import BatchingParameters, parse_batching_parameters, read_batching_parameters
+from rnnkit_serving.server.cli import configure_parser
+from rnnkit_serving.errors import Code, ServingError, wire_error
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.config.text_format import ConfigError
 
 TOL = 1e-5
 
@@ -257,8 +260,8 @@ def test_runtime_errors_reach_every_request_of_the_batch():
 def test_rest_and_kserve_requests_are_batched_exactly(repo):
     import warnings
 
-    from serving import app
-    from serving.registry import ModelRegistry
+    from rnnkit_serving import app
+    from rnnkit_serving.registry import ModelRegistry
 
     rng = np.random.default_rng(4)
     predictor = Predictor.load(os.path.join(repo, "lstm"))

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from serving.errors import HTTP_STATUS, Code, ServingError, wire_error
-from serving.model_config import parse_model_config
-from serving.rest_codec import decode_predict_request, encode_predict_response, metadata_json, status_json
-from serving.signature import Limits, Manifest, Signature, TensorSpec, validate
-from serving.status import VersionStatus
-from serving.text_format import ConfigError
-from serving.tfs_json import encode_tensor, parse_json
+from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError, wire_error
+from rnnkit_serving.config.model_config import parse_model_config
+from rnnkit_serving.codecs.tfs.rest import decode_predict_request, encode_predict_response, metadata_json, status_json
+from rnnkit_serving.core.signature import Limits, Manifest, Signature, TensorSpec, validate
+from rnnkit_serving.core.status import VersionStatus
+from rnnkit_serving.config.text_format import ConfigError
+from rnnkit_serving.codecs.tfs.json_tensor import encode_tensor, parse_json
 
 ONE = {
     "serving_default": Signature(
@@ -312,7 +312,7 @@ def test_model_config_errors(text, message):
 def test_tensor_proto_round_trips_typed_and_tensor_content():
     import tensorflow as tf
 
-    from serving.grpc_codec import array_to_tensor, tensor_to_array
+    from rnnkit_serving.codecs.tfs.grpc import array_to_tensor, tensor_to_array
 
     for array in [
         np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -336,7 +336,7 @@ def test_tensor_proto_round_trips_typed_and_tensor_content():
 
 
 def _request(**inputs):
-    from serving.grpc_codec import array_to_tensor, protos
+    from rnnkit_serving.codecs.tfs.grpc import array_to_tensor, protos
 
     request = protos().predict.PredictRequest()
     request.model_spec.name = "m"
@@ -346,7 +346,7 @@ def _request(**inputs):
 
 
 def test_grpc_predict_request_errors():
-    from serving.grpc_codec import decode_predict_request, model_spec, protos
+    from rnnkit_serving.codecs.tfs.grpc import decode_predict_request, model_spec, protos
 
     sig = TWO["serving_default"]
     seq, n = np.zeros((1, 1, 2), np.float32), np.zeros(1, np.int32)
@@ -380,7 +380,7 @@ def test_grpc_predict_request_errors():
 def test_grpc_metadata_field_checks():
     from tensorflow_serving.apis import get_model_metadata_pb2
 
-    from serving.grpc_codec import metadata_response
+    from rnnkit_serving.codecs.tfs.grpc import metadata_response
 
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     with pytest.raises(ServingError, match="must specify at least one metadata_field"):

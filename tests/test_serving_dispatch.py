@@ -1,4 +1,4 @@
-"""The one request path (serving.dispatch) driven directly with fake backends: one test per step
+"""The one request path (rnnkit_serving.dispatch) driven directly with fake backends: one test per step
 (resolve, validate, limits, schedule on the predictor or the batcher, sessions, timeout, metrics)."""
 
 import asyncio
@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving import FakeBackend, Limits, Predictor, Signature, TensorSpec
-from serving.batching import Batcher
-from serving.batching_config import BatchingParameters
-from serving.dispatch import Call, Dispatch, Target
-from serving.errors import Code, ServingError
-from serving.metrics import Metrics
-from serving.registry import ModelRegistry
+from rnnkit_serving import FakeBackend
+from rnnkit_serving import Limits
+from rnnkit_serving import Predictor
+from rnnkit_serving import Signature
+from rnnkit_serving import TensorSpec
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.dispatch import Call, Dispatch, Target
+from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.registry import ModelRegistry
 
 X = TensorSpec("x", "float32", (None, None, 1))
 Y = TensorSpec("y", "float32", (None, None, 1))

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import serving_repo
 
-from export import export_model
-from serving import spawn_server
-from serving.tfs_protos import import_proto_modules
+from rnnkit_export import export_model
+from rnnkit_serving import spawn_server
+from rnnkit_serving.codecs.tfs.protos import import_proto_modules
 
 pytestmark = pytest.mark.slow  # child processes, real sockets, many client threads
 

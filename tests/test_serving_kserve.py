@@ -11,10 +11,11 @@ import pytest
 import serving_repo
 from serving_repo import assert_error
 
-from serving import Predictor, ServingError
-from serving import kserve_codec as codec
-from serving.registry import ModelRegistry
-from serving.signature import ElementBudget, Signature, TensorSpec
+from rnnkit_serving import Predictor
+from rnnkit_serving import ServingError
+from rnnkit_serving.codecs.kserve import rest as codec
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def client():
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
 
-        from serving import app
+        from rnnkit_serving import app
 
         with TestClient(app(registry)) as c:
             yield c

@@ -15,7 +15,7 @@ import pytest
 import serving_repo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving import start_server
+from rnnkit_serving import start_server
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
@@ -106,7 +106,7 @@ def test_standard_grpc_health_service_on_every_grpc_port(server, target):
 def test_health_follows_readiness_and_draining():
     from concurrent import futures
 
-    from serving.health import Health
+    from rnnkit_serving.fronts.grpc.health import Health
 
     ready = threading.Event()
     health = Health(ready.is_set, ["inference.GRPCInferenceService"], poll_seconds=0.05)

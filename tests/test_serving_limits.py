@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving import (
+from rnnkit_serving import (
     FakeBackend,
     Predictor,
     RestOptions,
@@ -25,14 +25,14 @@ from serving import (
     rest_codec,
     tfs_json,
 )
-from serving.dispatch import Dispatch, Target
-from serving.errors import Code, ServingError
-from serving.json_depth import MAX_JSON_DEPTH, exceeds_depth, json_depth
-from serving.metrics import Metrics
-from serving.registry import ModelRegistry
-from serving.rest import rest_app
-from serving.server import ModelServer, ServerOptions
-from serving.signature import (
+from rnnkit_serving.dispatch import Dispatch, Target
+from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, json_depth
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.fronts.rest.app import rest_app
+from rnnkit_serving.server.model_server import ModelServer, ServerOptions
+from rnnkit_serving.core.signature import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_REQUEST_ELEMENTS,
@@ -144,7 +144,7 @@ def test_grpc_declared_shape_is_checked_against_its_content_before_building():
 
 def test_kserve_grpc_declared_shape_is_refused_before_data_is_read():
     """The same attack over KServe v2 gRPC: typed contents with one value, and raw contents of 4 bytes."""
-    from serving import kserve_grpc_codec
+    from rnnkit_serving.codecs.kserve import grpc as kserve_grpc_codec
 
     pb2 = kserve_grpc_codec.protos().pb2
     typed = pb2.ModelInferRequest(model_name="m")
@@ -226,7 +226,7 @@ def test_one_budget_for_every_front_over_http():
 def test_default_limits_are_finite_and_the_flags_raise_them():
     import argparse
 
-    from serving.cli import configure_parser
+    from rnnkit_serving.server.cli import configure_parser
 
     assert DEFAULT_LIMITS == Limits(1024, 8192, 8 << 20)
     args = configure_parser(argparse.ArgumentParser()).parse_args([])
@@ -240,7 +240,7 @@ def test_default_limits_are_finite_and_the_flags_raise_them():
         ["--max_batch_size", "5000", "--max_sequence_length", "100000", "--max_request_elements", "99999999"]
     )
     assert (raised.max_batch_size, raised.max_sequence_length, raised.max_request_elements) == (5000, 100000, 99999999)
-    from serving.grpc_server import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
+    from rnnkit_serving.fronts.grpc.tfs import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
 
     assert (args.grpc_timeout_in_ms, args.grpc_max_concurrent_rpcs) == (DEFAULT_TIMEOUT_MS, DEFAULT_MAX_CONCURRENT_RPCS)
     assert ServerOptions().limits == DEFAULT_LIMITS
@@ -392,7 +392,7 @@ def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
 
 
 def _free_port():
-    from serving.process import free_port
+    from rnnkit_serving.server.process import free_port
 
     return free_port("127.0.0.1")
 
@@ -442,7 +442,7 @@ def test_unknown_model_names_add_no_state_and_one_metrics_label():
 def test_state_keyed_by_client_input_is_bounded_where_it_is_kept():
     """The audit, pinned: every map keyed by something a client sends is bounded (sessions by
     --max_sessions; batch groups by the queue bound; metrics by served model names)."""
-    from serving.session_store import SessionOptions, SessionStore
+    from rnnkit_serving.scheduling.session_store import SessionOptions, SessionStore
 
     assert SessionStore(SessionOptions(max_sessions=3)).options.max_sessions == 3
     metrics = Metrics()
@@ -462,7 +462,7 @@ def grpc_stuck():
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from serving.grpc_server import start_grpc_server
+    from rnnkit_serving.fronts.grpc.tfs import start_grpc_server
 
     release = threading.Event()
     entered = threading.Semaphore(0)  # released once per call that reached the `slow` model

@@ -1,4 +1,4 @@
-"""serving.Predictor on an exported repository: both backends, validation, version choice,
+"""rnnkit_serving.Predictor on an exported repository: both backends, validation, version choice,
 device fallback, the fake backend, and the dependency rule in a live process."""
 
 import json
@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import serving_repo
 
-from serving import FakeBackend, Limits, ModelLoadError, Predictor, ServingError, Signature, TensorSpec
+from rnnkit_serving import FakeBackend
+from rnnkit_serving import Limits
+from rnnkit_serving import ModelLoadError
+from rnnkit_serving import Predictor
+from rnnkit_serving import ServingError
+from rnnkit_serving import Signature
+from rnnkit_serving import TensorSpec
 
 X = [[[1.0], [2.0], [5.0]]]
 
@@ -92,7 +98,7 @@ def test_gpu_request_without_cuda_falls_back_visibly(repo, caplog):
             assert p.describe()["serving_default"]["providers"] == ["CPUExecutionProvider"]
     assert "CUDAExecutionProvider is not available" in caplog.text
     with pytest.raises(ModelLoadError, match="device 'gpu' requested"):
-        from serving import RuntimeOptions
+        from rnnkit_serving import RuntimeOptions
 
         Predictor.load(os.path.join(base, "half"), device="gpu", options=RuntimeOptions(strict_device=True))
     with Predictor.load(os.path.join(base, "half"), device="auto") as p:
@@ -133,12 +139,12 @@ def test_onnx_predictor_and_rest_app_load_no_keras_tensorflow_or_rnnkit(repo):
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np
-import serving
-p = serving.Predictor.load({os.path.join(base, "half")!r})
+import rnnkit_serving
+p = rnnkit_serving.Predictor.load({os.path.join(base, "half")!r})
 y = p.predict({{"x": np.ones((1, 3, 1), np.float32)}})["y"]
 from starlette.testclient import TestClient
-from serving.registry import ModelRegistry
-client = TestClient(serving.app(ModelRegistry.of([p])))
+from rnnkit_serving.registry import ModelRegistry
+client = TestClient(rnnkit_serving.app(ModelRegistry.of([p])))
 reply = client.post("/v1/models/half:predict", json={{"instances": [[[1.0]]]}}).json()
 print(json.dumps({{"y": y.tolist(), "reply": reply, "modules": sorted({{m.split('.')[0] for m in sys.modules}})}}))
 """

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench" / "fuzz"))
 import harness  # noqa: E402
 
-from serving import grpc_codec  # noqa: E402
-from serving.errors import Code  # noqa: E402
+from rnnkit_serving import grpc_codec  # noqa: E402
+from rnnkit_serving.errors import Code  # noqa: E402
 
 FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 LONG = settings(max_examples=3000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -180,7 +180,7 @@ def test_the_harness_accepts_valid_requests_and_refuses_with_4xx():
     with pytest.raises(AssertionError, match="above the budget"):
         harness._within_budget({"x": [0] * (harness.BUDGET + 1)})
     with pytest.raises(AssertionError, match="got 500 INTERNAL"):
-        from serving.errors import ServingError
+        from rnnkit_serving.errors import ServingError
 
         harness._outcome(lambda: (_ for _ in ()).throw(ServingError(Code.INTERNAL, "boom")))
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import serving_repo
 
-from serving.model_config import ModelConfig, VersionPolicy, parse_model_config
-from serving.server import load_registry, start_server
+from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, parse_model_config
+from rnnkit_serving.server.model_server import load_registry, start_server
 
 BODY = {"instances": [[[1.0]]]}
 V1, V2 = [[[2.5]]], [[[3.5]]]  # 0.5 x + 2 and 0.5 x + 3 at x = 1
@@ -39,7 +39,7 @@ def client_for(registry):
         warnings.simplefilter("ignore")
         from starlette.testclient import TestClient
 
-        from serving import app
+        from rnnkit_serving import app
 
         return TestClient(app(registry))
 

@@ -12,10 +12,16 @@ import serving_repo
 from prometheus_client.parser import text_string_to_metric_families
 from serving_repo import assert_error
 
-from serving import FakeBackend, Limits, Predictor, RestOptions, Signature, TensorSpec, app
-from serving.model_config import ModelConfig, VersionPolicy
-from serving.registry import ModelRegistry
-from serving.server import load_registry
+from rnnkit_serving import FakeBackend
+from rnnkit_serving import Limits
+from rnnkit_serving import Predictor
+from rnnkit_serving import RestOptions
+from rnnkit_serving import Signature
+from rnnkit_serving import TensorSpec
+from rnnkit_serving import app
+from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.server.model_server import load_registry
 
 
 def client_for(registry, options=None):

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import serving_repo
 
-from serving import Predictor, ServingError, app
-from serving.errors import Code, wire_error
-from serving.kserve_codec import sequence_id
-from serving.metrics import Metrics
-from serving.registry import ModelRegistry
-from serving.session_store import SessionOptions, SessionStore
+from rnnkit_serving import Predictor
+from rnnkit_serving import ServingError
+from rnnkit_serving import app
+from rnnkit_serving.errors import Code, wire_error
+from rnnkit_serving.codecs.kserve.rest import sequence_id
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.scheduling.session_store import SessionOptions, SessionStore
 
 TOL = 1e-5
 CHUNKS = (1, 4, 3, 5)
@@ -232,10 +234,10 @@ def test_session_metrics():
 
 def test_an_onnx_only_export_streams(tmp_path):
     """rnnkit.json of an ONNX-only export lists no SavedModel signatures; step.onnx still streams."""
-    import export
+    import rnnkit_export
 
     model = serving_repo.streaming_model("LSTM")
-    export.export_model(model, str(tmp_path), "onnx_only", formats="onnx")
+    rnnkit_export.export_model(model, str(tmp_path), "onnx_only", formats="onnx")
     x = sequence()
     with Predictor.load(os.path.join(tmp_path, "onnx_only")) as predictor:
         assert "step" in predictor.manifest.signatures

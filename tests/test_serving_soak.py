@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from serving import cli
+from rnnkit_serving.server import cli
 
 pytestmark = pytest.mark.slow  # a child server, an export and a few hundred requests
 

@@ -27,7 +27,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import spawn_server, start_server
+from rnnkit_serving import spawn_server
+from rnnkit_serving import start_server
 
 pytestmark = pytest.mark.slow  # child processes and real sockets
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -281,16 +282,16 @@ def test_sigterm_drains_requests_in_flight(repo):
 
 
 def test_grpc_front_serves_the_official_protos_without_starting_tensorflow(repo):
-    """The gRPC front loads TF Serving's proto modules through serving.tfs_protos: the server
+    """The gRPC front loads TF Serving's proto modules through rnnkit_serving.codecs.tfs.protos: the server
     process answers a Predict over a real socket and never imports tensorflow.python."""
     script = textwrap.dedent(
         """
         import sys
         import grpc
-        import serving
-        from serving.tfs_protos import import_proto_modules
+        import rnnkit_serving
+        from rnnkit_serving.codecs.tfs.protos import import_proto_modules
 
-        server = serving.start_server(sys.argv[1] + "/half", "half", port=None, rest_api_port=0)
+        server = rnnkit_serving.start_server(sys.argv[1] + "/half", "half", port=None, rest_api_port=0)
         predict_pb2, stubs = import_proto_modules(
             "tensorflow_serving.apis.predict_pb2", "tensorflow_serving.apis.prediction_service_pb2_grpc"
         )

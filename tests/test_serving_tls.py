@@ -15,11 +15,14 @@ import pytest
 import serving_repo
 import trustme
 
-from export import export_model
-from serving import cli, spawn_server, start_server, tls
-from serving.text_format import ConfigError
-from serving.tfs_protos import import_proto_modules
-from serving.tls import SSLConfig, parse_ssl_config, read_ssl_config, rest_ssl_context
+from rnnkit_export import export_model
+from rnnkit_serving.server import cli
+from rnnkit_serving import spawn_server
+from rnnkit_serving import start_server
+from rnnkit_serving.config import tls
+from rnnkit_serving.config.text_format import ConfigError
+from rnnkit_serving.codecs.tfs.protos import import_proto_modules
+from rnnkit_serving.config.tls import SSLConfig, parse_ssl_config, read_ssl_config, rest_ssl_context
 
 BODY = {"instances": [[[1.0]]]}
 

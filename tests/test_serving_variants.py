@@ -13,16 +13,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export import export_model
+from rnnkit_export import export_model
 from rnnkit import layers as rk
-from serving import Predictor, RestOptions, app, spawn_server
-from serving.backend import RuntimeOptions
-from serving.batching import Batcher
-from serving.batching_config import BatchingParameters
-from serving.cli import configure_parser
-from serving.errors import ModelLoadError
-from serving.model_config import ModelConfig
-from serving.server import load_registry
+from rnnkit_serving import Predictor
+from rnnkit_serving import RestOptions
+from rnnkit_serving import app
+from rnnkit_serving import spawn_server
+from rnnkit_serving.runtime.backend import RuntimeOptions
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.server.cli import configure_parser
+from rnnkit_serving.errors import ModelLoadError
+from rnnkit_serving.config.model_config import ModelConfig
+from rnnkit_serving.server.model_server import load_registry
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 F, CLASSES = 4, 3

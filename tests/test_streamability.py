@@ -1,13 +1,13 @@
-"""export.streamability / export.step.plan_streaming: which models get a step graph, and why not.
+"""rnnkit_export.analysis.streamability / rnnkit_export.streaming.step.plan_streaming: which models get a step graph, and why not.
 
 Fast: no conversion, only the Keras graph walk and one tiny Keras call per model."""
 
 import keras
 import pytest
 
-from export.model_io import ModelIO
-from export.step import plan_streaming
-from export.streamability import analyze
+from rnnkit_export.analysis.model_io import ModelIO
+from rnnkit_export.streaming.step import plan_streaming
+from rnnkit_export.analysis.streamability import analyze
 from rnnkit import layers as rk
 
 F, H = 3, 4

@@ -2,11 +2,11 @@
 
 One fake model ``m`` (no runtime) with two signatures: ``serving_default`` takes ``x`` float32
 ``[-1, -1, 4]``; ``multi`` takes ``x``, ``ids`` int32 ``[-1, -1]`` and ``tag`` string ``[-1]``.
-A :class:`~serving.dispatch.Dispatch` with a small element budget (:data:`BUDGET`) runs every
+A :class:`~rnnkit_serving.dispatch.Dispatch` with a small element budget (:data:`BUDGET`) runs every
 step: resolve, the front's codec, validation and limits, the non-finite check, the fake model,
 and the front's encoder. The property every target checks:
 
-- the request either succeeds or raises a :class:`~serving.errors.ServingError` whose code is
+- the request either succeeds or raises a :class:`~rnnkit_serving.errors.ServingError` whose code is
   a 4xx (any other exception, or a 5xx, is a finding);
 - the decoded input arrays together hold at most :data:`BUDGET` elements.
 """
@@ -22,12 +22,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from serving import FakeBackend, Predictor, grpc_codec, kserve_codec, rest_codec, tfs_json  # noqa: E402
-from serving.dispatch import Dispatch, Target  # noqa: E402
-from serving.errors import HTTP_STATUS, Code, ServingError  # noqa: E402
-from serving.metrics import Metrics  # noqa: E402
-from serving.registry import ModelRegistry  # noqa: E402
-from serving.signature import DEFAULT_SIGNATURE, Limits, Signature, TensorSpec  # noqa: E402
+from rnnkit_serving import FakeBackend
+from rnnkit_serving import Predictor
+from rnnkit_serving.codecs.tfs import grpc as grpc_codec
+from rnnkit_serving.codecs.kserve import rest as kserve_codec
+from rnnkit_serving.codecs.tfs import rest as rest_codec
+from rnnkit_serving import tfs_json  # noqa: E402
+from rnnkit_serving.dispatch import Dispatch, Target  # noqa: E402
+from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError  # noqa: E402
+from rnnkit_serving.core.metrics import Metrics  # noqa: E402
+from rnnkit_serving.registry import ModelRegistry  # noqa: E402
+from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Limits, Signature, TensorSpec  # noqa: E402
 
 BUDGET = 4096  # elements per request (the server's default is 8 Mi; small here so fuzzing reaches it)
 X = TensorSpec("x", "float32", (None, None, 4))

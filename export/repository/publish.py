@@ -1,0 +1,494 @@
+"""The model repository on disk: atomic version directories and the server configs.
+
+Layout (ARCHITECTURE.md, contract 3)::
+
+    <base>/models.config              TF Serving --model_config_file (every model under <base>)
+    <base>/<name>/config.pbtxt        Triton, platform onnxruntime_onnx, dynamic batching
+    <base>/<name>/<version>/          saved_model.pb, variables/, assets.extra/, model.onnx, step.onnx, rnnkit.json
+    <base>/<name>_step/config.pbtxt   Triton sequence-batched step model with implicit state
+    <base>/<name>_step/<version>/step.onnx
+    <base>/<name>_encoder/config.pbtxt         encoder-decoder models: Triton model over encoder.onnx
+    <base>/<name>_encoder/<version>/encoder.onnx
+    <base>/<name>_decoder_step/config.pbtxt    Triton sequence-batched decoder step, implicit state
+    <base>/<name>_decoder_step/<version>/decoder_step.onnx   seeded from the encoder (``triton_seed``)
+
+Everything one export makes visible is staged first (`Publication`): each version directory
+under a hidden ``.rnnkit-tmp-*`` name beside its final place, each config file as a hidden
+temporary file beside the one it replaces. Staged files and directories are fsynced, then
+`Publication.commit` renames the versions into place and replaces the configs. A failure
+before the commit removes what was staged; a failure during it also takes back what it had
+already made visible, so a failed export never leaves a new version (or a changed config)
+behind. A server polling <base> never sees half a version.
+
+Staging names carry their owner, ``.rnnkit-tmp-<host>-<pid>-…``; an export killed with
+SIGKILL leaves its staging behind, and the next export under the same base removes it
+(`remove_stale_staging`: the owner is a process of this host that no longer exists, or, for a
+name without an owner of this host, it is older than `STALE_AFTER_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+from rnnkit_export.analysis.model_io import TensorInfo
+from rnnkit_export.streaming.step import DECODER_STEP_FILE, ENCODER_FILE, EncoderDecoder, StreamingPlan
+from rnnkit_export.repository.triton_seed import START, carry_name, write_seeded_decoder_step
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+TMP_PREFIX = ".rnnkit-tmp-"
+STALE_AFTER_SECONDS = 24 * 3600  # for staging names without an owner on this host
+OWNER = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-")
+MANIFEST = "rnnkit.json"
+STEP_SUFFIX = "_step"
+ENCODER_SUFFIX = "_encoder"
+DECODER_STEP_SUFFIX = "_decoder_step"
+TRITON_MAX_BATCH = 64
+STREAM_IDLE_MICROSECONDS = 60_000_000
+TRITON_TYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "float64": "TYPE_FP64",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+}
+
+
+class RepositoryError(ValueError):
+    """The base path, model name or version cannot be used."""
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
+        raise RepositoryError(
+            f"argument `model_name` must match {MODEL_NAME.pattern} (letters, digits, '_', '.', '-'). "
+            f"Received: model_name={name!r}"
+        )
+    return name
+
+
+def versions(model_dir: str) -> list[int]:
+    """Published version numbers under a model directory (TF Serving's rule: integer names)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(entry) for entry in os.listdir(model_dir) if entry.isdigit())
+
+
+def next_version(model_dir: str) -> int:
+    return (versions(model_dir) or [0])[-1] + 1
+
+
+def check_base_path(base_path: str) -> str:
+    base = os.path.abspath(base_path)
+    try:
+        os.makedirs(base, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=staging_prefix()):
+            pass
+    except OSError as error:
+        raise RepositoryError(f"model_base_path {base!r} is not a writable directory: {error}") from error
+    return base
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def staging_prefix(label: str = "") -> str:
+    """``.rnnkit-tmp-<host>-<pid>-<label>``: the owner of a staging entry is in its name."""
+    return f"{TMP_PREFIX}{_host_tag()}-{os.getpid()}-{label}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_stale(path: str) -> bool:
+    """Whether a ``.rnnkit-tmp-*`` entry belongs to no running export (see the module docstring)."""
+    match = OWNER.match(os.path.basename(path))
+    if match and match["host"] == _host_tag():
+        pid = int(match["pid"])
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:
+        age = time.time() - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_AFTER_SECONDS
+
+
+def remove_stale_staging(base: str) -> list[str]:
+    """Remove stale staging entries in `base` and in each model directory under it; return them."""
+    removed: list[str] = []
+    try:
+        directories = [base] + [
+            os.path.join(base, e) for e in sorted(os.listdir(base)) if os.path.isdir(os.path.join(base, e))
+        ]
+    except FileNotFoundError:
+        return removed
+    for directory in directories:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in sorted(os.listdir(directory)):
+                path = os.path.join(directory, entry)
+                if not entry.startswith(TMP_PREFIX) or not is_stale(path):
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                if not os.path.lexists(path):
+                    removed.append(path)
+    return removed
+
+
+def fsync_path(path: str) -> None:
+    """fsync one file or directory (directories: their entries, i.e. names created or renamed)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    handle = os.open(path, flags)
+    try:
+        os.fsync(handle)
+    except OSError as error:  # some filesystems cannot fsync a directory
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every file under `root`, then every directory bottom-up, `root` last."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                fsync_path(path)
+        fsync_path(directory)
+
+
+def inventory(directory: str) -> dict[str, int]:
+    """Relative path -> size in bytes of every file under `directory` (``rnnkit.json``'s ``files``:
+    a reader can check that a version is whole)."""
+    return {
+        os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"): os.path.getsize(
+            os.path.join(root, name)
+        )
+        for root, _, names in sorted(os.walk(directory))
+        for name in sorted(names)
+    }
+
+
+def _umasked(mode: int) -> int:
+    """`mode` less the process umask (mkdtemp/mkstemp create 0700/0600; published entries should
+    be readable by a server running as another user, as a plain mkdir/open would make them)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _write_synced(path: str, text: str) -> None:
+    with open(path, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class Publication:
+    """Everything one export makes visible, staged hidden and made visible by `commit`.
+
+    `stage_version` gives a hidden directory to fill for a final version directory;
+    `stage_text` writes a config file's new text beside it. `commit` fsyncs what was staged,
+    renames the versions into place (the publishing step) and then replaces the configs; if any
+    of that fails it takes back what it had done (renamed versions removed, replaced configs
+    restored) and re-raises. `abort` removes everything staged.
+    """
+
+    def __init__(self) -> None:
+        self.versions: list[tuple[str, str]] = []  # (staging directory, final directory)
+        self.texts: list[tuple[str, str]] = []  # (staged file, final file)
+
+    def stage_version(self, final: str) -> str:
+        if os.path.exists(final):
+            raise RepositoryError(f"{final!r} already exists; published versions are never overwritten")
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=staging_prefix(os.path.basename(final) + "-"), dir=parent)
+        self.versions.append((staging, final))
+        os.chmod(staging, _umasked(0o777))
+        return staging
+
+    def stage_text(self, path: str, text: str) -> None:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        handle, staged = tempfile.mkstemp(prefix=staging_prefix(), dir=directory)
+        os.close(handle)
+        self.texts.append((staged, path))
+        os.chmod(staged, _umasked(0o666))
+        _write_synced(staged, text)
+
+    def commit(self) -> None:
+        for staging, _ in self.versions:
+            fsync_tree(staging)
+        published: list[str] = []
+        replaced: list[tuple[str, bytes | None]] = []
+        try:
+            for staging, final in self.versions:
+                if os.path.exists(final):
+                    raise RepositoryError(f"{final!r} already exists; published versions are never overwritten")
+                os.rename(staging, final)  # atomic on one filesystem
+                published.append(final)
+            for staged, path in self.texts:
+                try:
+                    with open(path, "rb") as old:
+                        previous: bytes | None = old.read()
+                except FileNotFoundError:
+                    previous = None
+                os.replace(staged, path)
+                replaced.append((path, previous))
+            for directory in dict.fromkeys(os.path.dirname(p) for p in published + [p for _, p in self.texts]):
+                fsync_path(directory)
+        except BaseException:
+            self._take_back(published, replaced)
+            raise
+
+    def _take_back(self, published: list[str], replaced: list[tuple[str, bytes | None]]) -> None:
+        for path, previous in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if previous is None:
+                    os.unlink(path)
+                else:
+                    handle, staged = tempfile.mkstemp(prefix=staging_prefix(), dir=os.path.dirname(path))
+                    with os.fdopen(handle, "wb") as out:
+                        out.write(previous)
+                    os.replace(staged, path)
+        for final in reversed(published):
+            hidden = os.path.join(os.path.dirname(final), staging_prefix(os.path.basename(final) + "-undo"))
+            with contextlib.suppress(OSError):
+                os.rename(final, hidden)
+                shutil.rmtree(hidden, ignore_errors=True)
+
+    def abort(self) -> None:
+        for staging, _ in self.versions:
+            shutil.rmtree(staging, ignore_errors=True)
+        for staged, _ in self.texts:
+            with contextlib.suppress(OSError):
+                os.unlink(staged)
+
+
+@contextlib.contextmanager
+def publication(final: str) -> Iterator[tuple[Publication, str]]:
+    """Stage version directory `final` (yielded with the publication) and commit on success;
+    on any failure nothing staged stays behind. Stale staging under the repository (two levels
+    above `final`) is removed first. An existing `final` is never touched."""
+    remove_stale_staging(os.path.dirname(os.path.dirname(final)))
+    pending = Publication()
+    try:
+        staging = pending.stage_version(final)
+        yield pending, staging
+        pending.commit()
+    finally:
+        pending.abort()  # after a commit only what it did not consume (nothing) is left
+
+
+def tf_serving_models(base: str) -> list[str]:
+    """Model directories under `base` with at least one SavedModel version."""
+    found = []
+    for entry in sorted(os.listdir(base)):
+        model_dir = os.path.join(base, entry)
+        if any(os.path.isfile(os.path.join(model_dir, str(v), "saved_model.pb")) for v in versions(model_dir)):
+            found.append(entry)
+    return found
+
+
+def check_serving_base_path(path: str) -> str:
+    """Where the repository will be mounted for serving: an absolute POSIX path (``/models``) or a
+    URI (``gs://bucket/models``), without a trailing slash."""
+    if not (path.startswith("/") or "://" in path) or any(c in path for c in '"\\\n'):
+        raise RepositoryError(
+            f"serving_base_path must be an absolute path or a URI where the repository is mounted for "
+            f"serving (e.g. /models); received {path!r}"
+        )
+    return path.rstrip("/") or "/"
+
+
+def models_config(base: str, pending: tuple[str, ...] = (), serving_base: str | None = None) -> str:
+    """<base>/models.config text: every SavedModel model under <base>, plus `pending` names
+    (models whose first SavedModel version is being published). Each ``base_path`` is the model's
+    directory under `serving_base` (where servers will see the repository, e.g. ``/models`` in a
+    container) when given, else under `base` on this machine."""
+    blocks = []
+    for name in sorted(set(tf_serving_models(base)) | set(pending)):
+        model_path = os.path.join(base, name) if serving_base is None else posixpath.join(serving_base, name)
+        blocks.append(
+            "  config {\n"
+            f'    name: "{name}"\n'
+            f'    base_path: "{model_path}"\n'
+            '    model_platform: "tensorflow"\n'
+            "    model_version_policy { latest { num_versions: 1 } }\n"
+            "  }\n"
+        )
+    return "model_config_list {\n" + "".join(blocks) + "}\n"
+
+
+def _dims(shape: list[int | None]) -> str:
+    return "[ " + ", ".join("-1" if d is None else str(d) for d in shape[1:]) + " ]"
+
+
+def _tensor_blocks(kind: str, infos: list[TensorInfo]) -> str:
+    parts = []
+    for info in infos:
+        if info.dtype not in TRITON_TYPES:
+            raise RepositoryError(f"{kind} '{info.name}': dtype {info.dtype} has no Triton type")
+        parts.append(
+            f'  {{\n    name: "{info.name}"\n    data_type: {TRITON_TYPES[info.dtype]}\n'
+            f"    dims: {_dims(info.shape)}\n  }}"
+        )
+    return f"{kind} [\n" + ",\n".join(parts) + "\n]\n"
+
+
+def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], filename: str = "model.onnx") -> str:
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f'default_model_filename: "{filename}"\n'
+        f"max_batch_size: {TRITON_MAX_BATCH}\n"
+        + _tensor_blocks("input", inputs)
+        + _tensor_blocks("output", outputs)
+        + "dynamic_batching { }\n"
+    )
+
+
+def _implicit_states(plan: StreamingPlan, input_name: Callable[[str], str]) -> list[str]:
+    """Triton ``sequence_batching.state`` entries, one per recurrent state of `plan`, starting at zero;
+    `input_name` maps a state's step-graph input to the name Triton feeds it under."""
+    return [
+        "    {\n"
+        f'      input_name: "{input_name(state_in)}"\n'
+        f'      output_name: "{state_out}"\n'
+        "      data_type: TYPE_FP32\n"
+        f"      dims: [ {layer.units} ]\n"
+        f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
+        'zero_data: true name: "zeros" }\n'
+        "    }"
+        for layer in plan.layers
+        for state_in, state_out in zip(layer.inputs(), layer.outputs())
+    ]
+
+
+def triton_step_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], plan: StreamingPlan) -> str:
+    """A sequence-batched Triton model over step.onnx; RNN states live in Triton (implicit state)."""
+    states = _implicit_states(plan, lambda state_in: state_in)
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        'default_model_filename: "step.onnx"\n'
+        f"max_batch_size: {TRITON_MAX_BATCH}\n"
+        + _tensor_blocks("input", inputs)
+        + _tensor_blocks("output", outputs)
+        + "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {STREAM_IDLE_MICROSECONDS}\n"
+        "  direct { }\n"
+        "  state [\n" + ",\n".join(states) + "\n  ]\n"
+        "}\n"
+    )
+
+
+def triton_decoder_step_config(name: str, pair: EncoderDecoder) -> str:
+    """A sequence-batched Triton model over the seeded decoder step (``triton_seed``): the client
+    sends the encoder's outputs with the sequence's first request; Triton carries the states after."""
+    plan = pair.plan
+    states = _implicit_states(plan, carry_name)
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f'default_model_filename: "{DECODER_STEP_FILE}"\n'
+        f"max_batch_size: {TRITON_MAX_BATCH}\n"
+        + _tensor_blocks("input", plan.step_inputs(pair.decoder_io))
+        + _tensor_blocks("output", list(pair.decoder_io.outputs))
+        + "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {STREAM_IDLE_MICROSECONDS}\n"
+        "  direct { }\n"
+        "  control_input [\n"
+        "    {\n"
+        f'      name: "{START}"\n'
+        "      control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]\n"
+        "    }\n"
+        "  ]\n"
+        "  state [\n" + ",\n".join(states) + "\n  ]\n"
+        "}\n"
+    )
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def stage_server_configs(
+    pending: Publication,
+    base: str,
+    name: str,
+    version: int,
+    formats: list[str],
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    plan: StreamingPlan,
+    step_variants: list[str] | None = None,
+    serving_base: str | None = None,
+) -> None:
+    """Stage what a new version of `name` changes beside its directory: ``models.config``
+    (SavedModel; base paths under `serving_base` when given), the Triton ``config.pbtxt`` (which
+    holds no paths: Triton takes the repository from ``--model-repository``) and, for streamable
+    models, the ``<name>_step`` version (``step.onnx`` and the published `step_variants` such as
+    ``step.int8.onnx``, hard-linked from the staged version when possible) and its config; for
+    encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
+    ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
+    staging, _ = pending.versions[0]
+    if "savedmodel" in formats:
+        pending.stage_text(os.path.join(base, "models.config"), models_config(base, (name,), serving_base))
+    if "onnx" not in formats:
+        return
+    pending.stage_text(os.path.join(base, name, "config.pbtxt"), triton_config(name, inputs, outputs))
+    if plan.reason is None:
+        step_name = name + STEP_SUFFIX
+        step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
+        for file in ["step.onnx", *(step_variants or [])]:
+            _link(os.path.join(staging, file), os.path.join(step_staging, file))
+        pending.stage_text(
+            os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
+        )
+    pair = plan.encoder_decoder
+    if pair is not None:
+        encoder_name, decoder_name = name + ENCODER_SUFFIX, name + DECODER_STEP_SUFFIX
+        encoder_staging = pending.stage_version(os.path.join(base, encoder_name, str(version)))
+        _link(os.path.join(staging, ENCODER_FILE), os.path.join(encoder_staging, ENCODER_FILE))
+        pending.stage_text(
+            os.path.join(base, encoder_name, "config.pbtxt"),
+            triton_config(encoder_name, list(pair.source), pair.encoder_outputs(), ENCODER_FILE),
+        )
+        decoder_staging = pending.stage_version(os.path.join(base, decoder_name, str(version)))
+        write_seeded_decoder_step(
+            os.path.join(staging, DECODER_STEP_FILE),
+            os.path.join(decoder_staging, DECODER_STEP_FILE),
+            [t.name for t in pair.plan.state_inputs()],
+        )
+        pending.stage_text(
+            os.path.join(base, decoder_name, "config.pbtxt"), triton_decoder_step_config(decoder_name, pair)
+        )

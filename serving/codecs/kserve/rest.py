@@ -1,0 +1,522 @@
+"""KServe v2 / Open Inference Protocol REST JSON <-> arrays, as pure functions (no sockets).
+
+Request: ``{"id", "parameters", "inputs": [{"name", "shape", "datatype", "data"}], "outputs": [{"name"}]}``
+with row-major ``data`` (flat or nested); response: ``{"model_name", "model_version", "id",
+"parameters", "outputs": [{"name", "shape", "datatype", "data"}]}``; errors ``{"error": "..."}``
+(rendered by the front through :func:`rnnkit_serving.errors.wire_error`). Triton's sequence parameters
+(``sequence_id``, ``sequence_start``, ``sequence_end``) travel in the request ``parameters``.
+
+Binary tensor extension: with an ``Inference-Header-Content-Length: N`` header the body is N bytes
+of JSON followed by the raw bytes of each input whose ``parameters`` carry ``binary_data_size``,
+in the order of ``inputs``; outputs asked for with ``"parameters": {"binary_data": true}`` (or all,
+with the request parameter ``binary_data_output``) are answered the same way. Raw tensors are
+row-major little-endian (``BYTES``: each element a 4-byte little-endian length and its bytes). A
+raw tensor's declared shape is checked against the element budget and against its byte count
+before any array is built (:func:`decode_raw`), so a request never allocates more than it sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rnnkit_serving.errors import invalid_argument
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
+
+# rnnkit.json dtype -> KServe v2 datatype
+DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "str": "BYTES",
+}
+KNOWN_DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+    "BF16",
+)
+# KServe v2 datatype -> the numpy dtype of its raw (binary) form: little-endian, row-major
+RAW_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+PLATFORMS = {"onnx": "onnxruntime_onnx", "tf": "tensorflow_savedmodel"}
+SERVER_EXTENSIONS = ("sequence", "binary_tensor_data")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    parameters: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None  # None: every output
+    binary_outputs: tuple[str, ...] = ()  # outputs answered as raw bytes (the binary tensor extension)
+
+    @property
+    def signature_name(self) -> str:
+        """KServe v2 has one signature per model: the default one."""
+        return DEFAULT_SIGNATURE
+
+
+def _datatype(spec: TensorSpec) -> str:
+    return DATATYPES[spec.dtype]
+
+
+def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": _datatype(spec), "shape": [-1 if d is None else d for d in spec.shape]}
+
+
+def parse_body(body: bytes) -> Any:
+    if not body.strip():
+        raise invalid_argument("failed to parse the request JSON buffer: the document is empty")
+    if exceeds_depth(body):
+        raise invalid_argument(f"failed to parse the request JSON buffer: nesting depth exceeds {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
+        raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [data]
+    while stack:  # iterative, row-major
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> None:
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in values):
+            raise invalid_argument(f"input '{name}': datatype BYTES expects JSON strings")
+    elif datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in values):
+            raise invalid_argument(f"input '{name}': datatype BOOL expects JSON true/false")
+    elif datatype.startswith(("INT", "UINT")):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON integers")
+        info = np.iinfo(numpy_dtype(dtype))
+        if values and not (info.min <= min(values) and max(values) <= info.max):
+            raise invalid_argument(
+                f"input '{name}': a value is out of the range of {datatype} ({info.min}..{info.max})"
+            )
+    elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
+
+
+def check_header(name: str, shape: Any, datatype: Any, spec: TensorSpec) -> list[int]:
+    """A tensor's declared shape and datatype against the model's input; the shape as ints."""
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise invalid_argument(f"input '{name}': 'shape' must be a list of non-negative integers; received {shape!r}")
+    if datatype not in KNOWN_DATATYPES:
+        raise invalid_argument(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {list(KNOWN_DATATYPES)}"
+        )
+    expected = _datatype(spec)
+    if datatype != expected:
+        raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
+    return [int(d) for d in shape]
+
+
+def declared_count(name: str, shape: Sequence[int], budget: ElementBudget | None = None) -> int:
+    """The number of elements `shape` declares, taken from the request's element `budget`
+    (``None``: only the rank and axis caps) before anything is allocated for it."""
+    return (budget or ElementBudget(None)).take(name, shape)
+
+
+def decode_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes, budget: ElementBudget | None = None
+) -> np.ndarray:
+    """A raw (binary) tensor -> an array of `shape`. The declared size is checked against the
+    element budget and against ``len(raw)`` before the array is built."""
+    count = declared_count(name, shape, budget)
+    if datatype == "BYTES":
+        if count * 4 > len(raw):
+            raise invalid_argument(
+                f"input '{name}': shape {list(shape)} of BYTES needs at least {count * 4} bytes of raw data "
+                f"(a 4-byte length per element), received {len(raw)}"
+            )
+        values: list[bytes] = []
+        offset = 0
+        for _ in range(count):
+            if offset + 4 > len(raw):
+                raise invalid_argument(f"input '{name}': raw BYTES data ends inside an element's 4-byte length")
+            size = int.from_bytes(raw[offset : offset + 4], "little")
+            offset += 4
+            if offset + size > len(raw):
+                raise invalid_argument(
+                    f"input '{name}': raw BYTES element {len(values)} declares {size} bytes, "
+                    f"{len(raw) - offset} remain"
+                )
+            values.append(bytes(raw[offset : offset + size]))
+            offset += size
+        if offset != len(raw):
+            raise invalid_argument(
+                f"input '{name}': {len(raw) - offset} bytes of raw data left after {count} BYTES elements"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    dtype = RAW_DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid_argument(f"input '{name}': datatype {datatype} has no raw form here")
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise invalid_argument(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes of raw data, "
+            f"received {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def encode_raw(array: np.ndarray) -> bytes:
+    """An array -> its raw (binary) form: row-major little-endian; BYTES length-prefixed."""
+    if array.dtype.kind in "OUS":
+        parts = []
+        for value in array.reshape(-1):
+            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+            parts.append(len(data).to_bytes(4, "little") + data)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=RAW_DTYPES[datatype_of(array)]).tobytes()
+
+
+def decode_tensor(
+    item: Any, spec: TensorSpec, binary: bytes | None = None, budget: ElementBudget | None = None
+) -> np.ndarray:
+    """One ``inputs`` entry -> an array of the signature's dtype and the request's shape
+    (`binary`: its raw bytes when the entry declared ``binary_data_size``)."""
+    if not isinstance(item, Mapping):
+        raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
+    name = spec.name
+    for key in ("shape", "datatype", "data"):
+        if key not in item and not (key == "data" and binary is not None):
+            raise invalid_argument(f"input '{name}' is missing '{key}'")
+    shape = check_header(name, item["shape"], item["datatype"], spec)
+    datatype = item["datatype"]
+    if binary is not None:
+        if "data" in item:
+            raise invalid_argument(f"input '{name}': give either 'data' or binary_data_size, not both")
+        return decode_raw(name, datatype, shape, binary, budget)
+    count = declared_count(name, shape, budget)
+    values = _flatten(item["data"])
+    if len(values) != count:
+        raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
+    _check_values(values, datatype, name, spec.dtype)
+    try:
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            array = np.array(values, dtype=numpy_dtype(spec.dtype))
+    except OverflowError:  # an integer beyond float64 for an FP input
+        raise invalid_argument(f"input '{name}': a value is out of the range of {datatype}") from None
+    return array.reshape(shape)
+
+
+def split_binary_body(body: bytes, header_length: str) -> tuple[Any, bytes]:
+    """A binary-extension body -> (the parsed JSON header, the bytes that follow it)."""
+    if not header_length.strip().isdigit():
+        raise invalid_argument(f"{HEADER_LENGTH} must be a non-negative integer; received {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise invalid_argument(f"{HEADER_LENGTH} is {length}, but the body has only {len(body)} bytes")
+    return parse_body(body[:length]), body[length:]
+
+
+def _binary_size(item: Any) -> int | None:
+    parameters = item.get("parameters") if isinstance(item, Mapping) else None
+    if not isinstance(parameters, Mapping) or "binary_data_size" not in parameters:
+        return None
+    size = parameters["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise invalid_argument(
+            f"input '{item.get('name')}': parameter 'binary_data_size' must be a non-negative integer; "
+            f"received {size!r}"
+        )
+    return size
+
+
+def decode_infer_request(
+    doc: Any,
+    signature: Signature,
+    binary: bytes | None = None,
+    budget: ElementBudget | None = None,
+    partial: bool = False,
+) -> InferRequest:
+    """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters.
+
+    `binary`: the bytes after the JSON header of a binary-extension request (``None``: JSON only);
+    `budget`: the request's element budget, shared by its inputs; `partial`: the inputs may be
+    a subset of the signature's (a request of an encoder-decoder sequence carries the source, a
+    target chunk or both; the session says which it needs)."""
+    if not isinstance(doc, Mapping):
+        raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
+    items = doc.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise invalid_argument("the inference request needs a non-empty 'inputs' list")
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, Mapping):
+        raise invalid_argument("'parameters' must be a JSON object")
+    specs = {s.name: s for s in signature.inputs}
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in items:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if not isinstance(name, str):
+            raise invalid_argument("each entry of 'inputs' needs a string 'name'")
+        if name not in specs:
+            raise invalid_argument(f"unexpected inference input '{name}'; the model takes {signature.input_names}")
+        if name in inputs:
+            raise invalid_argument(f"input '{name}' is given twice")
+        size = _binary_size(item)
+        raw: bytes | None = None
+        if size is not None:
+            if binary is None:
+                raise invalid_argument(
+                    f"input '{name}' declares binary_data_size but the request has no {HEADER_LENGTH} header"
+                )
+            if offset + size > len(binary):
+                raise invalid_argument(
+                    f"input '{name}': binary_data_size {size} at offset {offset} runs past the "
+                    f"{len(binary)} bytes after the JSON header"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        inputs[name] = decode_tensor(item, specs[name], raw, budget)
+    if binary is not None and offset != len(binary):
+        raise invalid_argument(
+            f"{len(binary)} bytes follow the JSON header, but the inputs' binary_data_size add up to {offset}"
+        )
+    missing = [n for n in signature.input_names if n not in inputs]
+    if missing and not partial:
+        raise invalid_argument(f"expected {len(specs)} inputs {signature.input_names}; missing {missing}")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise invalid_argument(f"parameter 'binary_data_output' must be a boolean, received {binary_default!r}")
+    binary_outputs = list(signature.output_names) if binary_default else []
+    wanted: list[str] | None = None
+    if "outputs" in doc:
+        requested = doc["outputs"]
+        if not isinstance(requested, list):
+            raise invalid_argument("'outputs' must be a list of {\"name\": ...} objects")
+        wanted = []
+        for entry in requested:
+            out = entry.get("name") if isinstance(entry, Mapping) else None
+            if not isinstance(out, str):
+                raise invalid_argument("each entry of 'outputs' needs a string 'name'")
+            if out not in signature.output_names:
+                raise invalid_argument(
+                    f"unexpected inference output '{out}'; the model returns {signature.output_names}"
+                )
+            flag = entry["parameters"].get("binary_data") if isinstance(entry.get("parameters"), Mapping) else None
+            if flag is not None and not isinstance(flag, bool):
+                raise invalid_argument(f"output '{out}': parameter 'binary_data' must be a boolean, received {flag!r}")
+            if flag is True and out not in binary_outputs:
+                binary_outputs.append(out)
+            elif flag is False and out in binary_outputs:
+                binary_outputs.remove(out)
+            wanted.append(out)
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid_argument(f"'id' must be a string; received {request_id!r}")
+    return InferRequest(request_id, dict(parameters), inputs, wanted, tuple(binary_outputs))
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The KServe v2 datatype of an output array."""
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    name = array.dtype.name
+    if name not in DATATYPES:
+        raise invalid_argument(f"output dtype {name} has no KServe v2 datatype")
+    return DATATYPES[name]
+
+
+def _data(array: np.ndarray) -> list[Any]:
+    flat = array.reshape(-1)
+    if flat.dtype.kind in "OUS":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return list(flat.tolist())
+
+
+def _response_doc(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    wanted: Sequence[str] | None,
+    request_id: str | None,
+    parameters: Mapping[str, Any] | None,
+    blobs: Mapping[str, bytes],
+) -> dict[str, Any]:
+    # a request that only starts an encoder-decoder sequence has no outputs
+    names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    entries = []
+    for name in names:
+        array = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if name in blobs:
+            entry["parameters"] = {"binary_data_size": len(blobs[name])}
+        else:
+            entry["data"] = _data(array)
+        entries.append(entry)
+    doc["outputs"] = entries
+    return doc
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    wanted: Sequence[str] | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
+    return json.dumps(_response_doc(model_name, model_version, outputs, wanted, request_id, parameters, {}))
+
+
+def encode_binary_infer_response(
+    model_name: str,
+    model_version: int,
+    outputs: Mapping[str, np.ndarray],
+    binary: Sequence[str],
+    wanted: Sequence[str] | None = None,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, int]:
+    """The binary-extension answer: (body, length of its JSON header), the raw bytes of the
+    `binary` outputs following the header in the order of ``outputs``."""
+    names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
+    blobs = {name: encode_raw(outputs[name]) for name in names if name in binary}
+    doc = _response_doc(model_name, model_version, outputs, wanted, request_id, parameters, blobs)
+    header = json.dumps(doc).encode()
+    return header + b"".join(blobs[name] for name in names if name in blobs), len(header)
+
+
+def model_metadata_json(name: str, versions: Sequence[int], platform: str, signature: Signature) -> str:
+    return json.dumps(
+        {
+            "name": name,
+            "versions": [str(v) for v in versions],
+            "platform": platform,
+            "inputs": [tensor_metadata(s) for s in signature.inputs],
+            "outputs": [tensor_metadata(s) for s in signature.outputs],
+        }
+    )
+
+
+def server_metadata_json(version: str) -> str:
+    return json.dumps({"name": "rnnkit", "version": version, "extensions": list(SERVER_EXTENSIONS)})
+
+
+# ------------------------------------------------------------------------ sequence parameters
+
+
+@dataclass(frozen=True)
+class SequenceControl:
+    """Triton's sequence parameters of one request: which sequence, and whether it starts or ends it."""
+
+    id: int | str
+    start: bool
+    end: bool
+
+
+def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
+    """Triton's ``sequence_id`` request parameter (uint64 or string); None when the request is not
+    part of a sequence. ``sequence_start``/``sequence_end`` without a non-zero id is an error."""
+    raw = parameters.get("sequence_id")
+    start, end = parameters.get("sequence_start", False), parameters.get("sequence_end", False)
+    for flag, value in (("sequence_start", start), ("sequence_end", end)):
+        if not isinstance(value, bool):
+            raise invalid_argument(f"parameter '{flag}' must be a boolean, received {value!r}")
+    if raw is None or raw == 0 or raw == "":
+        if start or end:
+            raise invalid_argument(
+                "inference request to a sequence must specify a non-zero or non-empty correlation ID "
+                "(parameter 'sequence_id')"
+            )
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, int) and raw < 0):
+        raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {raw!r}")
+    return raw
+
+
+SEQUENCE_HEADER = "x-rnnkit-sequence-id"
+
+
+def header_sequence_id(value: str) -> int | str:
+    """The sequence id a request header carries: digits are Triton's uint64 ids, anything else a string id."""
+    text = value.strip()
+    if not text:
+        raise invalid_argument(f"header '{SEQUENCE_HEADER}' is empty; send the sequence id or leave the header out")
+    return int(text) if text.isdigit() else text
+
+
+def sequence_control(doc: Any, header: str | None = None) -> SequenceControl | None:
+    """The sequence a parsed request body belongs to (from its ``parameters``), or None.
+
+    `header`: the ``x-rnnkit-sequence-id`` request header (HTTP header or gRPC metadata), which
+    carries the id for load balancers that hash on it; it may stand in for the ``sequence_id``
+    parameter, and when both are given they must name the same sequence. Read before the model
+    is resolved, so a malformed sequence parameter is refused first; a ``parameters`` that is not
+    an object is left to :func:`decode_infer_request` to refuse.
+    """
+    parameters = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(parameters, dict):
+        parameters = {}
+    key = sequence_id(parameters) if header is None or "sequence_id" in parameters else None
+    if header is not None:
+        from_header = header_sequence_id(header)
+        if key is None and "sequence_id" not in parameters:
+            parameters = {**parameters, "sequence_id": from_header}
+            key = sequence_id(parameters)
+        elif str(key) != str(from_header):
+            raise invalid_argument(
+                f"header '{SEQUENCE_HEADER}' names sequence {from_header!r} but parameter 'sequence_id' names "
+                f"{key!r}; they must agree (the header routes the request, the parameter selects the session)"
+            )
+    if key is None:
+        return None
+    return SequenceControl(key, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))

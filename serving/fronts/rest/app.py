@@ -1,0 +1,101 @@
+"""The REST front: TF Serving REST v1 and KServe v2 (Open Inference Protocol), a Starlette app
+over a :class:`ModelRegistry`.
+
+:class:`RestFront` routes a request to the TF Serving routes (:mod:`rnnkit_serving.fronts.rest.tfs`) or the
+KServe routes (:mod:`rnnkit_serving.fronts.rest.kserve`), both of which only translate between the wire and
+the :class:`~rnnkit_serving.dispatch.Dispatch`; it answers every exception through
+:func:`rnnkit_serving.fronts.rest.http_io.error_response` and records each model request in the metrics.
+Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``,
+never on the event loop (a slow model cannot stall other requests or escape the timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.dispatch import Call, Dispatch
+from rnnkit_serving.errors import Code
+from rnnkit_serving.core.metrics import CONTENT_TYPE, Metrics
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.fronts.rest.http_io import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
+from rnnkit_serving.fronts.rest.kserve import KServeRoutes
+from rnnkit_serving.fronts.rest.tfs import TfsRoutes
+from rnnkit_serving.scheduling.session_store import SessionStore
+
+__all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "app", "rest_app"]
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+_V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
+_NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
+
+
+class RestFront:
+    def __init__(self, dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> None:
+        self.options = options
+        self.dispatch = dispatch
+        self.pool = ThreadPoolExecutor(
+            max_workers=self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest"
+        )
+        self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
+        self.kserve = KServeRoutes(self.dispatch, options, self._in_worker)
+
+    async def handle(self, request: Request) -> Response:
+        path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
+        if request.method == "GET" and path == METRICS_PATH:
+            return Response(self.dispatch.metrics.render(), media_type=CONTENT_TYPE)
+        v2 = _V2.fullmatch(path) is not None
+        if not v2 and not _V1.fullmatch(path):
+            return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
+        call = Call("REST")
+        try:
+            response = await (self.kserve if v2 else self.tfs).handle(request, path, call)
+            code = Code.OK
+        except Exception as error:
+            response, code = error_response(error)
+        self.dispatch.record(call, code)
+        return response
+
+    async def _in_worker(self, job: Callable[[], Response]) -> Response:
+        return await self.dispatch.in_worker(self.pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def app(
+    registry: ModelRegistry,
+    options: RestOptions = DEFAULT_REST,
+    metrics: Metrics | None = None,
+    batcher: Batcher | None = None,
+    sessions: SessionStore | None = None,
+) -> Starlette:
+    """The REST app (ASGI). Run it with uvicorn, or in-process with Starlette's TestClient.
+
+    `batcher`: dynamic batching (off when None); `sessions`: where KServe sequences keep their
+    state (a default :class:`SessionStore` when None)."""
+    return rest_app(Dispatch(registry, metrics, batcher, sessions), options)
+
+
+def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> Starlette:
+    """The REST app over a dispatch shared with other fronts (what :class:`~rnnkit_serving.server.model_server.ModelServer` runs)."""
+    front = RestFront(dispatch, options)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        front.close()
+
+    application = Starlette(routes=[Route("/{path:path}", front.handle, methods=_METHODS)], lifespan=lifespan)
+    application.state.front = front
+    return application

@@ -1,0 +1,57 @@
+"""What both REST fronts share: their options, reading a bounded body, JSON replies and the error reply.
+
+Exceptions become ``{"error": ...}`` replies here only (:func:`error_response`), through
+:func:`rnnkit_serving.errors.wire_error`, so TF Serving and KServe routes answer errors alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rnnkit_serving.codecs.tfs import rest as rest_codec
+from rnnkit_serving.errors import Code, ServingError, wire_error
+
+JSON = "application/json"
+TIMEOUT_FLAG = "--rest_api_timeout_in_ms"
+
+
+@dataclass(frozen=True)
+class RestOptions:
+    timeout_ms: int = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
+    max_body_bytes: int = 16 << 20  # --max_request_bytes
+    workers: int = 4  # threads running decode + runtime + encode (every request: never the event loop)
+
+
+DEFAULT_REST = RestOptions()
+
+
+def json_response(text: str, status_code: int = 200) -> Response:
+    return Response(text, status_code=status_code, media_type=JSON)
+
+
+def error_response(error: Exception) -> tuple[Response, Code]:
+    """The reply for any exception raised while a request was handled, and its status code."""
+    code, message, status = wire_error(error)
+    return json_response(rest_codec.error_json(message), status), code
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_big = ServingError(
+        Code.RESOURCE_EXHAUSTED,
+        f"Request body is larger than the server limit of {limit} bytes (--max_request_bytes)",
+        http_status=413,
+    )
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)

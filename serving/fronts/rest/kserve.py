@@ -1,0 +1,127 @@
+"""The KServe v2 (Open Inference Protocol) REST routes: health, server and model metadata, readiness
+and ``infer`` (JSON or the binary tensor extension); requests carrying Triton's ``sequence_id``
+(or the ``x-rnnkit-sequence-id`` header) stream through the session store.
+
+Bodies are decoded by :mod:`rnnkit_serving.codecs.kserve.rest` and run through the
+:class:`~rnnkit_serving.dispatch.Dispatch`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rnnkit_serving.codecs.kserve import rest as kserve_codec
+from rnnkit_serving.dispatch import Call, Dispatch, Target
+from rnnkit_serving.errors import invalid_argument, not_found
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
+from rnnkit_serving.core.signature import DEFAULT_SIGNATURE
+
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
+
+
+class KServeRoutes:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        options: RestOptions,
+        in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
+    ) -> None:
+        self.dispatch = dispatch
+        self.options = options
+        self.in_worker = in_worker
+
+    async def handle(self, request: Request, path: str, call: Call) -> Response:
+        method = request.method
+        if method == "GET" and path in ("/v2", "/v2/"):
+            return json_response(kserve_codec.server_metadata_json(_package_version()))
+        if method == "GET" and path == "/v2/health/live":
+            return json_response('{"live": true}')
+        if method == "GET" and path == "/v2/health/ready":
+            ready = self.dispatch.available()
+            return json_response(f'{{"ready": {str(ready).lower()}}}', 200 if ready else 400)
+        match = _V2_MODEL.fullmatch(path)
+        if match is None:
+            raise not_found(f"Not found: {method} {path} is not a KServe v2 endpoint")
+        target = Target(unquote(match.group(1)), _version(match.group(2)))
+        action = match.group(3)
+        call.model = self.dispatch.metric_name(target.name)
+        if method == "GET" and action == "ready":
+            call.api = "ready"
+            ready = self.dispatch.ready(target)
+            return json_response(json.dumps({"name": target.name, "ready": ready}), 200 if ready else 400)
+        if method == "GET" and action is None:
+            call.api = "metadata"
+            return self._metadata(target)
+        if method == "POST" and action == "infer":
+            call.api = "infer"
+            header_length = request.headers.get(kserve_codec.HEADER_LENGTH)
+            sequence_header = request.headers.get(kserve_codec.SEQUENCE_HEADER)
+            body = await read_body(request, self.options.max_body_bytes)
+            return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header))
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def _metadata(self, target: Target) -> Response:
+        with self.dispatch.lease(target) as predictor:
+            text = kserve_codec.model_metadata_json(
+                target.name,
+                self.dispatch.versions(target.name),
+                kserve_codec.PLATFORMS.get(predictor.backend_name, predictor.backend_name),
+                predictor.signature(DEFAULT_SIGNATURE),
+            )
+        return json_response(text)
+
+    def _infer(self, target: Target, body: bytes, header_length: str | None, sequence_header: str | None) -> Response:
+        binary: bytes | None = None
+        if header_length is None:
+            doc = kserve_codec.parse_body(body)
+        else:
+            doc, binary = kserve_codec.split_binary_body(body, header_length)
+        sequence = kserve_codec.sequence_control(doc, sequence_header)
+
+        def decode(predictor: Predictor) -> kserve_codec.InferRequest:
+            # a sequence of an encoder-decoder model carries the source, target chunks or both
+            partial = sequence is not None and predictor.encoder_decoder
+            signature = predictor.signature(DEFAULT_SIGNATURE)
+            budget = self.dispatch.element_budget(predictor)
+            return kserve_codec.decode_infer_request(doc, signature, binary, budget, partial)
+
+        if sequence is None:
+            answer = self.dispatch.predict(target, decode)
+        else:
+            answer = self.dispatch.stream(target, sequence.id, sequence.start, sequence.end, decode)
+        request = answer.request
+        if request.binary_outputs:
+            content, length = kserve_codec.encode_binary_infer_response(
+                answer.model, answer.version, answer.outputs, request.binary_outputs, request.outputs, request.id
+            )
+            return Response(
+                content, media_type="application/octet-stream", headers={kserve_codec.HEADER_LENGTH: str(length)}
+            )
+        text = kserve_codec.encode_infer_response(
+            answer.model, answer.version, answer.outputs, request.outputs, request.id
+        )
+        return json_response(text)
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise invalid_argument(f"model version must be an integer; received {unquote(text)!r}")
+    return int(text)
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rnnkit")
+    except Exception:  # not installed as a distribution
+        return "unknown"

@@ -1,0 +1,311 @@
+"""Running the server: REST (uvicorn) and gRPC side by side, started and drained together.
+
+In-process (tests, notebooks, the demo)::
+
+    server = rnnkit_serving.start_server(model_base_path="models/rnn", model_name="rnn", rest_api_port=8501, port=8500)
+    ...  # server.rest_url, server.grpc_target
+    server.stop()
+
+As a child process: :func:`rnnkit_serving.server.process.spawn_server`.
+
+Shutdown: SIGTERM/SIGINT (or ``stop``) stops both fronts at once: the listening sockets close
+(new REST connections and new gRPC calls are refused; gRPC answers UNAVAILABLE), requests in
+flight on either front finish (up to ``drain_seconds``), then the models close.
+
+TLS: ``ServerOptions.ssl`` (``--ssl_config_file``, :mod:`rnnkit_serving.config.tls`) serves REST over HTTPS
+and gRPC over TLS with the same key; with ``client_verify`` both refuse clients without a certificate.
+
+While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
+unload after their requests), predictions go through a :class:`~rnnkit_serving.scheduling.batching.Batcher` when
+``batching`` is set, and KServe sequences keep their state in a :class:`~rnnkit_serving.scheduling.session_store.SessionStore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.dispatch import Dispatch
+from rnnkit_serving.fronts.grpc.tfs import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, read_model_config
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.server.process import free_port
+from rnnkit_serving.registry import LATEST_ONE, ModelRegistry
+from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
+from rnnkit_serving.scheduling.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
+from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
+from rnnkit_serving.config.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
+
+log = logging.getLogger("rnnkit.serving")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    rest_api_port: int = 8501  # 0 disables REST
+    port: int = 8500  # gRPC; 0 disables it (and keeps TensorFlow out of the process)
+    grpc_inference_port: int = 0  # KServe v2 gRPC (inference.GRPCInferenceService); 0 = off
+    rest: RestOptions = field(default_factory=RestOptions)
+    grpc_workers: int = 8
+    grpc_tensor_content: bool = False
+    grpc_timeout_ms: int = DEFAULT_TIMEOUT_MS  # --grpc_timeout_in_ms; <= 0: the client's deadline only
+    grpc_max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS  # --grpc_max_concurrent_rpcs; None: no bound
+    limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
+    allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
+    drain_seconds: float = 30.0
+    batching: BatchingParameters | None = None  # --enable_batching (None = off)
+    sessions: SessionOptions = field(default_factory=SessionOptions)
+    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
+    ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
+
+
+def load_registry(
+    configs: Sequence[ModelConfig],
+    backend: str = "onnx",
+    device: str = "cpu",
+    limits: Limits = NO_LIMITS,
+    runtime: RuntimeOptions = DEFAULT_RUNTIME,
+    policy: VersionPolicy = LATEST_ONE,
+) -> ModelRegistry:
+    """Load the versions each model's policy wants (`policy` where the config names none)."""
+
+    def loader(version_dir: str) -> Predictor:
+        return Predictor.load(version_dir, backend, device, limits=limits, options=runtime)
+
+    return ModelRegistry.load(configs, loader, policy)
+
+
+def model_configs(
+    model_name: str | None = None, model_base_path: str | None = None, model_config_file: str | None = None
+) -> list[ModelConfig]:
+    """TF Serving's rule: either one model (name + base path) or a config file."""
+    if model_config_file:
+        if model_base_path:
+            raise ValueError("give either --model_config_file or --model_base_path, not both")
+        return read_model_config(model_config_file)
+    if not model_base_path:
+        raise ValueError("one of --model_base_path or --model_config_file is required")
+    return [ModelConfig(model_name or "default", os.path.abspath(model_base_path))]
+
+
+class ModelServer:
+    """REST and gRPC fronts over one registry, run in background threads."""
+
+    def __init__(self, registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> None:
+        if not options.rest_api_port and not options.port and not options.grpc_inference_port:
+            raise ValueError("at least one of --rest_api_port, --port and --grpc_inference_port must be non-zero")
+        self.registry = registry
+        self.options = options
+        self.metrics = Metrics()
+        self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
+        self.sessions = SessionStore(options.sessions)
+        self.dispatch = Dispatch(
+            registry, self.metrics, self.batcher, self.sessions, options.limits, options.allow_non_finite_inputs
+        )
+        self.metrics.live_sessions = self.sessions.live
+        self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
+        self.metrics.loaded_versions = registry.loaded_versions
+        self._grpc: Any = None
+        self._kserve_grpc: Any = None
+        self._health: list[Any] = []
+        self._uvicorn: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def rest_url(self) -> str | None:
+        scheme = "https" if self.options.ssl is not None else "http"
+        return f"{scheme}://{self.options.host}:{self.options.rest_api_port}" if self.options.rest_api_port else None
+
+    @property
+    def grpc_target(self) -> str | None:
+        return f"{self.options.host}:{self.options.port}" if self.options.port else None
+
+    @property
+    def grpc_inference_target(self) -> str | None:
+        """The KServe v2 gRPC address (``--grpc_inference_port``), or None when it is off."""
+        port = self.options.grpc_inference_port
+        return f"{self.options.host}:{port}" if port else None
+
+    def _grpc_credentials(self) -> Any:
+        """TLS credentials for every gRPC port (``--ssl_config_file``), or None: plain."""
+        return grpc_server_credentials(self.options.ssl) if self.options.ssl is not None else None
+
+    def _health_service(self, *services: str) -> Any:
+        from rnnkit_serving.fronts.grpc.health import Health
+
+        health = Health(self.dispatch.available, services)
+        self._health.append(health)
+        return health
+
+    def start(self, timeout: float = 30.0) -> ModelServer:
+        if self.options.port:
+            from rnnkit_serving.fronts.grpc.tfs import start_grpc_server
+
+            self._grpc = start_grpc_server(
+                self.dispatch,
+                f"{self.options.host}:{self.options.port}",
+                self.options.grpc_workers,
+                self.options.rest.max_body_bytes,
+                self.options.grpc_tensor_content,
+                self.options.grpc_timeout_ms,
+                self.options.grpc_max_concurrent_rpcs,
+                self._health_service("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+                credentials=self._grpc_credentials(),
+            )
+        if self.options.grpc_inference_port:
+            from rnnkit_serving.fronts.grpc.kserve import start_inference_server
+            from rnnkit_serving.codecs.kserve.grpc import SERVICE
+
+            self._kserve_grpc = start_inference_server(
+                self.dispatch,
+                f"{self.options.host}:{self.options.grpc_inference_port}",
+                self.options.grpc_workers,
+                self.options.rest.max_body_bytes,
+                self._health_service(SERVICE),
+                self.options.grpc_timeout_ms,
+                self.options.grpc_max_concurrent_rpcs,
+                credentials=self._grpc_credentials(),
+            )
+        if self.options.rest_api_port:
+            import uvicorn
+
+            tls: dict[str, Any] = {}
+            if self.options.ssl is not None:
+                context = rest_ssl_context(self.options.ssl)
+                tls["ssl_context_factory"] = lambda config, default: context
+            config = uvicorn.Config(
+                rest_app(self.dispatch, self.options.rest),
+                host=self.options.host,
+                port=self.options.rest_api_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=int(self.options.drain_seconds),
+                **tls,
+            )
+            self._uvicorn = uvicorn.Server(config)
+            self._thread = threading.Thread(target=self._uvicorn.run, name="rnnkit-rest", daemon=True)
+            self._thread.start()
+            deadline = time.monotonic() + timeout
+            while not self._uvicorn.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise OSError(f"the REST server did not start on {self.rest_url}")
+                time.sleep(0.01)
+        self.registry.start_polling(self.options.poll_seconds)
+        log.info(
+            "serving %s (REST %s, gRPC %s, KServe gRPC %s)",
+            self.registry.names,
+            self.rest_url,
+            self.grpc_target,
+            self.grpc_inference_target,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting on both fronts at once, drain requests in flight, close the models. Safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.options.drain_seconds
+        for health in self._health:  # probes see NOT_SERVING while requests drain
+            health.drain()
+        # grpc's stop returns at once: the ports close, new calls get UNAVAILABLE, calls in flight get `grace`
+        grpc_stopped = [server.stop(grace) for server in (self._grpc, self._kserve_grpc) if server is not None]
+        if self._uvicorn is not None and self._thread is not None:
+            self._uvicorn.should_exit = True  # uvicorn closes its sockets and waits for its requests
+            self._thread.join(grace + 5)
+        for done in grpc_stopped:
+            done.wait(grace + 5)
+        if self.batcher is not None:
+            self.batcher.close()
+        self.sessions.close()
+        self.registry.close()
+
+    def serve_forever(self) -> int:
+        """Start, wait for SIGTERM/SIGINT, drain and stop; the exit status (0)."""
+        received = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("signal %d: draining and stopping", signum)
+            received.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            print(
+                f"rnnkit serve: ready; models {self.registry.names}; REST {self.rest_url or 'off'}; "
+                f"gRPC {self.grpc_target or 'off'}; KServe gRPC {self.grpc_inference_target or 'off'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not received.wait(0.5):
+                if self._thread is not None and not self._thread.is_alive():
+                    log.error("the REST server stopped unexpectedly")
+                    self.stop()
+                    return 1
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    model_base_path: str | None = None,
+    model_name: str | None = None,
+    *,
+    model_config_file: str | None = None,
+    rest_api_port: int | None = None,
+    port: int | None = 0,
+    grpc_inference_port: int | None = 0,
+    host: str = "127.0.0.1",
+    backend: str = "onnx",
+    device: str = "cpu",
+    limits: Limits = DEFAULT_LIMITS,
+    runtime: RuntimeOptions = DEFAULT_RUNTIME,
+    rest: RestOptions = DEFAULT_REST,
+    batching: BatchingParameters | None = None,
+    sessions: SessionOptions = DEFAULT_SESSIONS,
+    poll_seconds: float = 1.0,
+    policy: VersionPolicy = LATEST_ONE,
+    allow_non_finite_inputs: bool = False,
+    ssl: SSLConfig | None = None,
+) -> ModelServer:
+    """Load the models and start serving in this process (REST on a free port unless given; TF
+    Serving gRPC and KServe gRPC off unless `port` / `grpc_inference_port` are given, ``None`` = a
+    free port). Call ``.stop()`` when done."""
+    configs = model_configs(model_name, model_base_path, model_config_file)
+    registry = load_registry(configs, backend, device, limits, runtime, policy)
+    options = ServerOptions(
+        host=host,
+        rest_api_port=free_port(host) if rest_api_port is None else rest_api_port,
+        port=free_port(host) if port is None else port,
+        grpc_inference_port=free_port(host) if grpc_inference_port is None else grpc_inference_port,
+        rest=rest,
+        batching=batching,
+        sessions=sessions,
+        poll_seconds=poll_seconds,
+        limits=limits,
+        allow_non_finite_inputs=allow_non_finite_inputs,
+        ssl=ssl,
+    )
+    return ModelServer(registry, options).start()
