@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rnnkit-installed
 
-.PHONY: demo test lint typecheck bench clean haproxy
+.PHONY: demo test lint typecheck imports bench clean haproxy
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check rnnkit rnnkit_cli export serving tests bench
 
+# mypy finds packages by folder name; the boxes' folders carry other names than their import names
+# (pyproject's package-dir), so it reads them through links named as they are imported.
 typecheck: $(STAMP)
-	$(PY) -m mypy export serving rnnkit_cli
+	mkdir -p .typecheck && ln -sfn ../export .typecheck/rnnkit_export && ln -sfn ../serving .typecheck/rnnkit_serving
+	MYPYPATH=.typecheck $(PY) -m mypy -p rnnkit_export -p rnnkit_serving -p rnnkit_cli
+
+# The layer and dependency contracts of pyproject.toml ([tool.importlinter]).
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 # tests/test_scale_out.py runs replicas behind a real HAProxy: install it when missing and we are root
 # (CI); elsewhere that test is skipped and says how to install it.
@@ -28,11 +35,11 @@ haproxy:
 	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) || true
 
-test: lint typecheck haproxy
+test: lint typecheck imports haproxy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck

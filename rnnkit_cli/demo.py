@@ -18,10 +18,11 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-DEMO_SPEC = {"cell": "lstm", "units": 16, "layers": 2, "connection": "residual", "bidirectional": True}
+DEMO_SPEC: dict[str, Any] = {"cell": "lstm", "units": 16, "layers": 2, "connection": "residual", "bidirectional": True}
 DEMO_TASK = "sentiment"
 DEMO_EPOCHS = 12
 
@@ -36,7 +37,7 @@ def demo_batch(seed: int = 0, batch: int = 4, time: int = 12, features: int = 8)
     return x
 
 
-def build_demo_model(features: int = 8, classes: int = 3, seed: int = 0):
+def build_demo_model(features: int = 8, classes: int = 3, seed: int = 0) -> Any:
     """The untrained demo architecture on its own (used by tests and docs)."""
     import keras
 

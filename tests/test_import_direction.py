@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -9,16 +10,16 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FORBIDDEN = {
-    # package: top-level modules it must never import (anywhere in its files)
-    "rnnkit": {"export", "serving", "tf2onnx", "onnx", "onnxruntime"},
-    "serving": {"rnnkit", "export", "keras"},
-    # the console script's launcher: the standard library; every box by name through its tables
-    "rnnkit_cli": {"export", "serving", "keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "numpy"},
+# What import-linter cannot say (its contracts count every import, wherever it is): imports that
+# are allowed only inside functions. serving may use tensorflow only lazily (the TF backend, the TF
+# Serving protos), never at module level; the launcher imports nothing beyond the standard library
+# at module level, so `rnnkit serve` pays for no box but the server. Folder -> forbidden at module level.
+MODULE_LEVEL_FORBIDDEN = {
+    "serving": {"tensorflow", "keras"},
+    "rnnkit_cli/__init__.py": {
+        "rnnkit", "rnnkit_export", "rnnkit_serving", "keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "numpy"
+    },
 }
-# serving may use tensorflow only lazily (inside functions), never at module level; the launcher
-# imports the rnnkit package (and with it Keras) only inside the command that needs it.
-MODULE_LEVEL_FORBIDDEN = {"serving": {"tensorflow"}, "rnnkit_cli": {"rnnkit"}}
 
 
 def imports(path: pathlib.Path):
@@ -33,15 +34,17 @@ def imports(path: pathlib.Path):
             yield node.module.split(".")[0], id(node) in module_level
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_source_imports_follow_the_rule(package):
-    files = sorted((ROOT / package).rglob("*.py"))
-    assert files, f"no sources found for {package}"
-    bad = []
-    for path in files:
-        for name, at_top in imports(path):
-            if name in FORBIDDEN[package] or (at_top and name in MODULE_LEVEL_FORBIDDEN.get(package, set())):
-                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+@pytest.mark.parametrize("where", sorted(MODULE_LEVEL_FORBIDDEN))
+def test_lazy_imports_stay_lazy(where):
+    root = ROOT / where
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    assert files, f"no sources found for {where}"
+    bad = [
+        f"{path.relative_to(ROOT)} imports {name} at module level"
+        for path in files
+        for name, at_top in imports(path)
+        if at_top and name in MODULE_LEVEL_FORBIDDEN[where]
+    ]
     assert not bad, bad
 
 
@@ -53,8 +56,8 @@ def loaded_after(statement: str) -> set:
 
 
 def test_importing_serving_loads_no_keras_tensorflow_or_rnnkit():
-    loaded = loaded_after("import serving")
-    assert not loaded & {"keras", "tensorflow", "rnnkit", "export"}
+    loaded = loaded_after("import rnnkit_serving")
+    assert not loaded & {"keras", "tensorflow", "rnnkit", "rnnkit_export"}
 
 
 def test_importing_rnnkit_registers_the_layers_and_loads_no_onnx_or_serving():
@@ -67,7 +70,7 @@ def test_importing_rnnkit_registers_the_layers_and_loads_no_onnx_or_serving():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "True"]
-    assert not loaded_after("import rnnkit") & {"onnx", "onnxruntime", "tf2onnx", "export", "serving"}
+    assert not loaded_after("import rnnkit") & {"onnx", "onnxruntime", "tf2onnx", "rnnkit_export", "rnnkit_serving", "rnnkit_cli"}
 
 
 def test_the_serve_command_loads_no_keras_tensorflow_or_rnnkit():
@@ -80,8 +83,8 @@ def test_the_serve_command_loads_no_keras_tensorflow_or_rnnkit():
         "assert code == 1, (code, err.getvalue()); assert 'no model version could be loaded' in err.getvalue()"
     )
     loaded = loaded_after(statement)
-    assert "serving" in loaded  # the command ran
-    assert not loaded & {"keras", "tensorflow", "rnnkit", "export"}
+    assert "rnnkit_serving" in loaded  # the command ran
+    assert not loaded & {"keras", "tensorflow", "rnnkit", "rnnkit_export"}
     assert not loaded_after("import rnnkit_cli; rnnkit_cli.build_parser('serve')") & {"keras", "tensorflow", "rnnkit"}
 
 
@@ -124,149 +127,148 @@ def test_a_serve_only_install_without_keras_or_tensorflow():
 def test_importing_rnnkit_layers_loads_no_onnx_or_serving():
     loaded = loaded_after("import rnnkit.layers")
     assert "keras" in loaded  # the check itself works
-    assert not loaded & {"onnx", "onnxruntime", "tf2onnx", "export", "serving"}
+    assert not loaded & {"onnx", "onnxruntime", "tf2onnx", "rnnkit_export", "rnnkit_serving"}
 
 
-# ------------------------------------------------------------------------------ serving layers
-
-# serving/ in layers, lowest first. A module may import modules of its own layer or of lower
-# ones, never of a higher one, and nothing may form a cycle. Every serving module is listed here
-# (a new module must be placed before it can be imported), so the order is declared once:
-SERVING_LAYERS = (
-    # what a request failed with, and how it reads on the wire
-    ("errors",),
-    # plain data and the files that describe it: names, shapes, manifest (signature), version
-    # states, metrics, array helpers, config files and their text format, TF Serving's proto loader, TLS
-    ("signature", "status", "metrics", "arrays", "text_format", "model_config", "batching_config", "tfs_protos", "tls"),
-    # codecs: wire formats <-> arrays, pure functions (TF Serving JSON and gRPC, KServe v2)
-    ("json_depth", "tfs_json", "rest_codec", "grpc_codec", "kserve_codec", "kserve_grpc_codec"),
-    # backends: the interface and the runtimes behind it (ONNX Runtime, TensorFlow, the fake)
-    ("backend", "onnx_backend", "tf_backend"),
-    # one loaded version and its public step graph (the sessions' view of it)
-    ("streaming", "predictor"),
-    # what runs requests on versions: dynamic batching, server-side streaming sessions
-    ("batching", "session_store"),
-    # which versions serve: load, lease, reload, retire
-    ("registry",),
-    # the one request path: resolve -> validate -> limits -> schedule -> timeout -> metrics
-    ("dispatch",),
-    # fronts: wire <-> dispatch (REST TF Serving and KServe, gRPC TF Serving and KServe), gRPC health
-    ("rest_http", "rest_tfs", "rest_kserve", "rest", "grpc_guard", "grpc_server", "kserve_grpc", "health"),
-    # running it: server, child process, command line, demo, the package's lazy names
-    ("process", "server", "cli", "demo", "__main__", "__init__"),
-)
-SERVING_LAYER = {module: index for index, layer in enumerate(SERVING_LAYERS) for module in layer}
 
 
-def serving_imports(path: pathlib.Path):
-    """Yield the serving modules a file imports: module level, in functions, under TYPE_CHECKING."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "serving":
-                    yield parts[1] if len(parts) > 1 else "__init__"
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "serving":
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                yield parts[1]
-            else:  # `from serving import rest_codec` names modules; `from serving import X` the package
-                for alias in node.names:
-                    yield alias.name if (ROOT / "serving" / f"{alias.name}.py").exists() else "__init__"
-        elif isinstance(node, ast.ImportFrom) and node.level:
-            raise AssertionError(f"{path.name}: relative import; use `from serving.x import ...`")
+# ------------------------------------------------------------------ contracts and cycles
+
+PACKAGES = ("rnnkit", "rnnkit_cli", "rnnkit_export", "rnnkit_serving")
 
 
-def serving_graph() -> dict:
-    return {path.stem: set(serving_imports(path)) - {path.stem} for path in sorted((ROOT / "serving").glob("*.py"))}
-
-
-def test_every_serving_module_has_a_layer():
-    modules = set(serving_graph())
-    assert modules - set(SERVING_LAYER) == set(), "place new serving modules in SERVING_LAYERS"
-    assert set(SERVING_LAYER) - modules == set(), "SERVING_LAYERS names modules that do not exist"
-
-
-def test_serving_imports_only_its_own_or_lower_layers():
-    bad = [
-        f"serving/{module}.py (layer {SERVING_LAYER[module]}) imports serving.{target} (layer {SERVING_LAYER[target]})"
-        for module, targets in serving_graph().items()
-        for target in sorted(targets)
-        if SERVING_LAYER.get(target, -1) > SERVING_LAYER.get(module, -1)
-    ]
-    assert not bad, bad
-
-
-def test_serving_has_no_import_cycle():
-    graph = serving_graph()
-    done: set = set()
-
-    def visit(module: str, path: tuple) -> None:
-        if module in path:
-            raise AssertionError("import cycle: " + " -> ".join((*path[path.index(module) :], module)))
-        if module in done:
-            return
-        for target in sorted(graph.get(module, ())):
-            visit(target, (*path, module))
-        done.add(module)
-
-    for module in graph:
-        visit(module, ())
-
-
-def test_the_layer_check_catches_an_upward_import(tmp_path):
-    """The checks above read function-level and TYPE_CHECKING imports too."""
-    source = tmp_path / "probe.py"
-    source.write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rnnkit_serving.registry import Lease\n"
-        "def f():\n    from serving import dispatch\n    import rnnkit_serving.fronts.rest.app\n"
+def test_the_import_contracts_hold():
+    """pyproject.toml's [tool.importlinter] contracts: serving's layers, the fronts' independence,
+    the dependency rule between the boxes, export's layers (`make test` also runs `lint-imports`)."""
+    proc = subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
-    assert sorted(serving_imports(source)) == ["dispatch", "registry", "rest"]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "BROKEN" not in proc.stdout and "0 broken" in proc.stdout, proc.stdout[-2000:]
 
 
-# ------------------------------------------------------ rnnkit reaches export/serving by name only
+def test_the_layers_contract_catches_an_upward_import_in_a_function_or_under_type_checking(tmp_path):
+    """The layers contract counts function-level and TYPE_CHECKING imports, as the old hand-made check did."""
+    package = tmp_path / "probe_pkg"
+    (package / "low").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "low" / "__init__.py").write_text("")
+    (package / "high.py").write_text("")
+    (package / "low" / "lazy.py").write_text("def f():\n    import probe_pkg.high\n")
+    (package / "low" / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from probe_pkg import high\n"
+    )
+    (tmp_path / ".importlinter").write_text(
+        "[importlinter]\nroot_package = probe_pkg\n\n"
+        "[importlinter:contract:layers]\nname = probe layers\ntype = layers\nlayers =\n    probe_pkg.high\n    probe_pkg.low\n"
+    )
+    proc = subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "probe_pkg.low.lazy -> probe_pkg.high" in proc.stdout
+    assert "probe_pkg.low.typed -> probe_pkg.high" in proc.stdout
 
-# rnnkit may load the other boxes only through importlib, by module names listed in one place:
-# the dicts of the launcher rnnkit_cli/__init__.py (COMMAND_MODULES: subcommands; DEMO_MODULES:
-# the demo's steps), which lives outside the package so that `rnnkit serve` never imports it.
-BOX_NAME_TABLES = ("COMMAND_MODULES", "DEMO_MODULES")
-OTHER_BOXES = ("export", "serving")
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each a list of module names."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph.find_modules_directly_imported_by(module)):
+            if target not in graph.modules:
+                continue
+            if target not in index:
+                connect(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            connect(module)
+    return found
 
 
-def _names_other_box(value: object) -> bool:
-    return isinstance(value, str) and any(value == box or value.startswith(box + ".") for box in OTHER_BOXES)
+def test_no_import_cycle_anywhere():
+    """No module of any package reaches itself again through imports (module level, in functions,
+    under TYPE_CHECKING), within a package or across them."""
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    assert len(graph.modules) > 100  # the check saw the code
+    assert _cycles(graph) == []
 
 
-TABLES_FILE = ROOT / "rnnkit_cli" / "__init__.py"
+def test_the_cycle_check_finds_a_cycle():
+    import grimp
+
+    graph = grimp.ImportGraph()
+    for module in ("a", "a.x", "a.y", "a.z"):
+        graph.add_module(module)
+    graph.add_import(importer="a.x", imported="a.y")
+    graph.add_import(importer="a.y", imported="a.z")
+    graph.add_import(importer="a.z", imported="a.x")
+    assert _cycles(graph) == [["a.x", "a.y", "a.z"]]
 
 
-def test_rnnkit_names_export_and_serving_modules_only_in_the_cli_table():
-    bad = []
-    paths = sorted((ROOT / "rnnkit").rglob("*.py")) + sorted((ROOT / "rnnkit_cli").rglob("*.py"))
-    assert TABLES_FILE in paths
-    for path in paths:
-        tree = ast.parse(path.read_text(), filename=str(path))
-        allowed: set = set()
-        if path == TABLES_FILE:
-            for node in tree.body:
-                if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id in BOX_NAME_TABLES for t in node.targets
-                ):
-                    allowed |= {id(v) for v in ast.walk(node.value)}
-        for node in ast.walk(tree):
-            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
-            if isinstance(node, ast.Call):  # importlib.import_module("serving.x") / __import__("export")
-                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-                literal = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
-                if name in ("import_module", "__import__") and _names_other_box(literal):
-                    bad.append(f"{where} imports {literal!r} by a literal name")
-            elif (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and "." in node.value
-                and _names_other_box(node.value)
-                and id(node) not in allowed
-            ):
-                bad.append(f"{where} names the module {node.value!r} outside rnnkit_cli's tables")
-    assert not bad, bad
+# ------------------------------------------------------------------------------- packaging
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject's explicit `packages` (needed for the renamed import names) lists every folder."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {import_name: ROOT / folder for import_name, folder in config["package-dir"].items()}
+    folders.update({name: ROOT / name for name in ("rnnkit", "rnnkit_cli")})
+    found = set()
+    for import_name, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            relative = init.parent.relative_to(folder).parts
+            found.add(".".join((import_name, *relative)))
+    assert sorted(config["packages"]) == sorted(found)
+
+
+@pytest.mark.slow  # builds the wheel (setuptools, no network)
+def test_the_wheel_installs_no_top_level_serving_or_export(tmp_path):
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("rnnkit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"rnnkit", "rnnkit_cli", "rnnkit_export", "rnnkit_serving"}
+    assert "rnnkit_serving/fronts/grpc/kserve.py" in names and "rnnkit_export/onnx/splice.py" in names

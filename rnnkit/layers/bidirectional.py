@@ -28,6 +28,10 @@ class Bidirectional(keras.layers.Bidirectional):
     h_f, c_f, h_b, c_b); ``return_state`` returns states in the same order. With
     ``return_sequences`` both directions' outputs are time-aligned and zero at masked steps.
     Works with any recurrent layer that has Keras's RNN attributes (rnnkit or keras).
+
+Weights: the forward layer's, then the backward copy's, each with the shapes of the wrapped
+layer (LSTM(units) on F features: ``kernel (F, 4*units)``, ``recurrent_kernel (units, 4*units)``,
+``bias (4*units,)`` per direction), in the order of ``keras.layers.Bidirectional``.
     """
 
     def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None, **kwargs):

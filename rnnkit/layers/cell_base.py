@@ -12,7 +12,7 @@ from keras import activations, constraints, initializers, ops, regularizers
 # Keras' RNN layer pre-creates and resets dropout masks only for cells that mix in this
 # class (``keras.layers.RNN._maybe_config_dropout_masks``). Mixing it in keeps the masks
 # fixed across time steps (variational dropout) and outside the while-loop body.
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+from rnnkit.keras_compat import DropoutRNNCell
 
 # Constructor arguments that every cell takes besides `units`; layers route these to their cell.
 CELL_OPTIONS = (

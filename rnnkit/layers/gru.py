@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 from keras import activations, ops
-from keras.src import backend
 
 from rnnkit import gate_order
+from rnnkit.keras_compat import fused_backend as backend
 from rnnkit.layers import cudnn
 from rnnkit.layers.cell_base import RecurrentCell
 from rnnkit.layers.recurrent import RecurrentLayer

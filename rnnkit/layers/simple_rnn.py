@@ -46,6 +46,9 @@ class SimpleRNN(RecurrentLayer):
     (initializers, regularizers, constraints, ``dropout``, ``recurrent_dropout``, ``seed``);
     ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``unroll``,
     ``zero_output_for_mask`` as in ``keras.layers.RNN``.
+
+Weights (one ``SimpleRNNCell``, names and shapes as ``keras.layers.SimpleRNN``):
+``kernel (features, units)``, ``recurrent_kernel (units, units)``, ``bias (units,)``.
     """
 
     CELL_CLASS = SimpleRNNCell

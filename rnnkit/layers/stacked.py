@@ -49,7 +49,13 @@ class StackedRNN(keras.layers.Layer):
     has no final step that both directions share. ``dropout`` applies to the input of every
     layer but the first, during training. Masks reach every layer.
 
-    Extra keyword arguments (``use_peepholes``, ``reset_after``, ``recurrent_dropout``,
+    Weights, for layer l with input width w_l and output width u_l (``units``, doubled when
+bidirectional with ``merge_mode="concat"``): the recurrent layer's own (see its class), then
+``skip_projection_l`` ``kernel (w_l, u_l)`` (no bias) where a residual or highway skip changes
+width, and ``highway_gate_l`` ``kernel (w_l, u_l)``, ``bias (u_l,)``. With ``"dense"``,
+w_l = features + u_0 + ... + u_{l-1}.
+
+Extra keyword arguments (``use_peepholes``, ``reset_after``, ``recurrent_dropout``,
     initializers...) go to every recurrent layer.
     """
 
