@@ -44,10 +44,10 @@ import onnxruntime as ort  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from rnnkit import layers as rk  # noqa: E402
 from rnnkit_export.analysis.model_io import ModelIO  # noqa: E402
 from rnnkit_export.onnx.convert import to_onnx  # noqa: E402
 from rnnkit_export.variants import to_int8  # noqa: E402
-from rnnkit import layers as rk  # noqa: E402
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 F, H = 16, 64

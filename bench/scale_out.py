@@ -326,8 +326,8 @@ def build_model(base: str, units: int = 32) -> str:
     """Masking -> LSTM (sequences) -> Dense `y` per step: streamable, exported once (ONNX only)."""
     import keras
 
-    from rnnkit_export import export_model
     from rnnkit import layers as rk
+    from rnnkit_export import export_model
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     keras.utils.set_random_seed(0)

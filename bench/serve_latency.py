@@ -67,8 +67,7 @@ def export_small(base: str) -> str:
 def raw_latency(model_dir: str, n: int) -> None:
     import onnxruntime as ort
 
-    from rnnkit_serving import Predictor
-    from rnnkit_serving import RuntimeOptions
+    from rnnkit_serving import Predictor, RuntimeOptions
 
     x = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
     with Predictor.load(model_dir) as p:

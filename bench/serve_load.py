@@ -39,8 +39,8 @@ FEATURES = 8
 def build(base: str, units: int, variant: str = "fp32") -> str:
     import keras
 
-    from rnnkit_export import export_model
     from rnnkit import layers as rk
+    from rnnkit_export import export_model
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     keras.utils.set_random_seed(0)

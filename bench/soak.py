@@ -58,8 +58,8 @@ def build(base: str) -> str:
     """Export the 2-layer LSTM stack once; return its version directory (the one every publish copies)."""
     import keras
 
-    from rnnkit_export import export_model
     from rnnkit import layers as rk
+    from rnnkit_export import export_model
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     keras.utils.set_random_seed(11)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "ModelLoadError": "rnnkit_serving.errors",
     "Code": "rnnkit_serving.errors",
     "ModelRegistry": "rnnkit_serving.registry",
-    "app": "rnnkit_serving.fronts.rest.app",
+    "app": "rnnkit_serving.server.model_server",
     "RestOptions": "rnnkit_serving.fronts.rest.app",
     "ModelServer": "rnnkit_serving.server.model_server",
     "ServerOptions": "rnnkit_serving.server.model_server",

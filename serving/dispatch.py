@@ -5,14 +5,17 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
 1. **resolve** — the model and version a request names, held by a registry lease for the request
    (:meth:`Dispatch.lease`; unknown models and versions fail with TF Serving's texts);
 2. **validate** — the front's codec turns the body into arrays against the version's signatures,
-   then :meth:`Dispatch.validate` checks names, dtypes and shapes;
+   read from a :class:`ModelView` (what a front may see of a version: never the predictor), then
+   :meth:`Dispatch.validate` checks names, dtypes and shapes;
 3. **limits** — the element budget (:meth:`Dispatch.element_budget`: codecs take each input's
    *declared* shape from it before building an array), batch size and sequence length against
    :meth:`Dispatch.limits_for` (checked with step 2, so each input is refused with its first
    problem); then the values: NaN and infinity are refused unless ``allow_non_finite``;
-4. **schedule** — :meth:`Dispatch.run`: the :class:`~rnnkit_serving.scheduling.batching.Batcher` when batching is on,
-   else the predictor; chunks of a sequence go through the :class:`~rnnkit_serving.scheduling.session_store.SessionStore`
-   (:meth:`Dispatch.stream`);
+4. **schedule** — :meth:`Dispatch.run`: the :class:`~rnnkit_serving.scheduling.batching.Batcher` when
+   batching is on, else the predictor; chunks of a sequence go through the
+   :class:`~rnnkit_serving.scheduling.session_store.SessionStore` (:meth:`Dispatch.stream`), validated
+   against the same :meth:`Dispatch.limits_for` as a prediction; :meth:`Dispatch.infer` is the one
+   KServe v2 infer (a prediction, or a chunk of a sequence) both KServe fronts call;
 5. **timeout** — :meth:`Dispatch.in_worker` (asyncio fronts) and :meth:`Dispatch.in_worker_sync`
    (threaded fronts: gRPC) run a request in a worker thread and answer DEADLINE_EXCEEDED when it
    takes longer than the front's timeout; a request whose deadline passed before a worker took it
@@ -21,15 +24,20 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
    times the successful ones (TF Serving's metric names).
 
 Nothing here knows HTTP, gRPC or JSON: errors are raised as :class:`~rnnkit_serving.errors.ServingError`
-and each front turns them into wire errors through :func:`rnnkit_serving.errors.wire_error`.
+and each front turns them into wire errors through :func:`rnnkit_serving.errors.wire_error`. Fronts
+import this module and nothing of the runtime or the scheduling: what they read of a version
+(signatures, backend, whether it is an encoder-decoder) comes as a :class:`ModelView`, to their
+codec callbacks (:meth:`Dispatch.predict`, :meth:`Dispatch.stream`, :meth:`Dispatch.infer`) and to
+metadata reads (:meth:`Dispatch.inspect`).
 
 Where new request rules belong: a bound on the request (element budget, batch size, sequence
-length) is a field of the :class:`~rnnkit_serving.core.signature.Limits` that :meth:`Dispatch.limits_for`
-returns (codecs that must refuse before allocating get the same object from the front); a check
-of the values (non-finite inputs) is a step between :meth:`Dispatch.validate` and
+length) is a field of the :class:`~rnnkit_serving.core.signature.Limits` that
+:meth:`Dispatch.limits_for` returns (codecs that must refuse before allocating get the same object
+from the front); a check of the values (non-finite inputs) is a step between :meth:`Dispatch.validate` and
 :meth:`Dispatch.run`; a deadline for synchronous fronts (gRPC) wraps :meth:`Dispatch.run`, as
 :meth:`Dispatch.in_worker` does for REST; state keyed by client input (sessions, metric labels)
-is bounded where it is kept (:class:`~rnnkit_serving.scheduling.session_store.SessionStore`, :meth:`Dispatch.metric_name`).
+is bounded where it is kept (:class:`~rnnkit_serving.scheduling.session_store.SessionStore`,
+:meth:`Dispatch.metric_name`).
 """
 
 from __future__ import annotations
@@ -44,14 +52,22 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.core.metrics import Metrics
-from rnnkit_serving.runtime.predictor import Predictor
-from rnnkit_serving.registry import Lease, ModelRegistry
-from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
-from rnnkit_serving.core.signature import DEFAULT_LIMITS, DEFAULT_SIGNATURE, ElementBudget, Limits, check_finite, validate
+from rnnkit_serving.core.signature import (
+    DEFAULT_LIMITS,
+    DEFAULT_SIGNATURE,
+    ElementBudget,
+    Limits,
+    Signature,
+    check_finite,
+    validate,
+)
 from rnnkit_serving.core.status import VersionStatus
+from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving.registry import Lease, ModelRegistry
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
 MAX_BATCH_WAITERS = 512  # most extra request threads a front adds to wait for batches
@@ -67,8 +83,73 @@ class DecodedRequest(Protocol):
     def signature_name(self) -> str: ...
 
 
+class SequenceChunk(Protocol):
+    """Which sequence a request is a chunk of (Triton's ``sequence_id``, ``sequence_start``, ``sequence_end``)."""
+
+    @property
+    def id(self) -> SequenceId: ...
+
+    @property
+    def start(self) -> bool: ...
+
+    @property
+    def end(self) -> bool: ...
+
+
 R = TypeVar("R", bound=DecodedRequest)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What a front may read of the version a request runs on, valid while the request holds it.
+
+    The fronts decode against it (signatures, whether sequences carry partial inputs) and render
+    metadata from it (backend, variant, runtime facts); they never see the
+    :class:`~rnnkit_serving.runtime.predictor.Predictor` itself, so every request runs through the
+    dispatch. `limits`: the request limits of this version on this server
+    (:meth:`Dispatch.limits_for`), which :meth:`Dispatch.element_budget` takes its budget from.
+    """
+
+    _predictor: Predictor = field(repr=False)
+    limits: Limits
+
+    @property
+    def name(self) -> str:
+        return self._predictor.name
+
+    @property
+    def version(self) -> int:
+        return self._predictor.version
+
+    @property
+    def backend_name(self) -> str:
+        """The runtime (``onnx``, ``tf``; ``custom`` for hand-built predictors)."""
+        return self._predictor.backend_name
+
+    @property
+    def variant(self) -> str:
+        """The precision that runs (``fp32``, ``int8``, ``fp16``)."""
+        return self._predictor.variant
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        """Every signature of the version, by name."""
+        return self._predictor.signatures
+
+    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+        """One signature; FAILED_PRECONDITION (TF Serving's text) for a name the version lacks."""
+        return self._predictor.signature(name)
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether a sequence starts from an encoder's outputs (its chunks carry the source, target
+        inputs or both: a codec accepts a subset of the signature's inputs)."""
+        return self._predictor.encoder_decoder
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts per signature (runtime, variant, file, device, providers, fallback)."""
+        return self._predictor.describe()
 
 
 @dataclass(frozen=True)
@@ -131,20 +212,29 @@ class Dispatch:
         """Hold the version `target` names for one request (``with dispatch.lease(t) as predictor``)."""
         return self.registry.lease(target.name, target.version, target.label)
 
+    def view(self, predictor: Predictor) -> ModelView:
+        """What a front may read of `predictor` (held by a lease), with its limits on this server."""
+        return ModelView(predictor, self.limits_for(predictor))
+
+    def inspect(self, target: Target, read: Callable[[ModelView], T]) -> T:
+        """``read`` the version `target` names while holding it (metadata, status of one version)."""
+        with self.lease(target) as predictor:
+            return read(self.view(predictor))
+
     def metric_name(self, name: str) -> str:
         """The metrics label for a requested model name: itself when served, else ``(unknown)``."""
         return name if self.registry.model(name) is not None else UNKNOWN_MODEL
 
     # ------------------------------------------------------------- 2 + 3. validate, limits
 
-    def limits_for(self, predictor: Predictor) -> Limits:
+    def limits_for(self, model: Predictor | ModelView) -> Limits:
         """The request limits for a version: the server's and those it was loaded with, the tighter of each."""
-        return self.limits.tighter(predictor.limits)
+        return self.limits.tighter(model.limits)
 
-    def element_budget(self, predictor: Predictor) -> ElementBudget:
-        """A fresh element budget for one request to `predictor`: every front's codec takes each
+    def element_budget(self, model: Predictor | ModelView) -> ElementBudget:
+        """A fresh element budget for one request to `model`: every front's codec takes each
         input's declared shape from it before building the input's array."""
-        return ElementBudget(self.limits_for(predictor).max_elements)
+        return ElementBudget(self.limits_for(model).max_elements)
 
     def validate(self, predictor: Predictor, inputs: Mapping[str, Any], signature_name: str) -> dict[str, np.ndarray]:
         """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes;
@@ -167,28 +257,45 @@ class Dispatch:
             return self.batcher.run(predictor, arrays, signature_name)
         return predictor.run(arrays, signature_name)
 
-    def predict(self, target: Target, decode: Callable[[Predictor], R]) -> Prediction[R]:
-        """Steps 1-4 for one prediction: lease `target`, ``decode(predictor)`` (the front's codec),
+    def predict(self, target: Target, decode: Callable[[ModelView], R]) -> Prediction[R]:
+        """Steps 1-4 for one prediction: lease `target`, ``decode(model)`` (the front's codec),
         validate, run; the outputs of every output of the signature, by name."""
         with self.lease(target) as predictor:
-            request = decode(predictor)
+            request = decode(self.view(predictor))
             signature_name = request.signature_name or DEFAULT_SIGNATURE
             arrays = self.validate(predictor, request.inputs, signature_name)
             outputs = self.run(predictor, arrays, signature_name)
         return Prediction(predictor.name, predictor.version, request, outputs)
 
     def stream(
-        self, target: Target, key: SequenceId, start: bool, end: bool, decode: Callable[[Predictor], R]
+        self, target: Target, key: SequenceId, start: bool, end: bool, decode: Callable[[ModelView], R]
     ) -> Prediction[R]:
         """Steps 1-4 for one chunk of sequence `key`: a new sequence (`start`) runs on the version
         `target` names; later chunks stay on the version their sequence started on while it is
-        served (a sequence whose version was retired is told to start again). Validation and limits
-        apply in the session, against the step graph's chunk signature."""
+        served (a sequence whose version was retired is told to start again). Validation applies
+        in the session, against the step graph's chunk signature, with the limits of a prediction
+        (:meth:`limits_for`)."""
         with self._sequence_lease(target, key, start) as predictor:
-            request = decode(predictor)
+            model = self.view(predictor)
+            request = decode(model)
             self.check_values(request.inputs)
-            outputs = self.sessions.step(predictor, key, request.inputs, start, end)
+            outputs = self.sessions.step(predictor, key, request.inputs, start, end, model.limits)
         return Prediction(predictor.name, predictor.version, request, outputs)
+
+    def infer(
+        self, target: Target, sequence: SequenceChunk | None, decode: Callable[[ModelView, bool], R]
+    ) -> Prediction[R]:
+        """The KServe v2 infer, whatever the wire (REST and gRPC call it alike): one prediction, or,
+        for a request carrying Triton's sequence parameters, one chunk of that sequence (:meth:`stream`).
+
+        ``decode(model, partial)`` is the front's codec; `partial` is true for a chunk of an
+        encoder-decoder sequence, which carries the source, a target chunk or both (the session says
+        which it needs), so the codec must accept a subset of the signature's inputs."""
+        if sequence is None:
+            return self.predict(target, lambda model: decode(model, False))
+        return self.stream(
+            target, sequence.id, sequence.start, sequence.end, lambda model: decode(model, model.encoder_decoder)
+        )
 
     def _sequence_lease(self, target: Target, key: SequenceId, start: bool) -> Lease:
         pinned = None if start else self.sessions.pinned_version(target.name, key)

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from rnnkit_serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy
-from rnnkit_serving.runtime.predictor import Predictor, version_dirs
 from rnnkit_serving.core.status import AVAILABLE, END, LOADING, VersionStatus
+from rnnkit_serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
+from rnnkit_serving.runtime.predictor import Predictor, version_dirs
 
 log = logging.getLogger("rnnkit.serving")
 

@@ -15,8 +15,8 @@ import tempfile
 import keras
 import numpy as np
 
-from rnnkit_export import export_model
 from rnnkit import layers as rk
+from rnnkit_export import export_model
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 

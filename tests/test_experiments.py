@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from rnnkit_cli import build_parser, main
 from rnnkit.experiments import EXPERIMENTS, experiment_names
 from rnnkit.experiments.clipping import StepRecorder
 from rnnkit.experiments.counting import (
@@ -31,6 +30,7 @@ from rnnkit.experiments.runner import format_table, jsonable
 from rnnkit.experiments.vanishing import decay_fit
 from rnnkit.tasks import make_task
 from rnnkit.training import ModelSpec
+from rnnkit_cli import build_parser, main
 
 
 def test_bench_vanishing_quick_end_to_end(tmp_path, capsys):

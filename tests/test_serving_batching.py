@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import serving_repo
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Predictor
-from rnnkit_serving import Signature
-from rnnkit_serving import TensorSpec
-from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.config.batching_config import BatchingParameters, parse_batching_parameters, read_batching_parameters
-from rnnkit_serving.server.cli import configure_parser
-from rnnkit_serving.errors import Code, ServingError, wire_error
-from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving import FakeBackend, Predictor, Signature, TensorSpec
+from rnnkit_serving.config.batching_config import (
+    BatchingParameters,
+    parse_batching_parameters,
+    read_batching_parameters,
+)
 from rnnkit_serving.config.text_format import ConfigError
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.errors import Code, ServingError, wire_error
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.server.cli import configure_parser
 
 TOL = 1e-5
 

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import serving_repo
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Predictor
-from rnnkit_serving import Signature
-from rnnkit_serving import TensorSpec
-from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving import FakeBackend, Predictor, Signature, TensorSpec
 from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.scheduling.batching import Batcher
 
 FOREVER_US = 600_000_000  # 10 minutes: a test that waited for it would time out instead of passing
 SIG = Signature("serving_default", (TensorSpec("a", "float32", (None,)),), (TensorSpec("b", "float32", (None,)),))

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError, wire_error
-from rnnkit_serving.config.model_config import parse_model_config
+from rnnkit_serving.codecs.tfs.json_tensor import encode_tensor, parse_json
 from rnnkit_serving.codecs.tfs.rest import decode_predict_request, encode_predict_response, metadata_json, status_json
+from rnnkit_serving.config.model_config import parse_model_config
+from rnnkit_serving.config.text_format import ConfigError
 from rnnkit_serving.core.signature import Limits, Manifest, Signature, TensorSpec, validate
 from rnnkit_serving.core.status import VersionStatus
-from rnnkit_serving.config.text_format import ConfigError
-from rnnkit_serving.codecs.tfs.json_tensor import encode_tensor, parse_json
+from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError, wire_error
 
 ONE = {
     "serving_default": Signature(

@@ -10,17 +10,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Limits
-from rnnkit_serving import Predictor
-from rnnkit_serving import Signature
-from rnnkit_serving import TensorSpec
-from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving import FakeBackend, Limits, Predictor, Signature, TensorSpec
 from rnnkit_serving.config.batching_config import BatchingParameters
-from rnnkit_serving.dispatch import Call, Dispatch, Target
-from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
+from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.scheduling.batching import Batcher
 
 X = TensorSpec("x", "float32", (None, None, 1))
 Y = TensorSpec("y", "float32", (None, None, 1))
@@ -158,6 +154,59 @@ def test_a_sequence_stays_on_the_version_it_started_on(dispatch):
     with pytest.raises(ServingError, match="sequence 's' started on version 1 of model 'm', which is no longer"):
         dispatch.stream(Target("m"), "s", False, False, decode(Request({"x": x(steps=1)})))
     assert dispatch.sessions.live() == {}
+
+
+def test_stream_chunks_get_the_servers_limits_as_predictions_do():
+    """A version loaded without limits of its own, served by a dispatch with tighter ones: a chunk of
+    a sequence is refused with the same message as a prediction (the server's limits, not the version's)."""
+    registry = ModelRegistry.of([model(1, 1.0)])  # Predictor(..., limits=Limits()): no bound of its own
+    dispatch = Dispatch(registry, Metrics(), limits=Limits(max_batch_size=2, max_sequence_length=3))
+    try:
+        for inputs, text in (
+            ({"x": x(steps=4)}, "input 'x' has 4 time steps, above the server limit 3 (--max_sequence_length)"),
+            ({"x": x(batch=3)}, "input 'x' has batch size 3, above the server limit 2 (--max_batch_size)"),
+        ):
+            refusals = []
+            for run in (
+                lambda inputs=inputs: dispatch.predict(Target("m"), decode(Request(inputs))),
+                lambda inputs=inputs: dispatch.stream(Target("m"), "s", True, False, decode(Request(inputs))),
+                lambda inputs=inputs: dispatch.infer(Target("m"), Sequence("s", True, False), lambda *_: Request(inputs)),
+            ):
+                with pytest.raises(ServingError) as caught:
+                    run()
+                refusals.append((caught.value.code, caught.value.message))
+            assert refusals == [(Code.INVALID_ARGUMENT, text)] * 3
+        ok = dispatch.stream(Target("m"), "s", True, False, decode(Request({"x": x(batch=2, steps=3)})))
+        assert ok.outputs["y"].shape == (2, 3, 1)
+    finally:
+        registry.close()
+
+
+@dataclass(frozen=True)
+class Sequence:
+    id: str
+    start: bool
+    end: bool
+
+
+def test_fronts_decode_against_a_read_only_view_and_kserve_infer_picks_predict_or_stream(dispatch):
+    seen = []
+
+    def decode_kserve(view, partial):
+        seen.append((type(view), view.name, view.version, sorted(view.signatures), partial, view.limits))
+        return Request({"x": x(steps=1)})
+
+    whole = dispatch.infer(Target("m", 1), None, decode_kserve)  # no sequence: one prediction
+    assert whole.outputs["y"].tolist() == [[[10.0]]] and dispatch.sessions.live() == {}
+    chunk = dispatch.infer(Target("m", 1), Sequence("s", True, False), decode_kserve)  # a chunk: the session
+    assert chunk.outputs["y"].tolist() == [[[1.0]]] and dispatch.sessions.live() == {"m": 1}
+    assert seen == [(ModelView, "m", 1, ["serving_default", "step"], False, Limits(2, 3))] * 2  # not encoder-decoder
+    view = dispatch.inspect(Target("m"), lambda view: view)
+    assert not isinstance(view, Predictor) and view.signature().name == "serving_default"
+    with pytest.raises(AttributeError):
+        view.limits = Limits()
+    with pytest.raises(ServingError, match='Serving signature key "nope" not found.'):
+        view.signature("nope")
 
 
 # ----------------------------------------------------------------------------- 5. timeout

@@ -22,14 +22,12 @@ from google.protobuf import text_format
 from rnnkit_export import export_model
 from rnnkit_export.analysis.model_io import ModelIO
 from rnnkit_export.repository.triton_seed import seeded_decoder_step
-from rnnkit_serving import Predictor
-from rnnkit_serving import ServingError
-from rnnkit_serving import app
+from rnnkit_serving import Predictor, ServingError, app
+from rnnkit_serving.core.signature import Manifest
 from rnnkit_serving.dispatch import Dispatch, Target
 from rnnkit_serving.errors import Code, ModelLoadError
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.scheduling.session_store import SessionStore
-from rnnkit_serving.core.signature import Manifest
 
 L = keras.layers
 F, H, VOCAB = 3, 5, 9

@@ -11,11 +11,11 @@ import pytest
 import serving_repo
 from serving_repo import assert_error
 
-from rnnkit_serving import Predictor
-from rnnkit_serving import ServingError
+from rnnkit_serving import Predictor, ServingError
 from rnnkit_serving.codecs.kserve import rest as codec
-from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.codecs.kserve import sequence, tensors
 from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec
+from rnnkit_serving.registry import ModelRegistry
 
 
 @pytest.fixture(scope="module")
@@ -336,28 +336,28 @@ def test_raw_codec_checks_the_declared_size_before_building_arrays():
     # the element budget is checked from the declared shape alone: nothing is allocated for it
     with pytest.raises(ServingError, match=r"input 'x' declares shape \[1000, 1000, 1000\]: 1000000000 elements; "
                        r"a request may hold at most 1000 elements in all \(--max_request_elements\)"):
-        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"", ElementBudget(1000))
+        tensors.decode_raw("x", "FP32", [1000, 1000, 1000], b"", ElementBudget(1000))
     with pytest.raises(ServingError, match=r"needs 4000000000 bytes of raw data, received 4"):
-        codec.decode_raw("x", "FP32", [1000, 1000, 1000], b"\0" * 4)
+        tensors.decode_raw("x", "FP32", [1000, 1000, 1000], b"\0" * 4)
     array = np.arange(6, dtype=np.int64).reshape(2, 3)
-    assert codec.decode_raw("t", "INT64", [2, 3], codec.encode_raw(array)).tolist() == array.tolist()
+    assert tensors.decode_raw("t", "INT64", [2, 3], tensors.encode_raw(array)).tolist() == array.tolist()
     words = np.array(["ab", "", "héllo"], dtype=object)
-    raw = codec.encode_raw(words)
+    raw = tensors.encode_raw(words)
     assert raw == b"\x02\0\0\0ab\0\0\0\0\x06\0\0\0h\xc3\xa9llo"
-    assert codec.decode_raw("s", "BYTES", [3], raw).tolist() == [b"ab", b"", "héllo".encode()]
+    assert tensors.decode_raw("s", "BYTES", [3], raw).tolist() == [b"ab", b"", "héllo".encode()]
     with pytest.raises(ServingError, match="raw BYTES element 0 declares 2 bytes, 1 remain"):
-        codec.decode_raw("s", "BYTES", [1], b"\x02\0\0\0a")
+        tensors.decode_raw("s", "BYTES", [1], b"\x02\0\0\0a")
     with pytest.raises(ServingError, match="needs at least 12 bytes of raw data"):
-        codec.decode_raw("s", "BYTES", [3], b"\0" * 4)
+        tensors.decode_raw("s", "BYTES", [3], b"\0" * 4)
 
 
 def test_sequence_header_and_parameter_must_agree():
-    control = codec.sequence_control({"parameters": {"sequence_start": True}}, "42")
-    assert control == codec.SequenceControl(42, True, False)  # digits: Triton's integer ids
-    assert codec.sequence_control({}, "user-7") == codec.SequenceControl("user-7", False, False)
-    assert codec.sequence_control({"parameters": {"sequence_id": 42}}, "42").id == 42
+    control = sequence.sequence_control({"parameters": {"sequence_start": True}}, "42")
+    assert control == sequence.SequenceControl(42, True, False)  # digits: Triton's integer ids
+    assert sequence.sequence_control({}, "user-7") == sequence.SequenceControl("user-7", False, False)
+    assert sequence.sequence_control({"parameters": {"sequence_id": 42}}, "42").id == 42
     with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' names sequence 43 but parameter "
                        "'sequence_id' names 42; they must agree"):
-        codec.sequence_control({"parameters": {"sequence_id": 42}}, "43")
+        sequence.sequence_control({"parameters": {"sequence_id": 42}}, "43")
     with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' is empty"):
-        codec.sequence_control({}, " ")
+        sequence.sequence_control({}, " ")

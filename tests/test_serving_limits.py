@@ -14,24 +14,13 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rnnkit_serving import (
-    FakeBackend,
-    Predictor,
-    RestOptions,
-    Signature,
-    TensorSpec,
-    grpc_codec,
-    kserve_codec,
-    rest_codec,
-    tfs_json,
-)
-from rnnkit_serving.dispatch import Dispatch, Target
-from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving import FakeBackend, Predictor, RestOptions, Signature, TensorSpec
 from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, json_depth
+from rnnkit_serving.codecs.kserve import rest as kserve_codec
+from rnnkit_serving.codecs.tfs import grpc as grpc_codec
+from rnnkit_serving.codecs.tfs import json_tensor as tfs_json
+from rnnkit_serving.codecs.tfs import rest as rest_codec
 from rnnkit_serving.core.metrics import Metrics
-from rnnkit_serving.registry import ModelRegistry
-from rnnkit_serving.fronts.rest.app import rest_app
-from rnnkit_serving.server.model_server import ModelServer, ServerOptions
 from rnnkit_serving.core.signature import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -40,6 +29,11 @@ from rnnkit_serving.core.signature import (
     ElementBudget,
     Limits,
 )
+from rnnkit_serving.dispatch import Dispatch, Target
+from rnnkit_serving.errors import Code, ServingError
+from rnnkit_serving.fronts.rest.app import rest_app
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.server.model_server import ModelServer, ServerOptions
 
 X = TensorSpec("x", "float32", (None, None, 4))
 Y = TensorSpec("y", "float32", (None, None, 4))
@@ -240,9 +234,14 @@ def test_default_limits_are_finite_and_the_flags_raise_them():
         ["--max_batch_size", "5000", "--max_sequence_length", "100000", "--max_request_elements", "99999999"]
     )
     assert (raised.max_batch_size, raised.max_sequence_length, raised.max_request_elements) == (5000, 100000, 99999999)
-    from rnnkit_serving.fronts.grpc.tfs import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
+    from rnnkit_serving.core import defaults
 
-    assert (args.grpc_timeout_in_ms, args.grpc_max_concurrent_rpcs) == (DEFAULT_TIMEOUT_MS, DEFAULT_MAX_CONCURRENT_RPCS)
+    assert (args.grpc_timeout_in_ms, args.grpc_max_concurrent_rpcs) == (
+        defaults.GRPC_TIMEOUT_MS,
+        defaults.GRPC_MAX_CONCURRENT_RPCS,
+    )
+    assert ServerOptions().grpc_timeout_ms == defaults.GRPC_TIMEOUT_MS == 30_000
+    assert ServerOptions().grpc_max_concurrent_rpcs == defaults.GRPC_MAX_CONCURRENT_RPCS == 64
     assert ServerOptions().limits == DEFAULT_LIMITS
     # a Dispatch applies the server defaults with each version's own limits, the tighter of each
     dispatch = Dispatch(ModelRegistry.of([fake(limits=Limits(max_batch_size=4))]))
@@ -250,6 +249,39 @@ def test_default_limits_are_finite_and_the_flags_raise_them():
     assert dispatch.limits_for(predictor) == Limits(4, 8192, 8 << 20)
     with pytest.raises(ServingError, match=r"input 'x' has 8193 time steps, above the server limit 8192"):
         dispatch.predict(Target("m"), lambda p: _request({"x": np.zeros((1, 8193, 4), np.float32)}))
+
+
+def test_the_cli_and_the_option_classes_read_one_table_of_defaults():
+    import argparse
+
+    from rnnkit_serving import RuntimeOptions, SessionOptions
+    from rnnkit_serving.core import defaults as D
+    from rnnkit_serving.server.cli import configure_parser
+
+    args = configure_parser(argparse.ArgumentParser()).parse_args([])
+    server, rest, sessions, runtime = ServerOptions(), RestOptions(), SessionOptions(), RuntimeOptions()
+    for flag, option, default in (
+        ("rest_api_timeout_in_ms", rest.timeout_ms, D.REST_API_TIMEOUT_MS),
+        ("max_request_bytes", rest.max_body_bytes, D.MAX_REQUEST_BYTES),
+        ("rest_workers", rest.workers, D.REST_WORKERS),
+        ("session_idle_seconds", sessions.idle_seconds, D.SESSION_IDLE_SECONDS),
+        ("max_sessions", sessions.max_sessions, D.MAX_SESSIONS),
+        ("intra_op_threads", runtime.intra_op_threads, D.INTRA_OP_THREADS),
+        ("variant", runtime.variant, D.VARIANT),
+        ("grpc_workers", server.grpc_workers, D.GRPC_WORKERS),
+        ("drain_seconds", server.drain_seconds, D.DRAIN_SECONDS),
+        ("file_system_poll_wait_seconds", server.poll_seconds, D.POLL_SECONDS),
+        ("port", server.port, D.PORT),
+        ("rest_api_port", server.rest_api_port, D.REST_API_PORT),
+        ("host", server.host, D.HOST),
+    ):
+        assert getattr(args, flag) == option == default, flag
+    assert (D.REST_API_TIMEOUT_MS, D.MAX_REQUEST_BYTES, D.SESSION_IDLE_SECONDS, D.MAX_SESSIONS) == (
+        30_000,
+        16 << 20,
+        60,
+        1000,
+    )
 
 
 class _request:

@@ -12,13 +12,7 @@ import numpy as np
 import pytest
 import serving_repo
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Limits
-from rnnkit_serving import ModelLoadError
-from rnnkit_serving import Predictor
-from rnnkit_serving import ServingError
-from rnnkit_serving import Signature
-from rnnkit_serving import TensorSpec
+from rnnkit_serving import FakeBackend, Limits, ModelLoadError, Predictor, ServingError, Signature, TensorSpec
 
 X = [[[1.0], [2.0], [5.0]]]
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench" / "fuzz"))
 import harness  # noqa: E402
 
-from rnnkit_serving import grpc_codec  # noqa: E402
+from rnnkit_serving.codecs.tfs import grpc as grpc_codec  # noqa: E402
 from rnnkit_serving.errors import Code  # noqa: E402
 
 FAST = settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))

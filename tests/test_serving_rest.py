@@ -12,13 +12,7 @@ import serving_repo
 from prometheus_client.parser import text_string_to_metric_families
 from serving_repo import assert_error
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Limits
-from rnnkit_serving import Predictor
-from rnnkit_serving import RestOptions
-from rnnkit_serving import Signature
-from rnnkit_serving import TensorSpec
-from rnnkit_serving import app
+from rnnkit_serving import FakeBackend, Limits, Predictor, RestOptions, Signature, TensorSpec, app
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.server.model_server import load_registry

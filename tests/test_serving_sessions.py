@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import serving_repo
 
-from rnnkit_serving import Predictor
-from rnnkit_serving import ServingError
-from rnnkit_serving import app
-from rnnkit_serving.errors import Code, wire_error
-from rnnkit_serving.codecs.kserve.rest import sequence_id
+from rnnkit_serving import Predictor, ServingError, app
+from rnnkit_serving.codecs.kserve.sequence import sequence_id
 from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.errors import Code, wire_error
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.scheduling.session_store import SessionOptions, SessionStore
 

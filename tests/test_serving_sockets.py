@@ -27,8 +27,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from rnnkit_serving import spawn_server
-from rnnkit_serving import start_server
+from rnnkit_serving import spawn_server, start_server
 
 pytestmark = pytest.mark.slow  # child processes and real sockets
 ROOT = pathlib.Path(__file__).resolve().parents[1]

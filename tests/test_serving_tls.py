@@ -16,13 +16,12 @@ import serving_repo
 import trustme
 
 from rnnkit_export import export_model
-from rnnkit_serving.server import cli
-from rnnkit_serving import spawn_server
-from rnnkit_serving import start_server
+from rnnkit_serving import spawn_server, start_server
+from rnnkit_serving.codecs.tfs.protos import import_proto_modules
 from rnnkit_serving.config import tls
 from rnnkit_serving.config.text_format import ConfigError
-from rnnkit_serving.codecs.tfs.protos import import_proto_modules
 from rnnkit_serving.config.tls import SSLConfig, parse_ssl_config, read_ssl_config, rest_ssl_context
+from rnnkit_serving.server import cli
 
 BODY = {"instances": [[[1.0]]]}
 

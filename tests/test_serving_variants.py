@@ -13,18 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnkit_export import export_model
 from rnnkit import layers as rk
-from rnnkit_serving import Predictor
-from rnnkit_serving import RestOptions
-from rnnkit_serving import app
-from rnnkit_serving import spawn_server
+from rnnkit_export import export_model
+from rnnkit_serving import Predictor, RestOptions, app, spawn_server
+from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.config.model_config import ModelConfig
+from rnnkit_serving.errors import ModelLoadError
 from rnnkit_serving.runtime.backend import RuntimeOptions
 from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.config.batching_config import BatchingParameters
 from rnnkit_serving.server.cli import configure_parser
-from rnnkit_serving.errors import ModelLoadError
-from rnnkit_serving.config.model_config import ModelConfig
 from rnnkit_serving.server.model_server import load_registry
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)

@@ -22,17 +22,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from rnnkit_serving import FakeBackend
-from rnnkit_serving import Predictor
-from rnnkit_serving.codecs.tfs import grpc as grpc_codec
-from rnnkit_serving.codecs.kserve import rest as kserve_codec
-from rnnkit_serving.codecs.tfs import rest as rest_codec
-from rnnkit_serving import tfs_json  # noqa: E402
-from rnnkit_serving.dispatch import Dispatch, Target  # noqa: E402
-from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError  # noqa: E402
+from rnnkit_serving import FakeBackend, Predictor  # noqa: E402
+from rnnkit_serving.codecs.kserve import rest as kserve_codec  # noqa: E402
+from rnnkit_serving.codecs.kserve import sequence as kserve_sequence  # noqa: E402
+from rnnkit_serving.codecs.tfs import grpc as grpc_codec  # noqa: E402
+from rnnkit_serving.codecs.tfs import json_tensor as tfs_json  # noqa: E402
+from rnnkit_serving.codecs.tfs import rest as rest_codec  # noqa: E402
 from rnnkit_serving.core.metrics import Metrics  # noqa: E402
-from rnnkit_serving.registry import ModelRegistry  # noqa: E402
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Limits, Signature, TensorSpec  # noqa: E402
+from rnnkit_serving.dispatch import Dispatch, ModelView, Target  # noqa: E402
+from rnnkit_serving.errors import HTTP_STATUS, Code, ServingError  # noqa: E402
+from rnnkit_serving.registry import ModelRegistry  # noqa: E402
 
 BUDGET = 4096  # elements per request (the server's default is 8 Mi; small here so fuzzing reaches it)
 X = TensorSpec("x", "float32", (None, None, 4))
@@ -78,9 +78,9 @@ def _outcome(job: Callable[[], Any]) -> Code:
 def tfs_json_request(body: bytes) -> Code:
     """A TF Serving REST ``:predict`` body, as ``rest_tfs`` decodes, runs and encodes it."""
 
-    def decode(predictor: Predictor) -> rest_codec.RestPredictRequest:
+    def decode(model: ModelView) -> rest_codec.RestPredictRequest:
         doc = tfs_json.parse_json(body)
-        request = rest_codec.decode_predict_request(doc, predictor.signatures, DISPATCH.element_budget(predictor))
+        request = rest_codec.decode_predict_request(doc, model.signatures, DISPATCH.element_budget(model))
         _within_budget(request.inputs)
         return request
 
@@ -96,11 +96,11 @@ def kserve_json_request(body: bytes) -> Code:
 
     def job() -> None:
         doc = kserve_codec.parse_body(body)
-        kserve_codec.sequence_control(doc)
+        kserve_sequence.sequence_control(doc)
 
-        def decode(predictor: Predictor) -> kserve_codec.InferRequest:
-            signature = predictor.signature(DEFAULT_SIGNATURE)
-            request = kserve_codec.decode_infer_request(doc, signature, budget=DISPATCH.element_budget(predictor))
+        def decode(model: ModelView) -> kserve_codec.InferRequest:
+            signature = model.signature(DEFAULT_SIGNATURE)
+            request = kserve_codec.decode_infer_request(doc, signature, budget=DISPATCH.element_budget(model))
             _within_budget(request.inputs)
             return request
 
@@ -116,9 +116,9 @@ def grpc_request(request: Any) -> Code:
     def job() -> None:
         spec = grpc_codec.model_spec(request.model_spec)
 
-        def decode(predictor: Predictor) -> grpc_codec.GrpcPredictRequest:
-            signature = predictor.signature(spec.signature_name)
-            decoded = grpc_codec.decode_predict_request(request, signature, DISPATCH.element_budget(predictor))
+        def decode(model: ModelView) -> grpc_codec.GrpcPredictRequest:
+            signature = model.signature(spec.signature_name)
+            decoded = grpc_codec.decode_predict_request(request, signature, DISPATCH.element_budget(model))
             _within_budget(decoded.inputs)
             return decoded
 

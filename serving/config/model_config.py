@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from rnnkit_serving.config.text_format import ConfigError, Message, parse_text_format
+from rnnkit_serving.core import defaults
 
 POLICIES = ("latest", "all", "specific")
 
@@ -26,7 +27,7 @@ class VersionPolicy:
     """
 
     kind: str = "latest"
-    num_versions: int = 1
+    num_versions: int = defaults.NUM_VERSIONS  # --num_versions (a config's model_version_policy wins)
     versions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:

@@ -32,6 +32,13 @@ STEP_SIGNATURE = "step"
 ENCODER_SIGNATURE = "encoder"
 DECODER_STEP_SIGNATURE = "decoder_step"
 
+# `streaming.mode` of the manifest: a step graph, an encoder + decoder step graph, no streaming
+# graph (`streaming.reason` says why), or streaming switched off at export
+STREAMING_STEP = "step"
+STREAMING_ENCODER_DECODER = "encoder_decoder"
+STREAMING_NONE = "none"
+STREAMING_OFF = "off"
+
 # files of a version directory
 SAVED_MODEL_FILE = "saved_model.pb"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -53,11 +60,15 @@ MODELS_CONFIG_FILE = "models.config"
 TRITON_CONFIG_FILE = "config.pbtxt"
 
 # formats a version may carry (`formats` in the manifest)
-FORMATS = ("savedmodel", "onnx")
+SAVEDMODEL_FORMAT = "savedmodel"
+ONNX_FORMAT = "onnx"
+FORMATS = (SAVEDMODEL_FORMAT, ONNX_FORMAT)
 
 # numeric precisions: fp32 is the exported graph itself, the others are gated variants
 FP32 = "fp32"
-VARIANTS = ("int8", "fp16")
+INT8 = "int8"
+FP16 = "fp16"
+VARIANTS = (INT8, FP16)
 
 # dtypes a manifest may name (numpy names); anything else is refused at load time
 SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool", "str")

@@ -16,18 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit_serving.core.defaults import MAX_BATCH_SIZE, MAX_REQUEST_ELEMENTS, MAX_SEQUENCE_LENGTH
+from rnnkit_serving.core.repository_format import (  # the format's names, importable from here too
+    DECODER_STEP_SIGNATURE,
+    DEFAULT_SIGNATURE,
+    ENCODER_SIGNATURE,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    STEP_SIGNATURE,
+    STREAMING_ENCODER_DECODER,
+    STREAMING_STEP,
+    SUPPORTED_DTYPES,
+)
 from rnnkit_serving.errors import ModelLoadError, ValidationError
 
-MANIFEST = "rnnkit.json"
-DEFAULT_SIGNATURE = "serving_default"
-STEP_SIGNATURE = "step"
-# encoder-decoder models: the encoder (source inputs -> the decoder's initial states) and the decoder step graph
-ENCODER_SIGNATURE = "encoder"
-DECODER_STEP_SIGNATURE = "decoder_step"
 # SignatureDef method name both TF Serving codecs (REST metadata, gRPC metadata) print
 METHOD_PREDICT = "tensorflow/serving/predict"
-# Dtypes a manifest may name (numpy names); anything else is refused at load time.
-SUPPORTED_DTYPES = ("float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool", "str")
 # numpy dtype name -> (TensorFlow DataType name, number); the wire names of both codecs.
 DATA_TYPES: dict[str, tuple[str, int]] = {
     "float32": ("DT_FLOAT", 1),
@@ -134,8 +138,10 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        if data.get("format") != 1:
-            raise ValueError(f"unsupported manifest format {data.get('format')!r} (this server reads format 1)")
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(
+                f"unsupported manifest format {data.get('format')!r} (this server reads format {MANIFEST_FORMAT})"
+            )
         inputs = tuple(TensorSpec.from_json(t) for t in data["inputs"])
         outputs = tuple(TensorSpec.from_json(t) for t in data["outputs"])
         signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs)}
@@ -143,7 +149,7 @@ class Manifest:
         states: tuple[StatePair, ...] = ()
         # A streamable model's step graph exists in every format it was exported in (the SavedModel's
         # `step` signature, `step.onnx`); manifests older than `mode` only had step models.
-        if streaming.get("streamable") and streaming.get("mode", "step") == "step":
+        if streaming.get("streamable") and streaming.get("mode", STREAMING_STEP) == STREAMING_STEP:
             states = tuple(
                 StatePair(str(s["input"]), str(s["output"]), int(s["units"])) for s in streaming.get("states") or []
             )
@@ -151,7 +157,7 @@ class Manifest:
             state_out = tuple(TensorSpec(s.output, "float32", (None, s.units)) for s in states)
             signatures[STEP_SIGNATURE] = Signature(STEP_SIGNATURE, inputs + state_in, outputs + state_out)
         reason = streaming.get("reason")
-        pair = streaming.get("encoder_decoder") if streaming.get("mode") == "encoder_decoder" else None
+        pair = streaming.get(STREAMING_ENCODER_DECODER) if streaming.get("mode") == STREAMING_ENCODER_DECODER else None
         files: dict[str, str] = {}
         if pair:
             states = _encoder_decoder(pair, signatures, files)
@@ -197,13 +203,10 @@ def _encoder_decoder(
     return states
 
 
-# The server's defaults (``rnnkit serve``, :func:`rnnkit_serving.start_server`, :class:`rnnkit_serving.dispatch.Dispatch`);
-# each has a flag that raises it. A 16 MiB body (--max_request_bytes) holds at most ~8 M JSON numbers,
-# so the element budget refuses nothing a body of the default size can carry as JSON; what it stops
-# is a small gRPC message *declaring* a huge shape (typed values repeat their last value to fill it).
-DEFAULT_MAX_BATCH_SIZE = 1024  # --max_batch_size
-DEFAULT_MAX_SEQUENCE_LENGTH = 8192  # --max_sequence_length
-DEFAULT_MAX_REQUEST_ELEMENTS = 8 << 20  # --max_request_elements: all inputs of one request together
+# The server's default request limits (rnnkit_serving.core.defaults; each has a flag that raises it).
+DEFAULT_MAX_BATCH_SIZE = MAX_BATCH_SIZE  # --max_batch_size
+DEFAULT_MAX_SEQUENCE_LENGTH = MAX_SEQUENCE_LENGTH  # --max_sequence_length
+DEFAULT_MAX_REQUEST_ELEMENTS = MAX_REQUEST_ELEMENTS  # --max_request_elements
 MAX_RANK = 32  # the most axes an input may declare (numpy's own limit is 64; no model here takes > 4)
 MAX_AXIS = 1 << 62  # the longest axis when no element budget is set (numpy's axes are int64)
 

@@ -14,23 +14,23 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from rnnkit_serving.core import defaults
 from rnnkit_serving.core.signature import Signature, numpy_dtype
 
-BACKENDS = ("onnx", "tf")
-DEVICES = ("cpu", "gpu", "auto")
-# which precision of the exported ONNX graphs runs: model.onnx, or a variant export published
-# behind its accuracy gate (model.int8.onnx, model.fp16.onnx; rnnkit.json "variants")
-VARIANTS = ("fp32", "int8", "fp16")
+# --backend, --device and --variant choices (one place: rnnkit_serving.core.defaults)
+BACKENDS = defaults.BACKENDS
+DEVICES = defaults.DEVICES
+VARIANTS = defaults.RUNTIME_VARIANTS
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
     """Runtime knobs shared by the backends (``0`` threads = the runtime's own default)."""
 
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    strict_device: bool = False
-    variant: str = "fp32"  # one of VARIANTS (int8/fp16: ONNX backend only)
+    intra_op_threads: int = defaults.INTRA_OP_THREADS  # --intra_op_threads
+    inter_op_threads: int = defaults.INTER_OP_THREADS  # --inter_op_threads
+    strict_device: bool = False  # --strict_device
+    variant: str = defaults.VARIANT  # --variant, one of VARIANTS (int8/fp16: ONNX backend only)
 
 
 DEFAULT_RUNTIME = RuntimeOptions()

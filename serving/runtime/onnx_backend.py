@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
-from rnnkit_serving.errors import ModelLoadError
 from rnnkit_serving.core.signature import Signature
+from rnnkit_serving.errors import ModelLoadError
+from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
 
 log = logging.getLogger("rnnkit.serving")
 

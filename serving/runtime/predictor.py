@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.runtime.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, VARIANTS, Backend, RuntimeOptions
-from rnnkit_serving.errors import Code, ModelLoadError, ServingError
+from rnnkit_serving.core.repository_format import FP32, ONNX_FILES, ONNX_FORMAT, SAVEDMODEL_FORMAT
 from rnnkit_serving.core.signature import (
     DECODER_STEP_SIGNATURE,
     DEFAULT_SIGNATURE,
@@ -36,15 +35,10 @@ from rnnkit_serving.core.signature import (
     StatePair,
     validate,
 )
+from rnnkit_serving.errors import Code, ModelLoadError, ServingError
+from rnnkit_serving.runtime.backend import BACKENDS, DEFAULT_RUNTIME, DEVICES, VARIANTS, Backend, RuntimeOptions
 from rnnkit_serving.runtime.streaming import EncoderGraph, Session, StepGraph
 
-ONNX_FILES = {
-    DEFAULT_SIGNATURE: "model.onnx",
-    STEP_SIGNATURE: "step.onnx",
-    ENCODER_SIGNATURE: "encoder.onnx",
-    DECODER_STEP_SIGNATURE: "decoder_step.onnx",
-}
-FP32 = "fp32"
 log = logging.getLogger("rnnkit.serving")
 
 
@@ -116,12 +110,12 @@ def _make_backend(
     if kind == "onnx":
         from rnnkit_serving.runtime.onnx_backend import OnnxBackend
 
-        if "onnx" not in manifest.formats:
+        if ONNX_FORMAT not in manifest.formats:
             raise ModelLoadError(f"{version_dir!r} was exported without ONNX (formats {list(manifest.formats)})")
         return OnnxBackend(os.path.join(version_dir, files[signature.name]), signature, device, options)
     from rnnkit_serving.runtime.tf_backend import TFBackend
 
-    if "savedmodel" not in manifest.formats:
+    if SAVEDMODEL_FORMAT not in manifest.formats:
         raise ModelLoadError(f"{version_dir!r} was exported without a SavedModel (formats {list(manifest.formats)})")
     return TFBackend(version_dir, signature, device, options)
 

@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.runtime.backend import Backend
-from rnnkit_serving.errors import Code, ServingError, invalid_argument
 from rnnkit_serving.core.signature import Limits, Signature, StatePair, validate
+from rnnkit_serving.errors import Code, ServingError, invalid_argument
+from rnnkit_serving.runtime.backend import Backend
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class StepGraph:
     chunk_signature: Signature  # the step inputs a client sends (the states left out)
     output_names: tuple[str, ...]  # the step outputs a client gets (the states left out)
     backend: Backend  # runs one step: chunk + states -> outputs + next states
-    limits: Limits
+    limits: Limits  # the version's own; a server passes its own to Session.step
     encoder: EncoderGraph | None = None  # encoder-decoder models: the states start from its outputs
 
 
@@ -74,20 +74,24 @@ class Session:
         """The states the next chunk starts from, by input name (empty before the first chunk)."""
         return dict(self._states or {})
 
-    def step(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Run one chunk (the model's inputs, batch x chunk_steps x ...); the model's outputs for it."""
+    def step(self, inputs: Mapping[str, Any], limits: Limits | None = None) -> dict[str, np.ndarray]:
+        """Run one chunk (the model's inputs, batch x chunk_steps x ...); the model's outputs for it.
+
+        `limits`: the bounds the chunk is validated against (a server's
+        :meth:`~rnnkit_serving.dispatch.Dispatch.limits_for`, as its predictions are); None: the step graph's own."""
         if self.closed:
             raise ServingError(Code.FAILED_PRECONDITION, "this session is closed; open a new one with session()")
         graph = self.graph
+        limits = graph.limits if limits is None else limits
         states = self._states
         if graph.encoder is not None:
-            started, inputs = self._encode(graph.encoder, inputs)
+            started, inputs = self._encode(graph.encoder, inputs, limits)
             if started is not None:
                 if not inputs:  # only the source: the encoder ran, the decoder has not stepped yet
                     self._states = started
                     return {}
                 states = started  # kept only when the first decoder step succeeds too
-        arrays = validate(graph.chunk_signature, inputs, graph.limits)
+        arrays = validate(graph.chunk_signature, inputs, limits)
         batch = int(next(iter(arrays.values())).shape[0])
         if states is None:
             states = {p.input: np.zeros((batch, p.units), np.float32) for p in graph.states}
@@ -102,7 +106,7 @@ class Session:
         return {name: outputs[name] for name in graph.output_names}
 
     def _encode(
-        self, encoder: EncoderGraph, inputs: Mapping[str, Any]
+        self, encoder: EncoderGraph, inputs: Mapping[str, Any], limits: Limits
     ) -> tuple[dict[str, np.ndarray] | None, Mapping[str, Any]]:
         """The first request of a session runs the encoder on its source inputs: the states it starts
         from and the rest of `inputs` (the target chunk, if any); later requests: (None, `inputs`)."""
@@ -127,7 +131,7 @@ class Session:
                 f"sequence (sequence_start) must carry the encoder's source inputs {source_names} (and optionally "
                 f"the decoder's inputs {target_names}); missing {missing}"
             )
-        source = validate(encoder.signature, {name: inputs[name] for name in source_names}, graph.limits)
+        source = validate(encoder.signature, {name: inputs[name] for name in source_names}, limits)
         outputs = encoder.backend.predict(source)
         started = {p.input: outputs[p.input] for p in graph.states}
         return started, {name: value for name, value in inputs.items() if name not in source_names}

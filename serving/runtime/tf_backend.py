@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
-from rnnkit_serving.errors import ModelLoadError
+from rnnkit_serving.core.repository_format import SAVED_MODEL_FILE
 from rnnkit_serving.core.signature import Signature
+from rnnkit_serving.errors import ModelLoadError
+from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -37,8 +38,8 @@ class TFBackend:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
-            raise ModelLoadError(f"{version_dir!r} has no saved_model.pb")
+        if not os.path.isfile(os.path.join(version_dir, SAVED_MODEL_FILE)):
+            raise ModelLoadError(f"{version_dir!r} has no {SAVED_MODEL_FILE}")
         _configure_threads(tf, options)
         self._tf = tf
         self._signature = signature

@@ -49,12 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.scheduling.arrays import merge_rows, split_rows
 from rnnkit_serving.config.batching_config import DEFAULT_BATCHING, BatchingParameters
-from rnnkit_serving.errors import Code, ServingError, invalid_argument
 from rnnkit_serving.core.metrics import Metrics
-from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Signature
+from rnnkit_serving.errors import Code, ServingError, invalid_argument
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.scheduling.arrays import merge_rows, split_rows
 
 THREAD_POOL_NAME = "model_server_batch_threads"  # TF Serving's label on the queuing-latency metric
 QUARTERS_PER_OCTAVE = 4  # default length buckets: 2 ** (1/4) ~ 1.19 apart

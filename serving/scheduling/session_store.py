@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit_serving.core import defaults
+from rnnkit_serving.core.signature import Limits
 from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.runtime.streaming import Session
 
-DEFAULT_IDLE_SECONDS = 60.0
-DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_IDLE_SECONDS = defaults.SESSION_IDLE_SECONDS
+DEFAULT_MAX_SESSIONS = defaults.MAX_SESSIONS
 
 SequenceId = int | str
 
@@ -69,8 +71,10 @@ class SessionStore:
         inputs: Mapping[str, Any],
         start: bool = False,
         end: bool = False,
+        limits: Limits | None = None,
     ) -> dict[str, np.ndarray]:
-        """Feed one chunk of sequence `key` of `predictor`'s model; its outputs."""
+        """Feed one chunk of sequence `key` of `predictor`'s model; its outputs. `limits`: the bounds
+        the chunk is validated against (the dispatch's, as for a prediction; None: the version's own)."""
         name = predictor.name
         with self._lock:
             now = self._clock()
@@ -104,7 +108,7 @@ class SessionStore:
             try:
                 if live.predictor is not predictor:
                     raise self.moved(name, key, live.predictor.version)
-                return session.step(inputs)
+                return session.step(inputs, limits)
             except ServingError as error:
                 if error.code is Code.UNAVAILABLE:  # its version was closed: the state went with it
                     self._drop(name, key, live)

@@ -1,7 +1,8 @@
 """``rnnkit serve`` (also ``python -m serving``): TF Serving's flags plus rnnkit's own.
 
-Importing this module loads only argparse: keras, rnnkit and TensorFlow stay out until a
-command runs (and TensorFlow only for ``--backend tf`` or a non-zero gRPC ``--port``).
+Importing this module loads only argparse and the defaults (:mod:`rnnkit_serving.core.defaults`, where
+every flag's default is written once): keras, rnnkit and TensorFlow stay out until a command runs (and
+TensorFlow only for ``--backend tf`` or a non-zero gRPC ``--port``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,7 @@ import argparse
 import logging
 import sys
 
-BACKENDS = ("onnx", "tf")
-DEVICES = ("cpu", "gpu", "auto")
-# rnnkit_serving.core.signature.DEFAULT_LIMITS and rnnkit_serving.fronts.grpc.tfs's defaults, written out so that this module
-# imports nothing heavy (a test keeps them equal)
-DEFAULT_MAX_BATCH_SIZE = 1024
-DEFAULT_MAX_SEQUENCE_LENGTH = 8192
-DEFAULT_MAX_REQUEST_ELEMENTS = 8 << 20
-DEFAULT_GRPC_TIMEOUT_MS = 30_000
-DEFAULT_GRPC_MAX_CONCURRENT_RPCS = 64
+from rnnkit_serving.core import defaults as D
 
 
 def _positive(text: str) -> int:
@@ -47,15 +40,25 @@ def _flag(text: str) -> bool:
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     tfs = parser.add_argument_group("TensorFlow Serving flags")
-    tfs.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500; 0 = no gRPC, no TensorFlow)")
-    tfs.add_argument("--rest_api_port", type=_port, default=8501, help="REST port (default 8501; 0 = no REST)")
-    tfs.add_argument("--model_name", default="default", help="name of the model at --model_base_path")
+    tfs.add_argument(
+        "--port", type=_port, default=D.PORT, help=f"gRPC port (default {D.PORT}; 0 = no gRPC, no TensorFlow)"
+    )
+    tfs.add_argument(
+        "--rest_api_port",
+        type=_port,
+        default=D.REST_API_PORT,
+        help=f"REST port (default {D.REST_API_PORT}; 0 = no REST)",
+    )
+    tfs.add_argument("--model_name", default=D.MODEL_NAME, help="name of the model at --model_base_path")
     tfs.add_argument("--model_base_path", help="model directory holding integer version directories")
     tfs.add_argument(
         "--model_config_file", help="ModelServerConfig text file (as `rnnkit export` writes models.config)"
     )
     tfs.add_argument(
-        "--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request timeout (default 30000; 504 after)"
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=D.REST_API_TIMEOUT_MS,
+        help=f"REST request timeout (default {D.REST_API_TIMEOUT_MS}; 504 after)",
     )
     tfs.add_argument(
         "--enable_batching",
@@ -78,94 +81,131 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     tfs.add_argument(
         "--file_system_poll_wait_seconds",
         type=float,
-        default=1.0,
-        help="how often the base paths are rescanned for new/removed versions (default 1; 0 = only at start)",
+        default=D.POLL_SECONDS,
+        help=f"how often the base paths are rescanned for new/removed versions (default {D.POLL_SECONDS:g}; "
+        "0 = only at start)",
     )
     kserve = parser.add_argument_group("KServe v2 / Triton flags")
     kserve.add_argument(
         "--grpc_inference_port",
         type=_port,
-        default=0,
+        default=D.GRPC_INFERENCE_PORT,
         help="KServe v2 gRPC port (inference.GRPCInferenceService, as Triton's --grpc-port; KServe runtimes use 8081;"
-        " default 0 = off)",
+        f" default {D.GRPC_INFERENCE_PORT} = off)",
     )
     own = parser.add_argument_group("rnnkit flags")
-    own.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    own.add_argument("--backend", choices=BACKENDS, default="onnx", help="runtime: onnx (default) or tf (SavedModel)")
-    own.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), gpu (CUDA, else CPU), auto")
+    own.add_argument("--host", default=D.HOST, help=f"address to bind (default {D.HOST}; 0.0.0.0 for all)")
+    own.add_argument(
+        "--backend", choices=D.BACKENDS, default=D.BACKEND, help="runtime: onnx (default) or tf (SavedModel)"
+    )
+    own.add_argument("--device", choices=D.DEVICES, default=D.DEVICE, help="cpu (default), gpu (CUDA, else CPU), auto")
     own.add_argument("--strict_device", action="store_true", help="fail instead of falling back from GPU to CPU")
     own.add_argument(
         "--variant",
-        choices=("fp32", "int8", "fp16"),
-        default="fp32",
+        choices=D.RUNTIME_VARIANTS,
+        default=D.VARIANT,
         help="which exported ONNX graphs run: fp32 (default), int8 or fp16 (published by `rnnkit export --quantize`; "
         "fp16 is meant for --device gpu); the metadata endpoint reports it",
     )
-    own.add_argument("--intra_op_threads", type=int, default=1, help="runtime threads per op (default 1; 0 = runtime)")
-    own.add_argument("--inter_op_threads", type=int, default=1, help="runtime threads across ops (default 1)")
-    own.add_argument("--max_request_bytes", type=_positive, default=16 << 20, help="request size limit (16 MiB)")
+    own.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=D.INTRA_OP_THREADS,
+        help=f"runtime threads per op (default {D.INTRA_OP_THREADS}; 0 = runtime)",
+    )
+    own.add_argument(
+        "--inter_op_threads",
+        type=int,
+        default=D.INTER_OP_THREADS,
+        help=f"runtime threads across ops (default {D.INTER_OP_THREADS})",
+    )
+    own.add_argument(
+        "--max_request_bytes",
+        type=_positive,
+        default=D.MAX_REQUEST_BYTES,
+        help=f"request size limit ({D.MAX_REQUEST_BYTES >> 20} MiB)",
+    )
     own.add_argument(
         "--max_batch_size",
         type=_positive,
-        default=DEFAULT_MAX_BATCH_SIZE,
-        help=f"largest batch a request may hold (default {DEFAULT_MAX_BATCH_SIZE})",
+        default=D.MAX_BATCH_SIZE,
+        help=f"largest batch a request may hold (default {D.MAX_BATCH_SIZE})",
     )
     own.add_argument(
         "--max_sequence_length",
         type=_positive,
-        default=DEFAULT_MAX_SEQUENCE_LENGTH,
-        help=f"most time steps a request may hold (default {DEFAULT_MAX_SEQUENCE_LENGTH})",
+        default=D.MAX_SEQUENCE_LENGTH,
+        help=f"most time steps a request may hold (default {D.MAX_SEQUENCE_LENGTH})",
     )
     own.add_argument(
         "--max_request_elements",
         type=_positive,
-        default=DEFAULT_MAX_REQUEST_ELEMENTS,
+        default=D.MAX_REQUEST_ELEMENTS,
         help="most tensor elements of all inputs of one request together, checked on the declared shapes "
-        f"before anything is allocated (default {DEFAULT_MAX_REQUEST_ELEMENTS})",
+        f"before anything is allocated (default {D.MAX_REQUEST_ELEMENTS})",
     )
     own.add_argument(
         "--allow_non_finite_inputs",
         action="store_true",
         help="pass NaN/Infinity inputs to the model (default: refused with 400 / INVALID_ARGUMENT)",
     )
-    own.add_argument("--rest_workers", type=_positive, default=4, help="threads running REST requests (default 4)")
-    own.add_argument("--grpc_workers", type=_positive, default=8, help="threads running gRPC requests (default 8)")
+    own.add_argument(
+        "--rest_workers",
+        type=_positive,
+        default=D.REST_WORKERS,
+        help=f"threads running REST requests (default {D.REST_WORKERS})",
+    )
+    own.add_argument(
+        "--grpc_workers",
+        type=_positive,
+        default=D.GRPC_WORKERS,
+        help=f"threads running gRPC requests (default {D.GRPC_WORKERS})",
+    )
     own.add_argument(
         "--grpc_timeout_in_ms",
         type=int,
-        default=DEFAULT_GRPC_TIMEOUT_MS,
-        help=f"server-side deadline of a gRPC Predict (default {DEFAULT_GRPC_TIMEOUT_MS}; <= 0: the client's only)",
+        default=D.GRPC_TIMEOUT_MS,
+        help=f"server-side deadline of a gRPC Predict (default {D.GRPC_TIMEOUT_MS}; <= 0: the client's only)",
     )
     own.add_argument(
         "--grpc_max_concurrent_rpcs",
         type=_positive,
-        default=DEFAULT_GRPC_MAX_CONCURRENT_RPCS,
-        help=f"gRPC calls accepted at once; more get RESOURCE_EXHAUSTED (default {DEFAULT_GRPC_MAX_CONCURRENT_RPCS})",
+        default=D.GRPC_MAX_CONCURRENT_RPCS,
+        help=f"gRPC calls accepted at once; more get RESOURCE_EXHAUSTED (default {D.GRPC_MAX_CONCURRENT_RPCS})",
     )
     own.add_argument(
         "--grpc_tensor_content", action="store_true", help="reply with tensor_content instead of typed *_val fields"
     )
-    own.add_argument("--drain_seconds", type=float, default=30.0, help="how long SIGTERM waits for requests (30)")
+    own.add_argument(
+        "--drain_seconds",
+        type=float,
+        default=D.DRAIN_SECONDS,
+        help=f"how long SIGTERM waits for requests ({D.DRAIN_SECONDS:g})",
+    )
     own.add_argument(
         "--num_versions",
         type=_positive,
-        default=1,
-        help="serve the newest N versions of each model (default 1; a config's model_version_policy wins)",
+        default=D.NUM_VERSIONS,
+        help=f"serve the newest N versions of each model (default {D.NUM_VERSIONS}; a config's model_version_policy "
+        "wins)",
     )
     own.add_argument(
         "--batching_bucket_width",
         type=int,
-        default=0,
+        default=D.BATCHING_BUCKET_WIDTH,
         help="length buckets for batching padded sequences: 0 = quarter-octaves (default), N = N steps wide",
     )
     own.add_argument(
         "--session_idle_seconds",
         type=float,
-        default=60.0,
-        help="a streaming session (sequence_id) idle this long is dropped (default 60)",
+        default=D.SESSION_IDLE_SECONDS,
+        help=f"a streaming session (sequence_id) idle this long is dropped (default {D.SESSION_IDLE_SECONDS:g})",
     )
     own.add_argument(
-        "--max_sessions", type=_positive, default=1000, help="most live streaming sessions (default 1000; then 429)"
+        "--max_sessions",
+        type=_positive,
+        default=D.MAX_SESSIONS,
+        help=f"most live streaming sessions (default {D.MAX_SESSIONS}; then 429)",
     )
     own.add_argument("--log_level", default="WARNING", help="logging level (default WARNING)")
     parser.set_defaults(func=run)
@@ -183,16 +223,16 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from rnnkit_serving.runtime.backend import RuntimeOptions
     from rnnkit_serving.config.batching_config import BatchingParameters, read_batching_parameters
-    from rnnkit_serving.errors import ServingError
     from rnnkit_serving.config.model_config import VersionPolicy
-    from rnnkit_serving.fronts.rest.app import RestOptions
-    from rnnkit_serving.server.model_server import ModelServer, ServerOptions, load_registry, model_configs
-    from rnnkit_serving.scheduling.session_store import SessionOptions
-    from rnnkit_serving.core.signature import Limits
     from rnnkit_serving.config.text_format import ConfigError
     from rnnkit_serving.config.tls import SSLConfig, read_ssl_config
+    from rnnkit_serving.core.signature import Limits
+    from rnnkit_serving.errors import ServingError
+    from rnnkit_serving.fronts.rest.app import RestOptions
+    from rnnkit_serving.runtime.backend import RuntimeOptions
+    from rnnkit_serving.scheduling.session_store import SessionOptions
+    from rnnkit_serving.server.model_server import ModelServer, ServerOptions, load_registry, model_configs
 
     try:
         batching: BatchingParameters | None = None

@@ -16,8 +16,9 @@ TLS: ``ServerOptions.ssl`` (``--ssl_config_file``, :mod:`rnnkit_serving.config.t
 and gRPC over TLS with the same key; with ``client_verify`` both refuse clients without a certificate.
 
 While running, the base paths are polled every ``poll_seconds`` (new versions load, retired ones
-unload after their requests), predictions go through a :class:`~rnnkit_serving.scheduling.batching.Batcher` when
-``batching`` is set, and KServe sequences keep their state in a :class:`~rnnkit_serving.scheduling.session_store.SessionStore`.
+unload after their requests), predictions go through a
+:class:`~rnnkit_serving.scheduling.batching.Batcher` when ``batching`` is set, and KServe sequences keep
+their state in a :class:`~rnnkit_serving.scheduling.session_store.SessionStore`.
 """
 
 from __future__ import annotations
@@ -32,48 +33,51 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
-from rnnkit_serving.scheduling.batching import Batcher
+from starlette.applications import Starlette
+
 from rnnkit_serving.config.batching_config import BatchingParameters
-from rnnkit_serving.dispatch import Dispatch
-from rnnkit_serving.fronts.grpc.tfs import DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_TIMEOUT_MS
-from rnnkit_serving.core.metrics import Metrics
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, read_model_config
-from rnnkit_serving.runtime.predictor import Predictor
-from rnnkit_serving.server.process import free_port
-from rnnkit_serving.registry import LATEST_ONE, ModelRegistry
-from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
-from rnnkit_serving.scheduling.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
-from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 from rnnkit_serving.config.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
+from rnnkit_serving.core import defaults
+from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
+from rnnkit_serving.dispatch import Dispatch
+from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
+from rnnkit_serving.registry import LATEST_ONE, ModelRegistry
+from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
+from rnnkit_serving.runtime.predictor import Predictor
+from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.scheduling.session_store import DEFAULT_SESSIONS, SessionOptions, SessionStore
+from rnnkit_serving.server.process import free_port
 
 log = logging.getLogger("rnnkit.serving")
 
 
 @dataclass(frozen=True)
 class ServerOptions:
-    host: str = "127.0.0.1"
-    rest_api_port: int = 8501  # 0 disables REST
-    port: int = 8500  # gRPC; 0 disables it (and keeps TensorFlow out of the process)
-    grpc_inference_port: int = 0  # KServe v2 gRPC (inference.GRPCInferenceService); 0 = off
+    host: str = defaults.HOST  # --host
+    rest_api_port: int = defaults.REST_API_PORT  # --rest_api_port; 0 disables REST
+    port: int = defaults.PORT  # --port (gRPC); 0 disables it (and keeps TensorFlow out of the process)
+    grpc_inference_port: int = defaults.GRPC_INFERENCE_PORT  # KServe v2 gRPC (inference.GRPCInferenceService); 0 = off
     rest: RestOptions = field(default_factory=RestOptions)
-    grpc_workers: int = 8
-    grpc_tensor_content: bool = False
-    grpc_timeout_ms: int = DEFAULT_TIMEOUT_MS  # --grpc_timeout_in_ms; <= 0: the client's deadline only
-    grpc_max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS  # --grpc_max_concurrent_rpcs; None: no bound
+    grpc_workers: int = defaults.GRPC_WORKERS  # --grpc_workers
+    grpc_tensor_content: bool = False  # --grpc_tensor_content
+    grpc_timeout_ms: int = defaults.GRPC_TIMEOUT_MS  # --grpc_timeout_in_ms; <= 0: the client's deadline only
+    # --grpc_max_concurrent_rpcs; None: no bound
+    grpc_max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS
     limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
     allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
-    drain_seconds: float = 30.0
+    drain_seconds: float = defaults.DRAIN_SECONDS  # --drain_seconds
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
     sessions: SessionOptions = field(default_factory=SessionOptions)
-    poll_seconds: float = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
+    poll_seconds: float = defaults.POLL_SECONDS  # --file_system_poll_wait_seconds; <= 0: read the base paths once
     ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
 
 
 def load_registry(
     configs: Sequence[ModelConfig],
-    backend: str = "onnx",
-    device: str = "cpu",
+    backend: str = defaults.BACKEND,
+    device: str = defaults.DEVICE,
     limits: Limits = NO_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     policy: VersionPolicy = LATEST_ONE,
@@ -96,7 +100,7 @@ def model_configs(
         return read_model_config(model_config_file)
     if not model_base_path:
         raise ValueError("one of --model_base_path or --model_config_file is required")
-    return [ModelConfig(model_name or "default", os.path.abspath(model_base_path))]
+    return [ModelConfig(model_name or defaults.MODEL_NAME, os.path.abspath(model_base_path))]
 
 
 class ModelServer:
@@ -151,7 +155,7 @@ class ModelServer:
 
     def start(self, timeout: float = 30.0) -> ModelServer:
         if self.options.port:
-            from rnnkit_serving.fronts.grpc.tfs import start_grpc_server
+            from rnnkit_serving.fronts.grpc.tfs import SERVICES, start_grpc_server
 
             self._grpc = start_grpc_server(
                 self.dispatch,
@@ -161,12 +165,12 @@ class ModelServer:
                 self.options.grpc_tensor_content,
                 self.options.grpc_timeout_ms,
                 self.options.grpc_max_concurrent_rpcs,
-                self._health_service("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+                self._health_service(*SERVICES),
                 credentials=self._grpc_credentials(),
             )
         if self.options.grpc_inference_port:
-            from rnnkit_serving.fronts.grpc.kserve import start_inference_server
             from rnnkit_serving.codecs.kserve.grpc import SERVICE
+            from rnnkit_serving.fronts.grpc.kserve import start_inference_server
 
             self._kserve_grpc = start_inference_server(
                 self.dispatch,
@@ -269,6 +273,21 @@ class ModelServer:
         self.stop()
 
 
+def app(
+    registry: ModelRegistry,
+    options: RestOptions = DEFAULT_REST,
+    metrics: Metrics | None = None,
+    batcher: Batcher | None = None,
+    sessions: SessionStore | None = None,
+) -> Starlette:
+    """The REST app (ASGI) over `registry`: ``rnnkit_serving.app``. Run it with uvicorn, or in-process
+    with Starlette's TestClient.
+
+    `batcher`: dynamic batching (off when None); `sessions`: where KServe sequences keep their
+    state (a default :class:`SessionStore` when None)."""
+    return rest_app(Dispatch(registry, metrics, batcher, sessions), options)
+
+
 def start_server(
     model_base_path: str | None = None,
     model_name: str | None = None,
@@ -277,15 +296,15 @@ def start_server(
     rest_api_port: int | None = None,
     port: int | None = 0,
     grpc_inference_port: int | None = 0,
-    host: str = "127.0.0.1",
-    backend: str = "onnx",
-    device: str = "cpu",
+    host: str = defaults.HOST,
+    backend: str = defaults.BACKEND,
+    device: str = defaults.DEVICE,
     limits: Limits = DEFAULT_LIMITS,
     runtime: RuntimeOptions = DEFAULT_RUNTIME,
     rest: RestOptions = DEFAULT_REST,
     batching: BatchingParameters | None = None,
     sessions: SessionOptions = DEFAULT_SESSIONS,
-    poll_seconds: float = 1.0,
+    poll_seconds: float = defaults.POLL_SECONDS,
     policy: VersionPolicy = LATEST_ONE,
     allow_non_finite_inputs: bool = False,
     ssl: SSLConfig | None = None,

@@ -7,7 +7,7 @@ A ``ModelInferRequest``'s inputs come either all as typed ``contents`` (``fp32_c
 all as ``raw_input_contents`` (one little-endian row-major blob per input, in input order); the
 answer uses the same form: ``raw_output_contents`` for raw requests, typed ``contents`` else.
 Declared shapes are checked against the element budget and, for raw inputs, against the blob's
-length before any array is built (:func:`rnnkit_serving.codecs.kserve.rest.decode_raw`). Request parameters
+length before any array is built (:func:`rnnkit_serving.codecs.kserve.tensors.decode_raw`). Request parameters
 (``sequence_id``, ``sequence_start``, ``sequence_end``...) become a plain dict, so the sequence
 rules are those of the REST codec.
 """
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
-from rnnkit_serving.errors import invalid_argument
+from rnnkit_serving.codecs.kserve import tensors
 from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec, numpy_dtype
+from rnnkit_serving.errors import invalid_argument
 
 SERVICE = "inference.GRPCInferenceService"
 
@@ -73,7 +74,7 @@ def parameters_dict(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _typed_contents(name: str, datatype: str, shape: list[int], contents: Any, budget: ElementBudget | None) -> Any:
-    count = kserve_codec.declared_count(name, shape, budget)
+    count = tensors.declared_count(name, shape, budget)
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:
         raise invalid_argument(f"input '{name}': datatype {datatype} travels only in raw_input_contents")
@@ -110,11 +111,11 @@ def decode_infer_request(
         if name in inputs:
             raise invalid_argument(f"input '{name}' is given twice")
         spec = specs[name]
-        shape = kserve_codec.check_header(name, list(tensor.shape), tensor.datatype, spec)
+        shape = tensors.check_header(name, list(tensor.shape), tensor.datatype, spec)
         if raw:
             if tensor.HasField("contents"):
                 raise invalid_argument(f"input '{name}': typed contents and raw_input_contents cannot be mixed")
-            inputs[name] = kserve_codec.decode_raw(name, tensor.datatype, shape, raw_contents[index], budget)
+            inputs[name] = tensors.decode_raw(name, tensor.datatype, shape, raw_contents[index], budget)
             continue
         values = _typed_contents(name, tensor.datatype, shape, tensor.contents, budget)
         if tensor.datatype == "BYTES":
@@ -168,13 +169,13 @@ def encode_infer_response(
         _set_parameter(response.parameters[key], value)
     names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
     # FP16 has no typed field: a response holding one travels raw (all outputs, as the protocol wants)
-    raw = raw or any(kserve_codec.datatype_of(outputs[name]) not in CONTENTS_FIELDS for name in names)
+    raw = raw or any(tensors.datatype_of(outputs[name]) not in CONTENTS_FIELDS for name in names)
     for name in names:
         array = outputs[name]
-        datatype = kserve_codec.datatype_of(array)
+        datatype = tensors.datatype_of(array)
         tensor = response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
         if raw:
-            response.raw_output_contents.append(kserve_codec.encode_raw(array))
+            response.raw_output_contents.append(tensors.encode_raw(array))
         elif datatype == "BYTES":
             tensor.contents.bytes_contents.extend(
                 v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1)
@@ -188,7 +189,7 @@ def model_metadata_response(name: str, versions: Sequence[int], platform: str, s
     response = protos().pb2.ModelMetadataResponse(name=name, versions=[str(v) for v in versions], platform=platform)
     for specs, target in ((signature.inputs, response.inputs), (signature.outputs, response.outputs)):
         for spec in specs:
-            meta = kserve_codec.tensor_metadata(spec)
+            meta = tensors.tensor_metadata(spec)
             target.add(name=meta["name"], datatype=meta["datatype"], shape=meta["shape"])
     return response
 

@@ -4,15 +4,15 @@ Request: ``{"id", "parameters", "inputs": [{"name", "shape", "datatype", "data"}
 with row-major ``data`` (flat or nested); response: ``{"model_name", "model_version", "id",
 "parameters", "outputs": [{"name", "shape", "datatype", "data"}]}``; errors ``{"error": "..."}``
 (rendered by the front through :func:`rnnkit_serving.errors.wire_error`). Triton's sequence parameters
-(``sequence_id``, ``sequence_start``, ``sequence_end``) travel in the request ``parameters``.
+(``sequence_id``, ``sequence_start``, ``sequence_end``) travel in the request ``parameters``
+(read by :mod:`rnnkit_serving.codecs.kserve.sequence`).
 
 Binary tensor extension: with an ``Inference-Header-Content-Length: N`` header the body is N bytes
 of JSON followed by the raw bytes of each input whose ``parameters`` carry ``binary_data_size``,
 in the order of ``inputs``; outputs asked for with ``"parameters": {"binary_data": true}`` (or all,
-with the request parameter ``binary_data_output``) are answered the same way. Raw tensors are
-row-major little-endian (``BYTES``: each element a 4-byte little-endian length and its bytes). A
-raw tensor's declared shape is checked against the element budget and against its byte count
-before any array is built (:func:`decode_raw`), so a request never allocates more than it sent.
+with the request parameter ``binary_data_output``) are answered the same way, in the raw form of
+:mod:`rnnkit_serving.codecs.kserve.tensors` (whose :func:`~rnnkit_serving.codecs.kserve.tensors.decode_raw`
+checks a raw tensor's declared shape against the element budget and its byte count first).
 """
 
 from __future__ import annotations
@@ -24,54 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.errors import invalid_argument
 from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth
-from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
-
-# rnnkit.json dtype -> KServe v2 datatype
-DATATYPES: dict[str, str] = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-    "str": "BYTES",
-}
-KNOWN_DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-    "BYTES",
-    "BF16",
+from rnnkit_serving.codecs.kserve.tensors import (
+    check_header,
+    datatype_of,
+    declared_count,
+    decode_raw,
+    encode_raw,
+    tensor_metadata,
 )
-# KServe v2 datatype -> the numpy dtype of its raw (binary) form: little-endian, row-major
-RAW_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
+from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
+from rnnkit_serving.errors import invalid_argument
+
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tf": "tensorflow_savedmodel"}
 SERVER_EXTENSIONS = ("sequence", "binary_tensor_data")
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -89,14 +53,6 @@ class InferRequest:
     def signature_name(self) -> str:
         """KServe v2 has one signature per model: the default one."""
         return DEFAULT_SIGNATURE
-
-
-def _datatype(spec: TensorSpec) -> str:
-    return DATATYPES[spec.dtype]
-
-
-def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": _datatype(spec), "shape": [-1 if d is None else d for d in spec.shape]}
 
 
 def parse_body(body: bytes) -> Any:
@@ -141,84 +97,6 @@ def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> No
             )
     elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
-
-
-def check_header(name: str, shape: Any, datatype: Any, spec: TensorSpec) -> list[int]:
-    """A tensor's declared shape and datatype against the model's input; the shape as ints."""
-    if not isinstance(shape, (list, tuple)) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise invalid_argument(f"input '{name}': 'shape' must be a list of non-negative integers; received {shape!r}")
-    if datatype not in KNOWN_DATATYPES:
-        raise invalid_argument(
-            f"input '{name}': unknown datatype {datatype!r}; expected one of {list(KNOWN_DATATYPES)}"
-        )
-    expected = _datatype(spec)
-    if datatype != expected:
-        raise invalid_argument(f"input '{name}': datatype {datatype}, the model expects {expected}")
-    return [int(d) for d in shape]
-
-
-def declared_count(name: str, shape: Sequence[int], budget: ElementBudget | None = None) -> int:
-    """The number of elements `shape` declares, taken from the request's element `budget`
-    (``None``: only the rank and axis caps) before anything is allocated for it."""
-    return (budget or ElementBudget(None)).take(name, shape)
-
-
-def decode_raw(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes, budget: ElementBudget | None = None
-) -> np.ndarray:
-    """A raw (binary) tensor -> an array of `shape`. The declared size is checked against the
-    element budget and against ``len(raw)`` before the array is built."""
-    count = declared_count(name, shape, budget)
-    if datatype == "BYTES":
-        if count * 4 > len(raw):
-            raise invalid_argument(
-                f"input '{name}': shape {list(shape)} of BYTES needs at least {count * 4} bytes of raw data "
-                f"(a 4-byte length per element), received {len(raw)}"
-            )
-        values: list[bytes] = []
-        offset = 0
-        for _ in range(count):
-            if offset + 4 > len(raw):
-                raise invalid_argument(f"input '{name}': raw BYTES data ends inside an element's 4-byte length")
-            size = int.from_bytes(raw[offset : offset + 4], "little")
-            offset += 4
-            if offset + size > len(raw):
-                raise invalid_argument(
-                    f"input '{name}': raw BYTES element {len(values)} declares {size} bytes, "
-                    f"{len(raw) - offset} remain"
-                )
-            values.append(bytes(raw[offset : offset + size]))
-            offset += size
-        if offset != len(raw):
-            raise invalid_argument(
-                f"input '{name}': {len(raw) - offset} bytes of raw data left after {count} BYTES elements"
-            )
-        array = np.empty(count, dtype=object)
-        array[:] = values
-        return array.reshape(shape)
-    dtype = RAW_DTYPES.get(datatype)
-    if dtype is None:
-        raise invalid_argument(f"input '{name}': datatype {datatype} has no raw form here")
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise invalid_argument(
-            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes of raw data, "
-            f"received {len(raw)}"
-        )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-
-
-def encode_raw(array: np.ndarray) -> bytes:
-    """An array -> its raw (binary) form: row-major little-endian; BYTES length-prefixed."""
-    if array.dtype.kind in "OUS":
-        parts = []
-        for value in array.reshape(-1):
-            data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-            parts.append(len(data).to_bytes(4, "little") + data)
-        return b"".join(parts)
-    return np.ascontiguousarray(array, dtype=RAW_DTYPES[datatype_of(array)]).tobytes()
 
 
 def decode_tensor(
@@ -360,16 +238,6 @@ def decode_infer_request(
     return InferRequest(request_id, dict(parameters), inputs, wanted, tuple(binary_outputs))
 
 
-def datatype_of(array: np.ndarray) -> str:
-    """The KServe v2 datatype of an output array."""
-    if array.dtype.kind in "OUS":
-        return "BYTES"
-    name = array.dtype.name
-    if name not in DATATYPES:
-        raise invalid_argument(f"output dtype {name} has no KServe v2 datatype")
-    return DATATYPES[name]
-
-
 def _data(array: np.ndarray) -> list[Any]:
     flat = array.reshape(-1)
     if flat.dtype.kind in "OUS":
@@ -447,76 +315,12 @@ def model_metadata_json(name: str, versions: Sequence[int], platform: str, signa
     )
 
 
+def platform(backend_name: str) -> str:
+    """The ``platform`` of a model's metadata: Triton's name for its runtime (else the runtime's own)."""
+    return PLATFORMS.get(backend_name, backend_name)
+
+
 def server_metadata_json(version: str) -> str:
     return json.dumps({"name": "rnnkit", "version": version, "extensions": list(SERVER_EXTENSIONS)})
 
 
-# ------------------------------------------------------------------------ sequence parameters
-
-
-@dataclass(frozen=True)
-class SequenceControl:
-    """Triton's sequence parameters of one request: which sequence, and whether it starts or ends it."""
-
-    id: int | str
-    start: bool
-    end: bool
-
-
-def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
-    """Triton's ``sequence_id`` request parameter (uint64 or string); None when the request is not
-    part of a sequence. ``sequence_start``/``sequence_end`` without a non-zero id is an error."""
-    raw = parameters.get("sequence_id")
-    start, end = parameters.get("sequence_start", False), parameters.get("sequence_end", False)
-    for flag, value in (("sequence_start", start), ("sequence_end", end)):
-        if not isinstance(value, bool):
-            raise invalid_argument(f"parameter '{flag}' must be a boolean, received {value!r}")
-    if raw is None or raw == 0 or raw == "":
-        if start or end:
-            raise invalid_argument(
-                "inference request to a sequence must specify a non-zero or non-empty correlation ID "
-                "(parameter 'sequence_id')"
-            )
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, int) and raw < 0):
-        raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {raw!r}")
-    return raw
-
-
-SEQUENCE_HEADER = "x-rnnkit-sequence-id"
-
-
-def header_sequence_id(value: str) -> int | str:
-    """The sequence id a request header carries: digits are Triton's uint64 ids, anything else a string id."""
-    text = value.strip()
-    if not text:
-        raise invalid_argument(f"header '{SEQUENCE_HEADER}' is empty; send the sequence id or leave the header out")
-    return int(text) if text.isdigit() else text
-
-
-def sequence_control(doc: Any, header: str | None = None) -> SequenceControl | None:
-    """The sequence a parsed request body belongs to (from its ``parameters``), or None.
-
-    `header`: the ``x-rnnkit-sequence-id`` request header (HTTP header or gRPC metadata), which
-    carries the id for load balancers that hash on it; it may stand in for the ``sequence_id``
-    parameter, and when both are given they must name the same sequence. Read before the model
-    is resolved, so a malformed sequence parameter is refused first; a ``parameters`` that is not
-    an object is left to :func:`decode_infer_request` to refuse.
-    """
-    parameters = doc.get("parameters") if isinstance(doc, dict) else None
-    if not isinstance(parameters, dict):
-        parameters = {}
-    key = sequence_id(parameters) if header is None or "sequence_id" in parameters else None
-    if header is not None:
-        from_header = header_sequence_id(header)
-        if key is None and "sequence_id" not in parameters:
-            parameters = {**parameters, "sequence_id": from_header}
-            key = sequence_id(parameters)
-        elif str(key) != str(from_header):
-            raise invalid_argument(
-                f"header '{SEQUENCE_HEADER}' names sequence {from_header!r} but parameter 'sequence_id' names "
-                f"{key!r}; they must agree (the header routes the request, the parameter selects the session)"
-            )
-    if key is None:
-        return None
-    return SequenceControl(key, bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end")))

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.errors import Code, ServingError, invalid_argument
 from rnnkit_serving.core.signature import (
     DATA_TYPES,
     DEFAULT_SIGNATURE,
@@ -29,6 +28,7 @@ from rnnkit_serving.core.signature import (
     TensorSpec,
 )
 from rnnkit_serving.core.status import VersionStatus
+from rnnkit_serving.errors import Code, ServingError, invalid_argument
 
 # DataType number -> (numpy dtype, typed TensorProto field)
 _FROM_WIRE: dict[int, tuple[Any, str]] = {

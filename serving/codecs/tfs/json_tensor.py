@@ -18,22 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.errors import Code, ServingError, invalid_argument
 from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth
-from rnnkit_serving.core.signature import ElementBudget, TensorSpec, numpy_dtype
+from rnnkit_serving.core.signature import DATA_TYPES, ElementBudget, TensorSpec, numpy_dtype
+from rnnkit_serving.errors import Code, ServingError, invalid_argument
 
-TF_TYPE_NAMES = {
-    "float32": "float",
-    "float64": "double",
-    "float16": "half",
-    "int8": "int8",
-    "int16": "int16",
-    "int32": "int32",
-    "int64": "int64",
-    "uint8": "uint8",
-    "bool": "bool",
-    "str": "string",
-}
+# numpy dtype name -> TensorFlow's short type name, as TF Serving's messages print it (DT_FLOAT -> "float")
+TF_TYPE_NAMES = {dtype: wire_name.removeprefix("DT_").lower() for dtype, (wire_name, _) in DATA_TYPES.items()}
 _UNSUPPORTED = ("float16",)
 
 

@@ -16,10 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.errors import ServingError, invalid_argument
-from rnnkit_serving.core.signature import DATA_TYPES, DEFAULT_SIGNATURE, METHOD_PREDICT, ElementBudget, Signature, TensorSpec
+from rnnkit_serving.codecs.tfs.json_tensor import (
+    decode_rows,
+    decode_tensor,
+    dump,
+    element_strings,
+    encode_tensor,
+    is_named,
+    nest,
+)
+from rnnkit_serving.core.signature import (
+    DATA_TYPES,
+    DEFAULT_SIGNATURE,
+    METHOD_PREDICT,
+    ElementBudget,
+    Signature,
+    TensorSpec,
+)
 from rnnkit_serving.core.status import VersionStatus
-from rnnkit_serving.codecs.tfs.json_tensor import decode_rows, decode_tensor, dump, element_strings, encode_tensor, is_named, nest
+from rnnkit_serving.errors import ServingError, invalid_argument
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The REST front: TF Serving REST v1 and KServe v2 (Open Inference Protocol), a Starlette app
-over a :class:`ModelRegistry`.
+over a :class:`~rnnkit_serving.dispatch.Dispatch` (:func:`rest_app`; ``rnnkit_serving.app(registry)``
+builds the dispatch too).
 
 :class:`RestFront` routes a request to the TF Serving routes (:mod:`rnnkit_serving.fronts.rest.tfs`) or the
 KServe routes (:mod:`rnnkit_serving.fronts.rest.kserve`), both of which only translate between the wire and
@@ -21,17 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.core.metrics import CONTENT_TYPE
 from rnnkit_serving.dispatch import Call, Dispatch
 from rnnkit_serving.errors import Code
-from rnnkit_serving.core.metrics import CONTENT_TYPE, Metrics
-from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.fronts.rest.http_io import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
 from rnnkit_serving.fronts.rest.kserve import KServeRoutes
 from rnnkit_serving.fronts.rest.tfs import TfsRoutes
-from rnnkit_serving.scheduling.session_store import SessionStore
 
-__all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "app", "rest_app"]
+__all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "rest_app"]
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
@@ -73,22 +71,9 @@ class RestFront:
         self.pool.shutdown(wait=True)
 
 
-def app(
-    registry: ModelRegistry,
-    options: RestOptions = DEFAULT_REST,
-    metrics: Metrics | None = None,
-    batcher: Batcher | None = None,
-    sessions: SessionStore | None = None,
-) -> Starlette:
-    """The REST app (ASGI). Run it with uvicorn, or in-process with Starlette's TestClient.
-
-    `batcher`: dynamic batching (off when None); `sessions`: where KServe sequences keep their
-    state (a default :class:`SessionStore` when None)."""
-    return rest_app(Dispatch(registry, metrics, batcher, sessions), options)
-
-
 def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> Starlette:
-    """The REST app over a dispatch shared with other fronts (what :class:`~rnnkit_serving.server.model_server.ModelServer` runs)."""
+    """The REST app over a dispatch shared with other fronts (what
+    :class:`~rnnkit_serving.server.model_server.ModelServer` runs)."""
     front = RestFront(dispatch, options)
 
     @contextlib.asynccontextmanager

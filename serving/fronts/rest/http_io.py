@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rnnkit_serving.codecs.tfs import rest as rest_codec
+from rnnkit_serving.core import defaults
 from rnnkit_serving.errors import Code, ServingError, wire_error
 
 JSON = "application/json"
@@ -20,9 +21,9 @@ TIMEOUT_FLAG = "--rest_api_timeout_in_ms"
 
 @dataclass(frozen=True)
 class RestOptions:
-    timeout_ms: int = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
-    max_body_bytes: int = 16 << 20  # --max_request_bytes
-    workers: int = 4  # threads running decode + runtime + encode (every request: never the event loop)
+    timeout_ms: int = defaults.REST_API_TIMEOUT_MS  # --rest_api_timeout_in_ms; <= 0 disables
+    max_body_bytes: int = defaults.MAX_REQUEST_BYTES  # --max_request_bytes
+    workers: int = defaults.REST_WORKERS  # --rest_workers: threads running decode + runtime + encode (never the loop)
 
 
 DEFAULT_REST = RestOptions()

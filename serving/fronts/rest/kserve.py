@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
-from rnnkit_serving.dispatch import Call, Dispatch, Target
+from rnnkit_serving.codecs.kserve import sequence as kserve_sequence
+from rnnkit_serving.core.package import package_version
+from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import invalid_argument, not_found
-from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
-from rnnkit_serving.core.signature import DEFAULT_SIGNATURE
 
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 
@@ -40,7 +40,7 @@ class KServeRoutes:
     async def handle(self, request: Request, path: str, call: Call) -> Response:
         method = request.method
         if method == "GET" and path in ("/v2", "/v2/"):
-            return json_response(kserve_codec.server_metadata_json(_package_version()))
+            return json_response(kserve_codec.server_metadata_json(package_version()))
         if method == "GET" and path == "/v2/health/live":
             return json_response('{"live": true}')
         if method == "GET" and path == "/v2/health/ready":
@@ -62,20 +62,18 @@ class KServeRoutes:
         if method == "POST" and action == "infer":
             call.api = "infer"
             header_length = request.headers.get(kserve_codec.HEADER_LENGTH)
-            sequence_header = request.headers.get(kserve_codec.SEQUENCE_HEADER)
+            sequence_header = request.headers.get(kserve_sequence.SEQUENCE_HEADER)
             body = await read_body(request, self.options.max_body_bytes)
             return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header))
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _metadata(self, target: Target) -> Response:
-        with self.dispatch.lease(target) as predictor:
-            text = kserve_codec.model_metadata_json(
-                target.name,
-                self.dispatch.versions(target.name),
-                kserve_codec.PLATFORMS.get(predictor.backend_name, predictor.backend_name),
-                predictor.signature(DEFAULT_SIGNATURE),
-            )
-        return json_response(text)
+        def render(model: ModelView) -> str:
+            versions = self.dispatch.versions(target.name)
+            platform = kserve_codec.platform(model.backend_name)
+            return kserve_codec.model_metadata_json(target.name, versions, platform, model.signature())
+
+        return json_response(self.dispatch.inspect(target, render))
 
     def _infer(self, target: Target, body: bytes, header_length: str | None, sequence_header: str | None) -> Response:
         binary: bytes | None = None
@@ -83,19 +81,13 @@ class KServeRoutes:
             doc = kserve_codec.parse_body(body)
         else:
             doc, binary = kserve_codec.split_binary_body(body, header_length)
-        sequence = kserve_codec.sequence_control(doc, sequence_header)
+        sequence = kserve_sequence.sequence_control(doc, sequence_header)
 
-        def decode(predictor: Predictor) -> kserve_codec.InferRequest:
-            # a sequence of an encoder-decoder model carries the source, target chunks or both
-            partial = sequence is not None and predictor.encoder_decoder
-            signature = predictor.signature(DEFAULT_SIGNATURE)
-            budget = self.dispatch.element_budget(predictor)
-            return kserve_codec.decode_infer_request(doc, signature, binary, budget, partial)
+        def decode(model: ModelView, partial: bool) -> kserve_codec.InferRequest:
+            budget = self.dispatch.element_budget(model)
+            return kserve_codec.decode_infer_request(doc, model.signature(), binary, budget, partial)
 
-        if sequence is None:
-            answer = self.dispatch.predict(target, decode)
-        else:
-            answer = self.dispatch.stream(target, sequence.id, sequence.start, sequence.end, decode)
+        answer = self.dispatch.infer(target, sequence, decode)
         request = answer.request
         if request.binary_outputs:
             content, length = kserve_codec.encode_binary_infer_response(
@@ -116,12 +108,3 @@ def _version(text: str | None) -> int | None:
     if not text.isdigit():
         raise invalid_argument(f"model version must be an integer; received {unquote(text)!r}")
     return int(text)
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("rnnkit")
-    except Exception:  # not installed as a distribution
-        return "unknown"

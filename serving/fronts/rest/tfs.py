@@ -17,13 +17,12 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rnnkit_serving.codecs.tfs import rest as rest_codec
 from rnnkit_serving.codecs.tfs import json_tensor as tfs_json
-from rnnkit_serving.dispatch import Call, Dispatch, Target
-from rnnkit_serving.errors import invalid_argument
-from rnnkit_serving.runtime.predictor import Predictor
-from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
+from rnnkit_serving.codecs.tfs import rest as rest_codec
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Signature
+from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
+from rnnkit_serving.errors import invalid_argument
+from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
 
 _POST = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
@@ -70,21 +69,18 @@ class TfsRoutes:
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _metadata(self, target: Target) -> Response:
-        with self.dispatch.lease(target) as predictor:
-            runtime = {
-                "backend": predictor.backend_name,
-                "variant": predictor.variant,
-                "signatures": predictor.describe(),
-            }
-            text = rest_codec.metadata_json(predictor.name, predictor.version, predictor.signatures, runtime)
-        return json_response(text)
+        def render(model: ModelView) -> str:
+            runtime = {"backend": model.backend_name, "variant": model.variant, "signatures": model.describe()}
+            return rest_codec.metadata_json(model.name, model.version, model.signatures, runtime)
+
+        return json_response(self.dispatch.inspect(target, render))
 
     def _post(self, target: Target, verb: str, body: bytes) -> Response:
-        def decode(predictor: Predictor) -> rest_codec.RestPredictRequest:
+        def decode(model: ModelView) -> rest_codec.RestPredictRequest:
             doc = tfs_json.parse_json(body)
             if verb != "predict":
-                _refuse_verb(verb, doc, predictor.signatures)
-            return rest_codec.decode_predict_request(doc, predictor.signatures, self.dispatch.element_budget(predictor))
+                _refuse_verb(verb, doc, model.signatures)
+            return rest_codec.decode_predict_request(doc, model.signatures, self.dispatch.element_budget(model))
 
         answer = self.dispatch.predict(target, decode)
         return json_response(rest_codec.encode_predict_response(answer.outputs, answer.request.row_format))

@@ -1,0 +1,58 @@
+"""Every default of the server, once, beside the flag that changes it.
+
+``rnnkit serve`` (:mod:`rnnkit_serving.server.cli`), the option classes
+(:class:`~rnnkit_serving.server.model_server.ServerOptions`, :class:`~rnnkit_serving.fronts.rest.http_io.RestOptions`,
+:class:`~rnnkit_serving.scheduling.session_store.SessionOptions`,
+:class:`~rnnkit_serving.runtime.backend.RuntimeOptions`), the request limits
+(:data:`rnnkit_serving.core.signature.DEFAULT_LIMITS`) and the gRPC fronts all read them from here.
+
+Pure Python with no dependency: the CLI imports it before anything heavy. Every client-chosen size
+has a finite default here (ARCHITECTURE.md, "edges are part of the design").
+"""
+
+from __future__ import annotations
+
+from rnnkit_serving.core.repository_format import FP32, VARIANTS
+
+# ---------------------------------------------------------------------------------- addresses
+HOST = "127.0.0.1"  # --host (0.0.0.0 for all interfaces)
+PORT = 8500  # --port: TF Serving gRPC; 0 = off (and no TensorFlow protos)
+REST_API_PORT = 8501  # --rest_api_port; 0 = off
+GRPC_INFERENCE_PORT = 0  # --grpc_inference_port: KServe v2 gRPC; 0 = off
+MODEL_NAME = "default"  # --model_name
+
+# ------------------------------------------------------------------------------------ runtime
+BACKENDS = ("onnx", "tf")  # --backend choices: ONNX Runtime, TensorFlow SavedModel
+BACKEND = "onnx"  # --backend
+DEVICES = ("cpu", "gpu", "auto")  # --device choices
+DEVICE = "cpu"  # --device
+# --variant choices: which precision of the exported ONNX graphs runs (model.onnx, or a variant export
+# published behind its accuracy gate: model.int8.onnx, model.fp16.onnx; rnnkit.json "variants")
+RUNTIME_VARIANTS = (FP32, *VARIANTS)
+VARIANT = FP32  # --variant
+INTRA_OP_THREADS = 1  # --intra_op_threads (0 = the runtime's own)
+INTER_OP_THREADS = 1  # --inter_op_threads
+
+# --------------------------------------------------------------------------- request limits
+# A 16 MiB body (--max_request_bytes) holds at most ~8 M JSON numbers, so the element budget refuses
+# nothing a body of the default size can carry as JSON; what it stops is a small gRPC message
+# *declaring* a huge shape (typed values repeat their last value to fill it).
+MAX_REQUEST_BYTES = 16 << 20  # --max_request_bytes: a REST body, a gRPC message
+MAX_BATCH_SIZE = 1024  # --max_batch_size
+MAX_SEQUENCE_LENGTH = 8192  # --max_sequence_length
+MAX_REQUEST_ELEMENTS = 8 << 20  # --max_request_elements: all inputs of one request together
+
+# -------------------------------------------------------------------------- threads, timeouts
+REST_API_TIMEOUT_MS = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
+GRPC_TIMEOUT_MS = 30_000  # --grpc_timeout_in_ms (as REST's); <= 0: the client's deadline only
+REST_WORKERS = 4  # --rest_workers: threads running decode + runtime + encode
+GRPC_WORKERS = 8  # --grpc_workers
+GRPC_MAX_CONCURRENT_RPCS = 64  # --grpc_max_concurrent_rpcs: x 16 MiB messages, at most ~1 GiB of requests held
+DRAIN_SECONDS = 30.0  # --drain_seconds: how long SIGTERM waits for requests in flight
+POLL_SECONDS = 1.0  # --file_system_poll_wait_seconds; <= 0: read the base paths once
+
+# ------------------------------------------------------------------------ versions, sessions
+NUM_VERSIONS = 1  # --num_versions: the newest N versions of each model serve
+BATCHING_BUCKET_WIDTH = 0  # --batching_bucket_width: 0 = quarter-octave length buckets
+SESSION_IDLE_SECONDS = 60.0  # --session_idle_seconds
+MAX_SESSIONS = 1000  # --max_sessions

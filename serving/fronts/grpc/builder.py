@@ -1,0 +1,93 @@
+"""What both gRPC fronts (TF Serving, KServe v2) share: building and binding a server, and running one RPC.
+
+:func:`build_server` makes the one kind of ``grpc.Server`` both fronts run: request threads and a
+separate work pool (so an RPC thread answers ``DEADLINE_EXCEEDED`` on time while the model still
+runs), the message size bound (``--max_request_bytes``), the concurrency bound
+(``--grpc_max_concurrent_rpcs``, beyond it grpcio answers ``RESOURCE_EXHAUSTED``), the interceptor
+that answers bytes that do not parse ``INVALID_ARGUMENT``, the health service, and a TLS-only or
+plaintext port; a port that cannot be bound is an ``OSError``.
+
+:func:`recorded_call` is the one place an RPC's exception becomes a gRPC status (through
+:func:`rnnkit_serving.errors.wire_error`, the same codes and texts as the REST front), and where
+the call is recorded in the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+from rnnkit_serving.core import defaults
+from rnnkit_serving.dispatch import Call, Dispatch
+from rnnkit_serving.errors import Code, grpc_message, wire_error
+
+T = TypeVar("T")
+
+TIMEOUT_FLAG = "--grpc_timeout_in_ms"
+
+
+def recorded_call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
+    """Run `job`, record it, and turn an exception into the gRPC status of the same code and text."""
+    import grpc
+
+    call = Call("GRPC", dispatch.metric_name(model) if model else "", api)
+    try:
+        result = job()
+    except Exception as error:
+        code, message, _ = wire_error(error)
+        dispatch.record(call, code)
+        context.abort(grpc.StatusCode[code.name], grpc_message(message))
+        raise  # unreachable: abort raises
+    dispatch.record(call, Code.OK)
+    return result
+
+
+def build_server(
+    dispatch: Dispatch,
+    address: str,
+    register: Callable[[Any, futures.Executor], None],
+    *,
+    port_name: str,
+    thread_prefix: str,
+    workers: int = defaults.GRPC_WORKERS,
+    max_message_bytes: int = -1,
+    max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS,
+    health: Any = None,
+    credentials: Any = None,
+) -> Any:
+    """Build a ``grpc.Server`` on `address` ("host:port"), ``register(server, work)`` its services
+    (`work`: the pool their requests run in, under the front's timeout), add `health` (a
+    :class:`rnnkit_serving.fronts.grpc.health.Health`), bind, start it and return it.
+
+    `port_name` names the port in the bind error ("gRPC", "KServe v2 gRPC"); `thread_prefix` the
+    threads (``<prefix>`` for RPCs, ``<prefix>-work`` for requests); `workers`: requests at once
+    (plus the threads batching needs, :meth:`~rnnkit_serving.dispatch.Dispatch.worker_threads`);
+    `max_message_bytes`: the largest request message (-1: grpcio's default);
+    `max_concurrent_rpcs`: RPCs accepted at once (None: no bound); `credentials`
+    (``grpc.ssl_server_credentials``, see :mod:`rnnkit_serving.config.tls`) makes the port TLS-only."""
+    import grpc
+
+    from rnnkit_serving.fronts.grpc.guard import UndecodableRequests
+
+    threads = dispatch.worker_threads(workers)
+    work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{thread_prefix}-work")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_prefix),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
+    )
+    register(server, work)
+    if health is not None:
+        health.add_to(server)
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
+        work.shutdown(wait=False)
+        raise OSError(f"cannot bind the {port_name} port {address}")
+    server.start()
+    return server
