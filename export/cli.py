@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from rnnkit_export.report import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, FORMATS, VARIANT_TOLERANCES, VARIANTS
 
 LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py", "onnxruntime")
-OWN_MODULES = r"(rnnkit|export)(\.|$)"  # warnings from these modules are the command's own
+OWN_MODULES = r"(rnnkit|rnnkit_export)(\.|$)"  # warnings from these modules are the command's own
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -148,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
     import keras
 
     import rnnkit.layers  # noqa: F401  (registers rnnkit classes for deserialization)
-    from rnnkit_export.api import export_model
+    from rnnkit_export.api import ExportOptions, export_model
     from rnnkit_export.report import ExportError
 
     try:
@@ -156,23 +156,21 @@ def _export(args: argparse.Namespace) -> int:
     except Exception as error:  # a corrupt or foreign file
         print(f"rnnkit export: {args.model!r} is not a loadable Keras model: {error}", file=sys.stderr)
         return 2
+    options = ExportOptions(
+        version=args.version,
+        formats=args.formats,
+        opset=args.opset,
+        strict=args.strict,
+        verify=args.verify,
+        tolerance=args.tolerance,
+        streaming=args.streaming,
+        serving_base_path=args.serving_base_path,
+        quantize=args.quantize,
+        variant_min_agreement=args.variant_min_agreement,
+        calibration_data=args.calibration_data,
+    )
     try:
-        report = export_model(
-            model,
-            args.model_base_path,
-            args.model_name,
-            version=args.version,
-            formats=args.formats,
-            opset=args.opset,
-            strict=args.strict,
-            verify=args.verify,
-            tolerance=args.tolerance,
-            streaming=args.streaming,
-            serving_base_path=args.serving_base_path,
-            quantize=args.quantize,
-            variant_min_agreement=args.variant_min_agreement,
-            calibration_data=args.calibration_data,
-        )
+        report = export_model(model, args.model_base_path, args.model_name, options)
     except (ExportError, ValueError) as error:
         print(f"rnnkit export: {error}", file=sys.stderr)
         return 1

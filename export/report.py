@@ -6,13 +6,26 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-MANIFEST_FORMAT = 1
-FORMATS = ("savedmodel", "onnx")
+# the repository format (file names, manifest format, formats, variants) is the server's contract
+from rnnkit_serving.core.repository_format import FORMATS, FP16, INT8, MANIFEST_FORMAT, VARIANTS
+
+__all__ = [
+    "DEFAULT_MIN_AGREEMENT",
+    "DEFAULT_TOLERANCE",
+    "FORMATS",
+    "MANIFEST_FORMAT",
+    "VARIANTS",
+    "VARIANT_TOLERANCES",
+    "ExportError",
+    "ExportReport",
+    "variant_summary",
+]
+
 DEFAULT_TOLERANCE = 1e-5  # float32 parity, max |difference|
-VARIANTS = ("int8", "fp16")  # --quantize: reduced-precision variants of the ONNX graphs (rnnkit_export.variants)
+# --quantize: `VARIANTS` are the reduced-precision variants of the ONNX graphs (rnnkit_export.variants)
 DEFAULT_MIN_AGREEMENT = 0.99  # variant gate: least arg-max agreement with fp32 on class-score outputs
 # variant gate: max |variant - fp32| allowed, relative to the output's scale: tolerance * max(1, max |fp32|)
-VARIANT_TOLERANCES = {"int8": 0.05, "fp16": 0.01}
+VARIANT_TOLERANCES = {INT8: 0.05, FP16: 0.01}
 
 
 class ExportError(RuntimeError):
@@ -21,6 +34,25 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportReport:
+    """What `export_model` returns and writes as ``rnnkit.json`` (``to_json`` adds ``format``).
+
+    - ``model_name``, ``version``, ``path``: the published version directory.
+    - ``formats``: the formats written (`FORMATS` order); ``inputs`` / ``outputs``: name, numpy
+      dtype and shape (None for dynamic axes) of each of the model's tensors, by their own names.
+    - ``signatures``: the SavedModel's signatures (``serving_default``, ``step``, ``encoder``,
+      ``decoder_step``); ``warmup_records``: requests in the TF Serving warmup file.
+    - ``streaming``: the streaming plan (``streamable``, ``mode``, ``reason``, ``layer``,
+      ``states``, and ``encoder_decoder`` for encoder-decoder models).
+    - ``fused_layers``: recurrent layers that became one fused ONNX op; ``fallbacks``: layer ->
+      why it stayed a loop; ``swapped_native_layers``: Keras layers exported as their rnnkit twins.
+    - ``op_census`` / ``step_op_census`` / ``encoder_op_census`` / ``decoder_step_op_census``: op
+      type -> count in each ONNX graph (empty when the graph was not written).
+    - ``parity``: the parity check (``rnnkit_export.verify.parity.ParityResult.to_json``), None
+      without ``verify``; ``zero_padding_invariant``: whether zero right-padding is exact.
+    - ``versions``: the tool versions; ``opset``: the ONNX opset (None without ONNX).
+    - ``files``: every other file of the version -> bytes; ``variants``: ``--quantize`` results.
+    """
+
     model_name: str
     version: int
     path: str
@@ -106,7 +138,7 @@ def variant_summary(variant: str, entry: dict[str, Any]) -> list[str]:
     if entry["gate"]:
         lines.append(f"    gate: max|diff| to fp32 {worst:.2e} (tolerance {entry['tolerance']} x scale){agreement}")
     rows = [row for graph in entry["layers"].values() for row in graph]
-    if variant == "int8":
+    if variant == INT8:
         done = sorted({f"{r['layer']} {r['op']}->{r['as']}" for r in rows if r["int8"]})
         kept = sorted({f"{r['layer']} {r['op']} ({r['reason']})" for r in rows if not r["int8"]})
         lines.append(f"    int8: {', '.join(done) or '-'}")

@@ -35,10 +35,20 @@ from typing import Any
 import numpy as np
 
 from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
-from rnnkit_export.verify.parity import CASES, run_chunked, run_encoder_then_decoder, parity_inputs
 from rnnkit_export.report import DEFAULT_MIN_AGREEMENT, VARIANT_TOLERANCES, VARIANTS
-from rnnkit_export.streaming.step import DECODER_STEP_FILE, ENCODER_FILE, StreamingPlan
 from rnnkit_export.savedmodel.warmup import sample_inputs
+from rnnkit_export.streaming.step import StreamingPlan
+from rnnkit_export.verify.parity import CASES, parity_inputs, run_chunked, run_encoder_then_decoder
+from rnnkit_serving.core.repository_format import (
+    DECODER_STEP_FILE,
+    ENCODER_FILE,
+    FP16,
+    GRAPH_FILES,
+    INT8,
+    MODEL_FILE,
+    STEP_FILE,
+    variant_file,
+)
 
 log = logging.getLogger("rnnkit.export")
 
@@ -46,7 +56,6 @@ TOLERANCES = VARIANT_TOLERANCES
 GATE_CASES = ((64, 20), (64, 50))  # (batch, steps) beyond the parity cases: enough rows for an agreement share
 GATE_SEED = 100
 CALIBRATION_BATCH = 256  # calibration rows are run this many at a time
-GRAPH_FILES = ("model.onnx", "step.onnx", ENCODER_FILE, DECODER_STEP_FILE)
 INT8_OPS = {  # float op -> what ONNX Runtime's dynamic quantizer makes of it
     "LSTM": "DynamicQuantizeLSTM",
     "MatMul": "MatMulInteger",
@@ -62,12 +71,6 @@ NO_INT8_OP = {
 ALWAYS_REPORTED = ("LSTM", "GRU", "RNN", "MatMul", "Gemm")  # others only when they hold float weights
 FLOAT = 1  # onnx.TensorProto.FLOAT
 FP16_KEPT_FP32 = ("Cast",)  # kept float32 on top of onnxconverter-common's block list
-
-
-def variant_file(graph_file: str, variant: str) -> str:
-    """``model.onnx`` -> ``model.int8.onnx``."""
-    stem, extension = os.path.splitext(graph_file)
-    return f"{stem}.{variant}{extension}"
 
 
 def check_variants(quantize: str | Sequence[str] | None) -> list[str]:
@@ -150,7 +153,7 @@ def to_fp16(source: str, target: str) -> None:
     onnx.save(converted, target)
 
 
-CONVERTERS: dict[str, Callable[[str, str], None]] = {"int8": to_int8, "fp16": to_fp16}
+CONVERTERS: dict[str, Callable[[str, str], None]] = {INT8: to_int8, FP16: to_fp16}
 
 
 def _layer_of(node_name: str, layer_names: list[str]) -> str:
@@ -215,6 +218,9 @@ def is_class_scores(info: TensorInfo) -> bool:
 
 @dataclass
 class OutputFigures:
+    """The gate's figures for one output of one graph, accumulated over the feeds: max |variant -
+    fp32|, max |fp32| (the scale of the tolerance), and for class scores the rows whose arg-max agrees."""
+
     max_abs_diff: float = 0.0
     max_abs_fp32: float = 0.0
     agree: int = 0
@@ -239,6 +245,11 @@ class OutputFigures:
 
 @dataclass
 class VariantResult:
+    """One variant of a version: ``files`` (float graph -> variant file) and their ``sizes``, the
+    gate's ``figures`` per ``"<graph>/<output>"``, the per-node report of what became int8/fp16
+    (``layers``, per graph), and whether it was ``published`` or why not (``reason``).
+    ``to_json`` is ``rnnkit.json``'s ``variants.<variant>``."""
+
     variant: str
     tolerance: float
     min_agreement: float
@@ -293,11 +304,11 @@ def _graph_runners(
     """Full-model answers from each graph of the version: ``model.onnx`` directly, the step graph
     in chunks, encoder + decoder step in chunks (the file names passed through `suffix`)."""
     runners: dict[str, Callable[[dict[str, np.ndarray]], dict[str, Any]]] = {
-        "model.onnx": _session_runner(os.path.join(directory, suffix("model.onnx")))
+        MODEL_FILE: _session_runner(os.path.join(directory, suffix(MODEL_FILE)))
     }
-    if plan.reason is None and os.path.isfile(os.path.join(directory, "step.onnx")):
-        step = _session_runner(os.path.join(directory, suffix("step.onnx")))
-        runners["step.onnx"] = lambda feed: run_chunked(step, io.outputs, plan, feed)
+    if plan.reason is None and os.path.isfile(os.path.join(directory, STEP_FILE)):
+        step = _session_runner(os.path.join(directory, suffix(STEP_FILE)))
+        runners[STEP_FILE] = lambda feed: run_chunked(step, io.outputs, plan, feed)
     pair = plan.encoder_decoder
     if pair is not None and os.path.isfile(os.path.join(directory, ENCODER_FILE)):
         encoder = _session_runner(os.path.join(directory, suffix(ENCODER_FILE)))
@@ -308,8 +319,8 @@ def _graph_runners(
 
 def _graphs(directory: str, plan: StreamingPlan) -> list[str]:
     present = [g for g in GRAPH_FILES if os.path.isfile(os.path.join(directory, g))]
-    if plan.reason is not None and "step.onnx" in present:
-        present.remove("step.onnx")
+    if plan.reason is not None and STEP_FILE in present:
+        present.remove(STEP_FILE)
     return present
 
 
@@ -330,7 +341,7 @@ def build_variants(
     tolerances = {**TOLERANCES, **(tolerances or {})}
     graphs = _graphs(directory, plan)
     feeds = _gate_feeds(io, calibration)
-    reference = _session_runner(os.path.join(directory, "model.onnx"))
+    reference = _session_runner(os.path.join(directory, MODEL_FILE))
     wants = [{k: np.asarray(v) for k, v in reference(feed).items()} for feed in feeds]
     float_graphs = {g: onnx.load(os.path.join(directory, g), load_external_data=False).graph for g in graphs}
     results = {}
@@ -349,7 +360,7 @@ def build_variants(
                 names = layer_names or []
                 result.layers[graph] = (
                     int8_layers(float_graphs[graph], converted, names)
-                    if variant == "int8"
+                    if variant == INT8
                     else fp16_layers(float_graphs[graph], converted, names)
                 )
             runners = _graph_runners(directory, io, plan, functools.partial(variant_file, variant=variant))

@@ -13,11 +13,10 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from rnnkit_export import ExportError
-from rnnkit_export import export_model
-from rnnkit_export.repository import publish as repository
-from rnnkit_export.verify.parity import ParityResult
 from rnnkit import layers as rk
+from rnnkit_export import ExportError, export_model
+from rnnkit_export.repository import publish as repository
+from rnnkit_export.verify.parity import GraphKind, ParityFailure, ParityResult
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,6 +227,17 @@ def test_parity_record_compares_shapes_first():
         result.record("onnx/d", np.zeros((3, 11, 1)), np.zeros((3, 11)))  # would broadcast to (3, 11, 11)
     result.record("onnx/d", np.zeros((3, 11, 1)), np.full((3, 11, 1), 0.5))
     assert result.max_abs_diff == {"onnx/d": 0.5}
+
+
+def test_parity_failure_names_the_kind_of_graph():
+    result = ParityResult(1e-5)
+    result.record("onnx/d", np.zeros(3), np.full(3, 1e-6))
+    result.record("onnx_step/d", np.zeros(3), np.full(3, 0.5), GraphKind.STREAMING)
+    assert result.failure == ParityFailure("onnx_step/d", 0.5, GraphKind.STREAMING)
+    result.record("onnx/d", np.zeros(3), np.full(3, 0.75))  # now the full model is the worst
+    assert result.failure == ParityFailure("onnx/d", 0.75, GraphKind.FULL)
+    assert ParityResult(1e-5).failure is None
+    assert "graphs" not in result.to_json()  # rnnkit.json's parity entry is unchanged
 
 
 def test_parity_shape_mismatch_fails_the_export(tmp_path, monkeypatch):

@@ -10,20 +10,20 @@ import functools
 import json
 import logging
 import os
+import re
 
 import keras
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnkit_export import ExportError
-from rnnkit_export import export_model
-from rnnkit_export.analysis.model_io import ModelIO
 from rnnkit import layers as rk
+from rnnkit_export import ExportError, export_model
+from rnnkit_export.analysis.model_io import ModelIO
 from rnnkit_serving import Predictor
+from rnnkit_serving.core.signature import Signature, TensorSpec
 from rnnkit_serving.errors import ServingError
 from rnnkit_serving.runtime.onnx_backend import OnnxBackend
-from rnnkit_serving.core.signature import Signature, TensorSpec
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 L = keras.layers
@@ -336,6 +336,27 @@ def test_a_failing_step_graph_never_blocks_the_full_model(tmp_path, monkeypatch)
     assert not os.path.exists(tmp_path / "auto_step")
     manifest = json.load(open(os.path.join(report.path, "rnnkit.json")))
     assert manifest["streaming"] == report.streaming and manifest["signatures"] == ["serving_default"]
+
+
+def test_a_step_graph_failing_parity_is_dropped_by_its_graph_kind(tmp_path, monkeypatch):
+    """The chunked step graph answers 1.0 off: the parity result says the failing comparison concerns
+    the streaming graph (not the full model), so `auto` drops the step graph and `required` fails."""
+    import rnnkit_export.verify.parity as parity
+
+    real = parity.run_chunked
+
+    def off_by_one(*args, **kwargs):
+        return {name: np.asarray(value) + 1.0 for name, value in real(*args, **kwargs).items()}
+
+    monkeypatch.setattr(parity, "run_chunked", off_by_one)
+    failing = r"the streaming graph failed its parity check \('onnx_step/y': max \|difference\| 1\.000e\+00 exceeds tolerance 1e-05\)"
+    with pytest.raises(ExportError, match=rf"^--streaming required: {failing}; version 1 was not published$"):
+        export_model(gru_reset_before(), str(tmp_path), "req", formats="onnx", streaming="required")
+    assert os.listdir(tmp_path / "req") == []
+    report = export_model(gru_reset_before(), str(tmp_path), "auto", formats="onnx")
+    assert report.streaming["mode"] == "none" and "step.onnx" not in os.listdir(report.path)
+    assert re.fullmatch(rf"{failing} \(the full model was exported without it\)", report.streaming["reason"])
+    assert report.parity["passed"] and sorted(report.parity["max_abs_diff"]) == ["onnx/y"]
 
 
 def test_cli_streaming_flag(tmp_path, capsys):

@@ -21,8 +21,8 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from rnnkit_export.repository import publish as repository
 from rnnkit import layers as rk
+from rnnkit_export.repository import publish as repository
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRIALS = 24

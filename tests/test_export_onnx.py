@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnkit_export.analysis.model_io import ModelIO
-from rnnkit_export.onnx.convert import StrictExportError, to_onnx
-from rnnkit_export.analysis.twins import with_rnnkit_twins
 from rnnkit import layers as rk
+from rnnkit_export.analysis.model_io import ModelIO
+from rnnkit_export.analysis.twins import with_rnnkit_twins
+from rnnkit_export.onnx.convert import StrictExportError, to_onnx
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 F, H = 4, 5

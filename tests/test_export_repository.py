@@ -16,11 +16,12 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from rnnkit_export import ExportError
-from rnnkit_export import export_model
+from rnnkit import layers as rk
+from rnnkit_export import ExportError, ExportOptions, export_model
+from rnnkit_export.analysis.model_io import TensorInfo
+from rnnkit_export.repository import configs
 from rnnkit_export.repository.publish import RepositoryError
 from rnnkit_export.savedmodel.warmup import read_warmup
-from rnnkit import layers as rk
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 F = 3
@@ -278,6 +279,31 @@ def test_bad_arguments(tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         export_model(bidirectional_model(), str(tmp_path), name, **args)
     assert not os.path.exists(tmp_path / "m") or os.listdir(tmp_path / "m") == []
+
+
+def test_options_dataclass_and_keywords(tmp_path):
+    """`export_model` takes an `ExportOptions`; keyword arguments of the same names override it, and
+    a misspelt one is a TypeError naming it (before anything is written)."""
+    options = ExportOptions(formats="onnx", verify=False, streaming="off")
+    report = export_model(unidirectional_model(), str(tmp_path), "m", options, version=3)
+    assert (report.version, report.formats, report.parity) == (3, ["onnx"], None)
+    assert report.signatures == [] and report.streaming["mode"] == "off"
+    assert sorted(os.listdir(report.path)) == ["model.onnx", "rnnkit.json"]
+    with pytest.raises(TypeError, match=r"^export_model\(\) got an unexpected keyword argument 'tolerence'$"):
+        export_model(unidirectional_model(), str(tmp_path), "m", tolerence=1e-3)
+    with pytest.raises(TypeError, match=r"argument `options` must be an ExportOptions\. Received: int"):
+        export_model(unidirectional_model(), str(tmp_path), "m", 4)
+    assert [e for e in os.listdir(tmp_path / "m") if e.isdigit()] == ["3"]
+
+
+def test_server_configs_render_without_the_file_system():
+    """`configs` renders text from data only: models.config lists each SavedModel model once, sorted."""
+    text = configs.models_config(["b", "a", "b"], "/here", serving_base="/models")
+    assert text.count("config {") == 2 and text.index('"/models/a"') < text.index('"/models/b"')
+    triton = configs.triton_config("m", [TensorInfo("x", "float32", [None, None, 3])], [TensorInfo("y", "int64", [None])])
+    assert 'default_model_filename: "model.onnx"' in triton and "dims: [ -1, 3 ]" in triton and "TYPE_INT64" in triton
+    with pytest.raises(RepositoryError, match=r"input 'x': dtype complex64 has no Triton type"):
+        configs.triton_config("m", [TensorInfo("x", "complex64", [None])], [])
 
 
 def test_unwritable_base_path_and_non_model(tmp_path):

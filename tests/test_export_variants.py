@@ -11,10 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from rnnkit_export import export_model
-from rnnkit_export import report
-from rnnkit_export.variants import load_calibration
 from rnnkit import layers as rk
+from rnnkit_export import export_model, report
+from rnnkit_export.variants import load_calibration
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 VOCAB, CLASSES = 40, 3

@@ -5,10 +5,10 @@ Fast: no conversion, only the Keras graph walk and one tiny Keras call per model
 import keras
 import pytest
 
-from rnnkit_export.analysis.model_io import ModelIO
-from rnnkit_export.streaming.step import plan_streaming
-from rnnkit_export.analysis.streamability import analyze
 from rnnkit import layers as rk
+from rnnkit_export.analysis.model_io import ModelIO
+from rnnkit_export.analysis.streamability import analyze
+from rnnkit_export.streaming.step import plan_streaming
 
 F, H = 3, 4
 L = keras.layers

@@ -12,6 +12,8 @@ from typing import Any
 
 @dataclass
 class TensorInfo:
+    """One input or output: its stable name, numpy dtype name and shape (None: dynamic axis)."""
+
     name: str
     dtype: str  # numpy dtype name
     shape: list[int | None]  # None = dynamic (batch, time)
@@ -22,6 +24,9 @@ class TensorInfo:
 
 @dataclass
 class ModelIO:
+    """A model's inputs and outputs by name, and the structure its ``call`` takes and returns
+    (``"dict"``, ``"list"`` or ``"single"``), so that `call` is dict in, dict out."""
+
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     input_structure: str  # "dict" | "list" | "single"

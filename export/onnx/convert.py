@@ -17,13 +17,13 @@ import onnx
 import tensorflow as tf
 from onnx import helper
 
-from rnnkit_export.onnx.marker import MarkerSubstitute
+from rnnkit.layers import trace_substitution
 from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
-from rnnkit_export.onnx.splice import MARKER_DOMAIN, splice_markers
-from rnnkit_export.streaming.step import EncoderDecoder, StreamingPlan, step_function
 from rnnkit_export.analysis.time_distributed import flattened_time_distributed
 from rnnkit_export.analysis.twins import unswapped_native_layers
-from rnnkit.layers import trace_substitution
+from rnnkit_export.onnx.marker import MarkerSubstitute
+from rnnkit_export.onnx.splice import MARKER_DOMAIN, splice_markers
+from rnnkit_export.streaming.step import EncoderDecoder, StreamingPlan, step_function
 
 log = logging.getLogger("rnnkit.export")
 LOOP_OPS = ("Loop", "Scan")
@@ -37,6 +37,9 @@ class StrictExportError(ValueError):
 
 @dataclass
 class OnnxResult:
+    """A converted graph: the ONNX model, its inputs and outputs (the Keras model's names), the
+    layers fused, the layers left to tf2onnx's loop (layer -> reason), and op type -> count."""
+
     model: onnx.ModelProto
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]

@@ -16,6 +16,7 @@ The op's weights come from ``rnnkit_export.onnx.converters``; this module only w
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,41 +82,57 @@ def _stack(arrays: list[np.ndarray | None]) -> np.ndarray | None:
     return np.stack([np.asarray(a, np.float32) for a in arrays], axis=0)
 
 
-def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> list[str]:
-    """Emit the nodes for one marker; return the names carrying the marker's outputs."""
-    plan: LayerPlan = record.plan
-    x = inputs[0]
-    mask = inputs[1] if record.has_mask else None
-    initial = inputs[1 + int(record.has_mask) :]
-    dirs = len(plan.directions)
+@dataclass(frozen=True)
+class _Compaction:
+    """A masked layer's sequence with its valid steps moved to the front of each row.
+
+    ``x``: the compacted (batch-major) sequence; ``lengths`` (int32, ``(B,)``): valid steps per
+    row, the fused op's ``sequence_lens``; ``mask_int`` (int32, ``(B, T)``): the mask as numbers.
+    """
+
+    x: str
+    lengths: str
+    mask_int: str
+
+
+def _compact(b: GraphBuilder, x: str, mask: str) -> _Compaction:
+    """Move the valid steps of each row to the front, in order: TopK (ascending) over the key
+    ``(1 - m) * T + t`` orders valid steps by time, then invalid ones."""
+    mask_int = b.op("Cast", [mask], "mask_int32", to=TensorProto.INT32)
+    lengths = b.op("ReduceSum", [mask_int, b.ints([1])], "lengths", keepdims=0)
+    shape_x = b.op("Shape", [x], "shape_x")
+    steps = b.op("Gather", [shape_x, b.const("one", np.int64(1))], "steps", axis=0)
+    time_index = b.op("Range", [b.const("zero", np.int64(0)), steps, b.const("one", np.int64(1))], "t")
+    mask64 = b.op("Cast", [mask], "mask_int64", to=TensorProto.INT64)
+    invalid = b.op("Sub", [b.const("one", np.int64(1)), mask64], "invalid")
+    key = b.op("Add", [b.op("Mul", [invalid, steps]), time_index], "compaction_key")
+    k = b.op("Unsqueeze", [steps, b.ints([0])], "k")
+    _, order = b.op("TopK", [key, k], "compaction_order", outputs=2, axis=1, largest=0, sorted=1)
+    order3 = b.op("Expand", [b.op("Unsqueeze", [order, b.ints([2])]), shape_x], "order3")
+    compacted = b.op("GatherElements", [x, order3], "compacted_x", axis=1)
+    return _Compaction(compacted, lengths, mask_int)
+
+
+def _initial_states_by_direction(initial: list[str], plan: LayerPlan) -> list[list[str]]:
+    """The marker's initial-state inputs (direction-major: all states of direction 0, then 1)
+    grouped per direction; empty when the layer has none."""
     per_dir = plan.directions[0].n_states
-    hidden = plan.directions[0].hidden_size
+    return [initial[d * per_dir : (d + 1) * per_dir] for d in range(len(plan.directions))] if initial else []
 
-    seq_source = x
-    lengths = mask_int = ""  # set when the layer is masked
-    if mask is not None:
-        mask_int = b.op("Cast", [mask], "mask_int32", to=TensorProto.INT32)
-        lengths = b.op("ReduceSum", [mask_int, b.ints([1])], "lengths", keepdims=0)
-        shape_x = b.op("Shape", [x], "shape_x")
-        steps = b.op("Gather", [shape_x, b.const("one", np.int64(1))], "steps", axis=0)
-        time_index = b.op("Range", [b.const("zero", np.int64(0)), steps, b.const("one", np.int64(1))], "t")
-        mask64 = b.op("Cast", [mask], "mask_int64", to=TensorProto.INT64)
-        invalid = b.op("Sub", [b.const("one", np.int64(1)), mask64], "invalid")
-        key = b.op("Add", [b.op("Mul", [invalid, steps]), time_index], "compaction_key")
-        k = b.op("Unsqueeze", [steps, b.ints([0])], "k")
-        _, order = b.op("TopK", [key, k], "compaction_order", outputs=2, axis=1, largest=0, sorted=1)
-        order3 = b.op("Expand", [b.op("Unsqueeze", [order, b.ints([2])]), shape_x], "order3")
-        seq_source = b.op("GatherElements", [x, order3], "compacted_x", axis=1)
-    x_tbf = b.op("Transpose", [seq_source], "x_time_major", perm=[1, 0, 2])
 
+def _fused_inputs(
+    b: GraphBuilder, plan: LayerPlan, x_tbf: str, lengths: str, init_by_dir: list[list[str]]
+) -> list[str]:
+    """The fused op's inputs ``X, W, R, B, sequence_lens, initial_h[, initial_c, P]``: the weights
+    of every direction stacked on a leading direction axis (as the converters laid them out),
+    initial states stacked likewise; trailing absent optional inputs are dropped."""
+    dirs = len(plan.directions)
     W = b.const("W", _stack([d.W for d in plan.directions]))
     R = b.const("R", _stack([d.R for d in plan.directions]))
     bias = _stack([d.B for d in plan.directions])
     peep = _stack([d.P for d in plan.directions])
-    op_inputs = [x_tbf, W, R, b.const("B", bias) if bias is not None else ""]
-    op_inputs.append(lengths)
-    init_by_dir = [initial[d * per_dir : (d + 1) * per_dir] for d in range(dirs)] if initial else []
-    for s in range(per_dir):
+    op_inputs = [x_tbf, W, R, b.const("B", bias) if bias is not None else "", lengths]
+    for s in range(plan.directions[0].n_states):
         if init_by_dir:
             parts = [b.op("Unsqueeze", [init_by_dir[d][s], b.ints([0])]) for d in range(dirs)]
             op_inputs.append(parts[0] if dirs == 1 else b.op("Concat", parts, f"initial_{s}", axis=0))
@@ -125,80 +142,133 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
         op_inputs.append(b.const("P", peep) if peep is not None else "")
     while op_inputs and op_inputs[-1] == "":
         op_inputs.pop()
-    n_op_out = 3 if plan.directions[0].op_type == "LSTM" else 2
+    return op_inputs
+
+
+def _fused_node(b: GraphBuilder, plan: LayerPlan, op_inputs: list[str]) -> tuple[str, list[str]]:
+    """The fused LSTM / GRU / RNN node; returns ``Y`` (time-major ``(T, dirs, B, H)``) and the
+    final states (``Y_h``, and ``Y_c`` for LSTM: ``(dirs, B, H)``)."""
+    first = plan.directions[0]
+    n_op_out = 3 if first.op_type == "LSTM" else 2
     op_outputs = b.op(
-        plan.directions[0].op_type,
+        first.op_type,
         op_inputs,
-        plan.directions[0].op_type.lower(),
+        first.op_type.lower(),
         outputs=n_op_out,
-        hidden_size=hidden,
+        hidden_size=first.hidden_size,
         direction=plan.direction,
-        **_activation_attributes(plan.directions[0].activations * dirs),
-        **plan.directions[0].attributes,
+        **_activation_attributes(first.activations * len(plan.directions)),
+        **first.attributes,
     )
-    Y, final = op_outputs[0], op_outputs[1:]
+    return op_outputs[0], op_outputs[1:]
 
-    def zero() -> str:
-        return b.const("zero_f", np.float32(0.0))
 
-    outputs: list[str] = []
-    if plan.return_sequences:
-        yb = b.op("Transpose", [Y], "y_batch_major", perm=[2, 0, 1, 3])  # (B, T, dirs, H)
-        if mask is not None:
-            cumulative = b.op("CumSum", [mask_int, b.const("axis", np.int32(1))], "valid_so_far")
-            one_i = b.const("one_i", np.int32(1))
-            zero_i = b.const("zero_i", np.int32(0))
-            last_seen = b.op("Max", [b.op("Sub", [cumulative, one_i]), zero_i], "last_seen")
-            carry = dirs == 1 and not plan.zero_output_for_mask
-            if carry and plan.direction == "forward":
-                index, valid = last_seen, b.op("Greater", [cumulative, zero_i], "seen_any")
-            elif carry:  # go_backwards: the next valid step (already processed) is carried
-                nxt = b.op("Sub", [cumulative, mask_int], "next_valid")
-                lengths2 = b.op("Unsqueeze", [lengths, b.ints([1])])
-                valid = b.op("Less", [nxt, lengths2], "processed_any")
-                index = b.op("Min", [nxt, b.op("Max", [b.op("Sub", [lengths2, one_i]), zero_i])], "next_clipped")
-            else:
-                index, valid = last_seen, mask
-            index4 = b.op("Unsqueeze", [b.op("Cast", [index], to=TensorProto.INT64), b.ints([2, 3])])
-            index4 = b.op("Expand", [index4, b.op("Shape", [yb])], "scatter_index")
-            gathered = b.op("GatherElements", [yb, index4], "uncompacted", axis=1)
-            valid4 = b.op("Unsqueeze", [valid, b.ints([2, 3])])
-            yb = b.op("Where", [valid4, gathered, zero()], "masked_sequence")
-        if dirs == 1:
-            seq = b.op("Squeeze", [yb, b.ints([2])], "sequence")
-            if plan.direction == "reverse":  # Keras returns go_backwards outputs in processing order
-                seq = b.op(
-                    "Slice",
-                    [seq, b.ints([-1]), b.ints([int(_INT64_MIN)]), b.ints([1]), b.ints([-1])],
-                    "processing_order",
-                )
-            outputs.append(seq)
-        else:
-            outputs.extend(_merge(b, yb, plan.merge_mode, axis=2))
+def _zero(b: GraphBuilder) -> str:
+    return b.const("zero_f", np.float32(0.0))
+
+
+def _uncompact(b: GraphBuilder, plan: LayerPlan, yb: str, mask: str, compaction: _Compaction) -> str:
+    """Scatter the compacted per-step outputs ``yb`` ``(B, T, dirs, H)`` back to the original steps,
+    with Keras's value at masked steps: the last output carried forward (the next valid one for
+    go_backwards, in processing order), or zeros (bidirectional, ``zero_output_for_mask``)."""
+    mask_int, lengths = compaction.mask_int, compaction.lengths
+    cumulative = b.op("CumSum", [mask_int, b.const("axis", np.int32(1))], "valid_so_far")
+    one_i = b.const("one_i", np.int32(1))
+    zero_i = b.const("zero_i", np.int32(0))
+    last_seen = b.op("Max", [b.op("Sub", [cumulative, one_i]), zero_i], "last_seen")
+    carry = len(plan.directions) == 1 and not plan.zero_output_for_mask
+    if carry and plan.direction == "forward":
+        index, valid = last_seen, b.op("Greater", [cumulative, zero_i], "seen_any")
+    elif carry:  # go_backwards: the next valid step (already processed) is carried
+        nxt = b.op("Sub", [cumulative, mask_int], "next_valid")
+        lengths2 = b.op("Unsqueeze", [lengths, b.ints([1])])
+        valid = b.op("Less", [nxt, lengths2], "processed_any")
+        index = b.op("Min", [nxt, b.op("Max", [b.op("Sub", [lengths2, one_i]), zero_i])], "next_clipped")
     else:
-        if dirs == 1:
-            last = b.op("Squeeze", [final[0], b.ints([0])], "last_output")
-            if plan.zero_output_for_mask and mask is not None:
-                position = -1 if plan.direction == "forward" else 0
-                last_valid = b.op("Gather", [mask, b.const("pos", np.int64(position))], "last_step_valid", axis=1)
-                last = b.op("Where", [b.op("Unsqueeze", [last_valid, b.ints([1])]), last, zero()], "last_zeroed")
-            outputs.append(last)
-        else:
-            both = b.op("Transpose", [final[0]], "last_both", perm=[1, 0, 2])  # (B, 2, H)
-            outputs.extend(_merge(b, both, plan.merge_mode, axis=1))
+        index, valid = last_seen, mask
+    index4 = b.op("Unsqueeze", [b.op("Cast", [index], to=TensorProto.INT64), b.ints([2, 3])])
+    index4 = b.op("Expand", [index4, b.op("Shape", [yb])], "scatter_index")
+    gathered = b.op("GatherElements", [yb, index4], "uncompacted", axis=1)
+    valid4 = b.op("Unsqueeze", [valid, b.ints([2, 3])])
+    return b.op("Where", [valid4, gathered, _zero(b)], "masked_sequence")
 
+
+def _sequence_outputs(
+    b: GraphBuilder, plan: LayerPlan, Y: str, mask: str | None, compaction: _Compaction | None
+) -> list[str]:
+    """``return_sequences``: the per-step output(s) ``(B, T, H)`` as Keras returns them (masked steps
+    restored, go_backwards in processing order, bidirectional merged)."""
+    yb = b.op("Transpose", [Y], "y_batch_major", perm=[2, 0, 1, 3])  # (B, T, dirs, H)
+    if mask is not None and compaction is not None:
+        yb = _uncompact(b, plan, yb, mask, compaction)
+    if len(plan.directions) > 1:
+        return _merge(b, yb, plan.merge_mode, axis=2)
+    seq = b.op("Squeeze", [yb, b.ints([2])], "sequence")
+    if plan.direction == "reverse":  # Keras returns go_backwards outputs in processing order
+        seq = b.op(
+            "Slice",
+            [seq, b.ints([-1]), b.ints([int(_INT64_MIN)]), b.ints([1]), b.ints([-1])],
+            "processing_order",
+        )
+    return [seq]
+
+
+def _last_outputs(b: GraphBuilder, plan: LayerPlan, final_h: str, mask: str | None) -> list[str]:
+    """Not ``return_sequences``: the last output(s) ``(B, H)`` from the final hidden state (zeros
+    where Keras's ``zero_output_for_mask`` masks the last processed step; bidirectional merged)."""
+    if len(plan.directions) > 1:
+        both = b.op("Transpose", [final_h], "last_both", perm=[1, 0, 2])  # (B, 2, H)
+        return _merge(b, both, plan.merge_mode, axis=1)
+    last = b.op("Squeeze", [final_h, b.ints([0])], "last_output")
+    if plan.zero_output_for_mask and mask is not None:
+        position = -1 if plan.direction == "forward" else 0
+        last_valid = b.op("Gather", [mask, b.const("pos", np.int64(position))], "last_step_valid", axis=1)
+        last = b.op("Where", [b.op("Unsqueeze", [last_valid, b.ints([1])]), last, _zero(b)], "last_zeroed")
+    return [last]
+
+
+def _state_outputs(
+    b: GraphBuilder, plan: LayerPlan, final: list[str], lengths: str, init_by_dir: list[list[str]]
+) -> list[str]:
+    """``return_state``: each direction's final states ``(B, H)``, direction-major; a row of length
+    0 keeps its given initial state, as in Keras."""
+    keep_initial = None
+    if init_by_dir and lengths:
+        keep_initial = b.op(
+            "Unsqueeze", [b.op("Greater", [lengths, b.const("zero_i", np.int32(0))]), b.ints([1])], "ran"
+        )
+    outputs = []
+    for d in range(len(plan.directions)):
+        for s in range(plan.directions[0].n_states):
+            state = b.op("Gather", [final[s], b.const("dir", np.int64(d))], f"state_{d}_{s}", axis=0)
+            if keep_initial is not None:
+                state = b.op("Where", [keep_initial, state, init_by_dir[d][s]], f"state_or_initial_{d}_{s}")
+            outputs.append(state)
+    return outputs
+
+
+def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> list[str]:
+    """Emit the nodes for one marker; return the names carrying the marker's outputs.
+
+    Phases: mask compaction (masked layers) -> time-major ``X`` -> the fused node's inputs
+    (weights, biases, initial states per direction) -> the fused node -> the outputs Keras
+    returns (sequence or last output, then states)."""
+    plan: LayerPlan = record.plan
+    x = inputs[0]
+    mask = inputs[1] if record.has_mask else None
+    init_by_dir = _initial_states_by_direction(inputs[1 + int(record.has_mask) :], plan)
+
+    compaction = _compact(b, x, mask) if mask is not None else None
+    lengths = compaction.lengths if compaction is not None else ""
+    x_tbf = b.op("Transpose", [compaction.x if compaction else x], "x_time_major", perm=[1, 0, 2])
+    Y, final = _fused_node(b, plan, _fused_inputs(b, plan, x_tbf, lengths, init_by_dir))
+
+    if plan.return_sequences:
+        outputs = _sequence_outputs(b, plan, Y, mask, compaction)
+    else:
+        outputs = _last_outputs(b, plan, final[0], mask)
     if plan.return_state:
-        keep_initial = None
-        if initial and lengths:
-            keep_initial = b.op(
-                "Unsqueeze", [b.op("Greater", [lengths, b.const("zero_i", np.int32(0))]), b.ints([1])], "ran"
-            )
-        for d in range(dirs):
-            for s in range(per_dir):
-                state = b.op("Gather", [final[s], b.const("dir", np.int64(d))], f"state_{d}_{s}", axis=0)
-                if keep_initial is not None:
-                    state = b.op("Where", [keep_initial, state, init_by_dir[d][s]], f"state_or_initial_{d}_{s}")
-                outputs.append(state)
+        outputs += _state_outputs(b, plan, final, lengths, init_by_dir)
     return outputs
 
 

@@ -1,4 +1,4 @@
-"""The model repository on disk: atomic version directories and the server configs.
+"""The model repository on disk: atomic publication of version directories and server configs.
 
 Layout (ARCHITECTURE.md, contract 3)::
 
@@ -18,7 +18,8 @@ temporary file beside the one it replaces. Staged files and directories are fsyn
 `Publication.commit` renames the versions into place and replaces the configs. A failure
 before the commit removes what was staged; a failure during it also takes back what it had
 already made visible, so a failed export never leaves a new version (or a changed config)
-behind. A server polling <base> never sees half a version.
+behind. A server polling <base> never sees half a version. The configs' text is rendered by
+``configs`` (pure functions); this module decides where it goes and publishes it.
 
 Staging names carry their owner, ``.rnnkit-tmp-<host>-<pid>-…``; an export killed with
 SIGKILL leaves its staging behind, and the next export under the same base removes it
@@ -32,42 +33,59 @@ import contextlib
 import errno
 import hashlib
 import os
-import posixpath
 import re
 import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from rnnkit_export.analysis.model_io import TensorInfo
-from rnnkit_export.streaming.step import DECODER_STEP_FILE, ENCODER_FILE, EncoderDecoder, StreamingPlan
-from rnnkit_export.repository.triton_seed import START, carry_name, write_seeded_decoder_step
+from rnnkit_export.repository import RepositoryError
+from rnnkit_export.repository.configs import (
+    models_config,
+    triton_config,
+    triton_decoder_step_config,
+    triton_step_config,
+)
+from rnnkit_export.repository.triton_seed import write_seeded_decoder_step
+from rnnkit_export.streaming.step import StreamingPlan
+from rnnkit_serving.core.repository_format import (
+    DECODER_STEP_FILE,
+    ENCODER_FILE,
+    MODELS_CONFIG_FILE,
+    ONNX_FORMAT,
+    SAVED_MODEL_FILE,
+    SAVEDMODEL_FORMAT,
+    STEP_FILE,
+    TRITON_CONFIG_FILE,
+)
+
+__all__ = [  # the renderers are re-exported: `stage_server_configs` calls them through this module
+    "Publication",
+    "RepositoryError",
+    "check_base_path",
+    "check_name",
+    "check_serving_base_path",
+    "inventory",
+    "models_config",
+    "next_version",
+    "publication",
+    "remove_stale_staging",
+    "stage_server_configs",
+    "triton_config",
+    "triton_decoder_step_config",
+    "triton_step_config",
+]
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TMP_PREFIX = ".rnnkit-tmp-"
 STALE_AFTER_SECONDS = 24 * 3600  # for staging names without an owner on this host
 OWNER = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-")
-MANIFEST = "rnnkit.json"
+# the Triton models beside <name> for its streaming graphs
 STEP_SUFFIX = "_step"
 ENCODER_SUFFIX = "_encoder"
 DECODER_STEP_SUFFIX = "_decoder_step"
-TRITON_MAX_BATCH = 64
-STREAM_IDLE_MICROSECONDS = 60_000_000
-TRITON_TYPES = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "float64": "TYPE_FP64",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "int8": "TYPE_INT8",
-    "uint8": "TYPE_UINT8",
-    "bool": "TYPE_BOOL",
-}
-
-
-class RepositoryError(ValueError):
-    """The base path, model name or version cannot be used."""
 
 
 def check_name(name: str) -> str:
@@ -310,7 +328,7 @@ def tf_serving_models(base: str) -> list[str]:
     found = []
     for entry in sorted(os.listdir(base)):
         model_dir = os.path.join(base, entry)
-        if any(os.path.isfile(os.path.join(model_dir, str(v), "saved_model.pb")) for v in versions(model_dir)):
+        if any(os.path.isfile(os.path.join(model_dir, str(v), SAVED_MODEL_FILE)) for v in versions(model_dir)):
             found.append(entry)
     return found
 
@@ -324,114 +342,6 @@ def check_serving_base_path(path: str) -> str:
             f"serving (e.g. /models); received {path!r}"
         )
     return path.rstrip("/") or "/"
-
-
-def models_config(base: str, pending: tuple[str, ...] = (), serving_base: str | None = None) -> str:
-    """<base>/models.config text: every SavedModel model under <base>, plus `pending` names
-    (models whose first SavedModel version is being published). Each ``base_path`` is the model's
-    directory under `serving_base` (where servers will see the repository, e.g. ``/models`` in a
-    container) when given, else under `base` on this machine."""
-    blocks = []
-    for name in sorted(set(tf_serving_models(base)) | set(pending)):
-        model_path = os.path.join(base, name) if serving_base is None else posixpath.join(serving_base, name)
-        blocks.append(
-            "  config {\n"
-            f'    name: "{name}"\n'
-            f'    base_path: "{model_path}"\n'
-            '    model_platform: "tensorflow"\n'
-            "    model_version_policy { latest { num_versions: 1 } }\n"
-            "  }\n"
-        )
-    return "model_config_list {\n" + "".join(blocks) + "}\n"
-
-
-def _dims(shape: list[int | None]) -> str:
-    return "[ " + ", ".join("-1" if d is None else str(d) for d in shape[1:]) + " ]"
-
-
-def _tensor_blocks(kind: str, infos: list[TensorInfo]) -> str:
-    parts = []
-    for info in infos:
-        if info.dtype not in TRITON_TYPES:
-            raise RepositoryError(f"{kind} '{info.name}': dtype {info.dtype} has no Triton type")
-        parts.append(
-            f'  {{\n    name: "{info.name}"\n    data_type: {TRITON_TYPES[info.dtype]}\n'
-            f"    dims: {_dims(info.shape)}\n  }}"
-        )
-    return f"{kind} [\n" + ",\n".join(parts) + "\n]\n"
-
-
-def triton_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], filename: str = "model.onnx") -> str:
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f'default_model_filename: "{filename}"\n'
-        f"max_batch_size: {TRITON_MAX_BATCH}\n"
-        + _tensor_blocks("input", inputs)
-        + _tensor_blocks("output", outputs)
-        + "dynamic_batching { }\n"
-    )
-
-
-def _implicit_states(plan: StreamingPlan, input_name: Callable[[str], str]) -> list[str]:
-    """Triton ``sequence_batching.state`` entries, one per recurrent state of `plan`, starting at zero;
-    `input_name` maps a state's step-graph input to the name Triton feeds it under."""
-    return [
-        "    {\n"
-        f'      input_name: "{input_name(state_in)}"\n'
-        f'      output_name: "{state_out}"\n'
-        "      data_type: TYPE_FP32\n"
-        f"      dims: [ {layer.units} ]\n"
-        f"      initial_state: {{ data_type: TYPE_FP32 dims: [ {layer.units} ] "
-        'zero_data: true name: "zeros" }\n'
-        "    }"
-        for layer in plan.layers
-        for state_in, state_out in zip(layer.inputs(), layer.outputs())
-    ]
-
-
-def triton_step_config(name: str, inputs: list[TensorInfo], outputs: list[TensorInfo], plan: StreamingPlan) -> str:
-    """A sequence-batched Triton model over step.onnx; RNN states live in Triton (implicit state)."""
-    states = _implicit_states(plan, lambda state_in: state_in)
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        'default_model_filename: "step.onnx"\n'
-        f"max_batch_size: {TRITON_MAX_BATCH}\n"
-        + _tensor_blocks("input", inputs)
-        + _tensor_blocks("output", outputs)
-        + "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {STREAM_IDLE_MICROSECONDS}\n"
-        "  direct { }\n"
-        "  state [\n" + ",\n".join(states) + "\n  ]\n"
-        "}\n"
-    )
-
-
-def triton_decoder_step_config(name: str, pair: EncoderDecoder) -> str:
-    """A sequence-batched Triton model over the seeded decoder step (``triton_seed``): the client
-    sends the encoder's outputs with the sequence's first request; Triton carries the states after."""
-    plan = pair.plan
-    states = _implicit_states(plan, carry_name)
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        f'default_model_filename: "{DECODER_STEP_FILE}"\n'
-        f"max_batch_size: {TRITON_MAX_BATCH}\n"
-        + _tensor_blocks("input", plan.step_inputs(pair.decoder_io))
-        + _tensor_blocks("output", list(pair.decoder_io.outputs))
-        + "sequence_batching {\n"
-        f"  max_sequence_idle_microseconds: {STREAM_IDLE_MICROSECONDS}\n"
-        "  direct { }\n"
-        "  control_input [\n"
-        "    {\n"
-        f'      name: "{START}"\n'
-        "      control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]\n"
-        "    }\n"
-        "  ]\n"
-        "  state [\n" + ",\n".join(states) + "\n  ]\n"
-        "}\n"
-    )
 
 
 def _link(source: str, target: str) -> None:
@@ -461,18 +371,20 @@ def stage_server_configs(
     encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
     ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
     staging, _ = pending.versions[0]
-    if "savedmodel" in formats:
-        pending.stage_text(os.path.join(base, "models.config"), models_config(base, (name,), serving_base))
-    if "onnx" not in formats:
+    if SAVEDMODEL_FORMAT in formats:  # every SavedModel model of the tree, `name` included from now on
+        pending.stage_text(
+            os.path.join(base, MODELS_CONFIG_FILE), models_config([*tf_serving_models(base), name], base, serving_base)
+        )
+    if ONNX_FORMAT not in formats:
         return
-    pending.stage_text(os.path.join(base, name, "config.pbtxt"), triton_config(name, inputs, outputs))
+    pending.stage_text(os.path.join(base, name, TRITON_CONFIG_FILE), triton_config(name, inputs, outputs))
     if plan.reason is None:
         step_name = name + STEP_SUFFIX
         step_staging = pending.stage_version(os.path.join(base, step_name, str(version)))
-        for file in ["step.onnx", *(step_variants or [])]:
+        for file in [STEP_FILE, *(step_variants or [])]:
             _link(os.path.join(staging, file), os.path.join(step_staging, file))
         pending.stage_text(
-            os.path.join(base, step_name, "config.pbtxt"), triton_step_config(step_name, inputs, outputs, plan)
+            os.path.join(base, step_name, TRITON_CONFIG_FILE), triton_step_config(step_name, inputs, outputs, plan)
         )
     pair = plan.encoder_decoder
     if pair is not None:
@@ -480,7 +392,7 @@ def stage_server_configs(
         encoder_staging = pending.stage_version(os.path.join(base, encoder_name, str(version)))
         _link(os.path.join(staging, ENCODER_FILE), os.path.join(encoder_staging, ENCODER_FILE))
         pending.stage_text(
-            os.path.join(base, encoder_name, "config.pbtxt"),
+            os.path.join(base, encoder_name, TRITON_CONFIG_FILE),
             triton_config(encoder_name, list(pair.source), pair.encoder_outputs(), ENCODER_FILE),
         )
         decoder_staging = pending.stage_version(os.path.join(base, decoder_name, str(version)))
@@ -490,5 +402,5 @@ def stage_server_configs(
             [t.name for t in pair.plan.state_inputs()],
         )
         pending.stage_text(
-            os.path.join(base, decoder_name, "config.pbtxt"), triton_decoder_step_config(decoder_name, pair)
+            os.path.join(base, decoder_name, TRITON_CONFIG_FILE), triton_decoder_step_config(decoder_name, pair)
         )

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from rnnkit_export.analysis.model_io import TensorInfo
+from rnnkit_serving.core.repository_format import WARMUP_FILE
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 BATCH_SIZES = (1, 8)
 SEQUENCE_LENGTHS = (8, 32)
 MAX_RECORDS = 1000  # TF Serving refuses to load a model with more

@@ -2,7 +2,7 @@
 
 ``serving_default`` takes the model's inputs by name (batch and time dynamic) and returns its
 outputs by name (never ``output_0``). Streamable models also get ``step``; encoder-decoder models
-get ``encoder`` and ``decoder_step`` instead (see ``step.py``).
+get ``encoder`` and ``decoder_step`` instead (see ``rnnkit_export.streaming.step``).
 rnnkit layers never trace cuDNN kernels, and native Keras RNN layers are swapped for their
 rnnkit twins before export, so the graph holds no GPU-only op; ``gpu_only_ops`` checks that.
 """
@@ -15,18 +15,17 @@ from typing import Any
 import tensorflow as tf
 
 from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
-from rnnkit_export.streaming.step import (
-    DECODER_STEP_SIGNATURE,
-    ENCODER_SIGNATURE,
-    LoopStateSubstitute,
-    StreamingPlan,
-    step_function,
-)
 from rnnkit_export.analysis.time_distributed import flattened_time_distributed
+from rnnkit_export.streaming.step import LoopStateSubstitute, StreamingPlan, step_function
+from rnnkit_serving.core.repository_format import (
+    DECODER_STEP_SIGNATURE,
+    DEFAULT_SIGNATURE,
+    ENCODER_SIGNATURE,
+    SAVED_MODEL_FILE,
+    STEP_SIGNATURE,
+)
 
 SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-STEP_SIGNATURE = "step"
 GPU_ONLY_OP_PREFIXES = ("CudnnRNN",)
 
 
@@ -81,7 +80,7 @@ def gpu_only_ops(directory: str) -> list[str]:
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(directory, "saved_model.pb"), "rb") as handle:
+    with open(os.path.join(directory, SAVED_MODEL_FILE), "rb") as handle:
         proto.ParseFromString(handle.read())
     found: set[str] = set()
     for meta in proto.meta_graphs:

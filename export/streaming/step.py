@@ -22,19 +22,28 @@ from typing import Any
 import keras
 import numpy as np
 
+from rnnkit.layers import trace_substitution
 from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
 from rnnkit_export.analysis.streamability import PER_STEP, Verdict, analyze, input_kind
-from rnnkit.layers import trace_substitution
+from rnnkit_serving.core.repository_format import (
+    DECODER_STEP_FILE,
+    DECODER_STEP_SIGNATURE,
+    ENCODER_FILE,
+    ENCODER_SIGNATURE,
+    STREAMING_ENCODER_DECODER,
+    STREAMING_NONE,
+    STREAMING_OFF,
+    STREAMING_STEP,
+)
 
 STREAMING_MODES = ("auto", "off", "required")
-ENCODER_SIGNATURE = "encoder"
-DECODER_STEP_SIGNATURE = "decoder_step"
-ENCODER_FILE = "encoder.onnx"
-DECODER_STEP_FILE = "decoder_step.onnx"
 
 
 @dataclass
 class StreamingLayer:
+    """One recurrent layer of a step graph: its name, its states (``h``, and ``c`` for LSTM) and
+    width; its state tensors are ``<name>_<state>_in`` / ``_out``, shape [batch, units]."""
+
     name: str
     state_names: list[str]  # "h", "c"
     units: int
@@ -78,13 +87,13 @@ class EncoderDecoder:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "encoder": {
+            ENCODER_SIGNATURE: {
                 "signature": ENCODER_SIGNATURE,
                 "file": ENCODER_FILE,
                 "inputs": [t.to_json() for t in self.source],
                 "outputs": [t.to_json() for t in self.encoder_outputs()],
             },
-            "decoder_step": {
+            DECODER_STEP_SIGNATURE: {
                 "signature": DECODER_STEP_SIGNATURE,
                 "file": DECODER_STEP_FILE,
                 "inputs": [t.to_json() for t in self.plan.step_inputs(self.decoder_io)],
@@ -96,10 +105,20 @@ class EncoderDecoder:
 
 @dataclass
 class StreamingPlan:
+    """Whether and how a model streams; ``to_json`` is ``rnnkit.json``'s ``streaming``.
+
+    ``reason`` None means a step graph over the whole model (``mode`` ``STREAMING_STEP``) with the
+    states of ``layers`` in call order; otherwise it says why not, naming ``layer`` when one layer
+    is the cause. ``sequence_inputs`` are cut into chunks (other inputs go whole to every chunk),
+    ``sequence_outputs`` are concatenated over chunks (others: the last chunk's), ``state_feeds``
+    maps a model input fed by a state to that state input. Encoder-decoder models (``mode``
+    ``STREAMING_ENCODER_DECODER``) carry their own decoder plan in ``encoder_decoder``.
+    """
+
     layers: list[StreamingLayer]
     reason: str | None  # why the model has no step graph (None: it has one)
     layer: str | None = None  # the layer that prevents streaming
-    mode: str = "step"  # "step" | "encoder_decoder" | "none" | "off"
+    mode: str = STREAMING_STEP  # STREAMING_STEP | _ENCODER_DECODER | _NONE | _OFF (the manifest's streaming.mode)
     sequence_outputs: list[str] = field(default_factory=list)  # per-step outputs (concatenated over chunks)
     sequence_inputs: list[str] = field(default_factory=list)  # inputs cut into chunks (others go whole)
     state_feeds: dict[str, str] = field(default_factory=dict)  # model-io input -> the state input feeding it
@@ -123,7 +142,7 @@ class StreamingPlan:
         ]
 
     def without_step(self, reason: str) -> StreamingPlan:
-        return StreamingPlan([], reason, self.layer, "none")
+        return StreamingPlan([], reason, self.layer, STREAMING_NONE)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -205,21 +224,21 @@ def plan_streaming(model: Any, io: ModelIO, streaming: str = "auto") -> Streamin
     if streaming not in STREAMING_MODES:
         raise ValueError(f"argument `streaming` must be one of {STREAMING_MODES}. Received: streaming={streaming!r}")
     if streaming == "off":
-        return StreamingPlan([], "streaming is off (--streaming off)", None, "off")
+        return StreamingPlan([], "streaming is off (--streaming off)", None, STREAMING_OFF)
     verdict = analyze(model)
     if not verdict.streamable:
         if verdict.cuts:
             return _encoder_decoder(model, io, verdict)
-        return StreamingPlan([], verdict.reason, verdict.layer, "none")
+        return StreamingPlan([], verdict.reason, verdict.layer, STREAMING_NONE)
     layers, reason, layer_name = _streaming_layers(model, recurrent_layers_called(model, io))
     if reason is not None:
-        return StreamingPlan([], reason, layer_name, "none")
+        return StreamingPlan([], reason, layer_name, STREAMING_NONE)
     inputs, outputs = _tensors_by_name(model, io)
     return StreamingPlan(
         layers,
         None,
         None,
-        "step",
+        STREAMING_STEP,
         _sequence_names(io.outputs, outputs, verdict),
         [t.name for t in io.inputs if input_kind(inputs[t.name]) == PER_STEP],
     )
@@ -227,7 +246,7 @@ def plan_streaming(model: Any, io: ModelIO, streaming: str = "auto") -> Streamin
 
 def _encoder_decoder(model: Any, io: ModelIO, verdict: Verdict) -> StreamingPlan:
     """Plan an encoder graph + decoder step graph, or say why the model cannot stream at all."""
-    refused = StreamingPlan([], verdict.reason, verdict.layer, "none")
+    refused = StreamingPlan([], verdict.reason, verdict.layer, STREAMING_NONE)
     cut_tensors: list[Any] = []
     for cut in verdict.cuts:
         cut_tensors.extend(t for t in cut.states if all(t is not c for c in cut_tensors))
@@ -274,7 +293,7 @@ def _encoder_decoder(model: Any, io: ModelIO, verdict: Verdict) -> StreamingPlan
         layers,
         None,
         None,
-        "step",
+        STREAMING_STEP,
         _sequence_names(io.outputs, outputs, decoder_verdict),
         [t.name for t in targets if input_kind(inputs[t.name]) == PER_STEP],
         state_feeds,
@@ -285,7 +304,7 @@ def _encoder_decoder(model: Any, io: ModelIO, verdict: Verdict) -> StreamingPlan
         f"{[t.name for t in sources]}: no step graph over the whole model; stream with the "
         f"'{ENCODER_SIGNATURE}' graph, then '{DECODER_STEP_SIGNATURE}' over {[t.name for t in targets]}"
     )
-    return StreamingPlan([], reason, verdict.layer, "encoder_decoder", encoder_decoder=pair)
+    return StreamingPlan([], reason, verdict.layer, STREAMING_ENCODER_DECODER, encoder_decoder=pair)
 
 
 class LoopStateSubstitute:

@@ -8,7 +8,9 @@ decoder step in chunks; the chunked answer must equal the full one.
 
 from __future__ import annotations
 
+import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,32 +18,78 @@ import numpy as np
 
 from rnnkit_export.analysis.model_io import ModelIO, TensorInfo
 from rnnkit_export.report import ExportError
-from rnnkit_export.savedmodel.writer import DEFAULT_SIGNATURE, STEP_SIGNATURE
-from rnnkit_export.streaming.step import (
+from rnnkit_export.savedmodel.warmup import sample_inputs
+from rnnkit_export.streaming.step import EncoderDecoder, StreamingPlan
+from rnnkit_serving.core.repository_format import (
     DECODER_STEP_FILE,
     DECODER_STEP_SIGNATURE,
+    DEFAULT_SIGNATURE,
     ENCODER_FILE,
     ENCODER_SIGNATURE,
-    EncoderDecoder,
-    StreamingPlan,
+    MODEL_FILE,
+    ONNX_FORMAT,
+    SAVEDMODEL_FORMAT,
+    STEP_FILE,
+    STEP_SIGNATURE,
 )
-from rnnkit_export.savedmodel.warmup import sample_inputs
 
 CASES = ((1, 5), (3, 11), (4, 17))
 CHUNKS = (2, 3)  # chunk lengths cycled over the sequence (the last chunk takes the rest)
 SIDES = {  # backend key -> what produced its answers (for error messages)
-    "savedmodel": "the SavedModel (serving_default)",
-    "savedmodel_step": "the SavedModel's step signature fed in chunks",
-    "onnx": "model.onnx (ONNX Runtime)",
-    "onnx_step": "step.onnx (ONNX Runtime) fed in chunks",
+    SAVEDMODEL_FORMAT: f"the SavedModel ({DEFAULT_SIGNATURE})",
+    f"{SAVEDMODEL_FORMAT}_step": f"the SavedModel's {STEP_SIGNATURE} signature fed in chunks",
+    ONNX_FORMAT: f"{MODEL_FILE} (ONNX Runtime)",
+    f"{ONNX_FORMAT}_step": f"{STEP_FILE} (ONNX Runtime) fed in chunks",
 }
+Feed = dict[str, np.ndarray]
+Run = Callable[[Feed], dict[str, Any]]
+
+
+class GraphKind(enum.Enum):
+    """Which graph of a version a parity comparison concerns. A failing ``STREAMING`` comparison
+    drops the streaming graphs (``streaming="auto"``); a failing ``FULL`` one fails the export."""
+
+    FULL = "full"  # serving_default / model.onnx: the model itself
+    STREAMING = "streaming"  # step graphs fed in chunks, encoder + decoder step
+
+
+@dataclass(frozen=True)
+class Runner:
+    """One backend whose full-sequence answers are compared with Keras's.
+
+    ``backend``: the key prefix (``onnx``, ``savedmodel_step``, ``onnx_encoder_decoder``, ...);
+    ``graph``: whether it runs the full model or the streaming graphs; ``run``: inputs by name ->
+    outputs by name (streaming graphs: chunk by chunk, states carried).
+    """
+
+    backend: str
+    graph: GraphKind
+    run: Run
+
+
+@dataclass(frozen=True)
+class ParityFailure:
+    """The worst comparison of a failed parity check: ``key`` (``"<backend>/<output>"``), its max
+    |difference| and the kind of graph it concerns."""
+
+    key: str
+    max_abs_diff: float
+    graph: GraphKind
 
 
 @dataclass
 class ParityResult:
+    """Max |Keras - backend| per ``"<backend>/<output>"`` key over every case, against `tolerance`.
+
+    ``graphs``: key -> the kind of graph the comparison concerns (keys recorded without a kind are
+    full-model comparisons); ``cases``: the ``[batch, steps]`` cases run. ``to_json`` is what
+    ``rnnkit.json`` holds under ``parity``.
+    """
+
     tolerance: float
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # "<backend>/<output>" -> max |diff|
     cases: list[list[int]] = field(default_factory=list)
+    graphs: dict[str, GraphKind] = field(default_factory=dict)  # "<backend>/<output>" -> graph kind
 
     @property
     def worst(self) -> tuple[str, float]:
@@ -54,7 +102,15 @@ class ParityResult:
     def passed(self) -> bool:
         return self.worst[1] <= self.tolerance
 
-    def record(self, key: str, want: Any, got: Any) -> None:
+    @property
+    def failure(self) -> ParityFailure | None:
+        """The worst comparison when it exceeds the tolerance (None: parity holds)."""
+        if self.passed:
+            return None
+        key, gap = self.worst
+        return ParityFailure(key, gap, self.graphs.get(key, GraphKind.FULL))
+
+    def record(self, key: str, want: Any, got: Any, graph: GraphKind = GraphKind.FULL) -> None:
         """Record max |want - got| under `key` ("<backend>/<output>"); shapes are compared first."""
         got = np.asarray(got)
         want = np.asarray(want)
@@ -67,6 +123,7 @@ class ParityResult:
             )
         diff = float(np.abs(want.astype(np.float64) - got.astype(np.float64)).max()) if want.size else 0.0
         self.max_abs_diff[key] = max(self.max_abs_diff.get(key, 0.0), diff)
+        self.graphs[key] = graph
 
     def to_json(self) -> dict[str, Any]:
         key, value = self.worst
@@ -138,73 +195,101 @@ def run_encoder_then_decoder(
     return run_chunked(run_decoder, pair.decoder_io.outputs, pair.plan, targets, states)
 
 
-def _savedmodel_runner(loaded: Any, name: str) -> Any:
+def _savedmodel_runner(loaded: Any, name: str) -> Run:
     import tensorflow as tf
 
     signature = loaded.signatures[name]
 
-    def run(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    def run(feed: Feed) -> dict[str, Any]:
         return {k: v.numpy() for k, v in signature(**{n: tf.constant(a) for n, a in feed.items()}).items()}
 
     return run
 
 
-def _onnx_runner(path: str) -> Any:
+def _onnx_runner(path: str) -> Run:
     import onnxruntime as ort
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
-    def run(feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    def run(feed: Feed) -> dict[str, Any]:
         return dict(zip(names, session.run(names, feed)))
 
     return run
+
+
+def _graph_runners(
+    backend: str, io: ModelIO, plan: StreamingPlan, full: Run, step: Run | None, encoder_decoder: tuple[Run, Run] | None
+) -> list[Runner]:
+    """The runners of one backend: the full model, the step graph in chunks (``<backend>_step``),
+    the encoder then the decoder step in chunks (``<backend>_encoder_decoder``)."""
+    runners = [Runner(backend, GraphKind.FULL, full)]
+    if step is not None:
+        runners.append(
+            Runner(f"{backend}_step", GraphKind.STREAMING, lambda feed: run_chunked(step, io.outputs, plan, feed))
+        )
+    pair = plan.encoder_decoder
+    if encoder_decoder is not None and pair is not None:
+        encoder, decoder = encoder_decoder
+        runners.append(
+            Runner(
+                f"{backend}_encoder_decoder",
+                GraphKind.STREAMING,
+                lambda feed: run_encoder_then_decoder(encoder, decoder, pair, feed),
+            )
+        )
+    return runners
+
+
+def _savedmodel_runners(directory: str, io: ModelIO, plan: StreamingPlan) -> list[Runner]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(directory)
+    full = _savedmodel_runner(loaded, DEFAULT_SIGNATURE)
+    step = _savedmodel_runner(loaded, STEP_SIGNATURE) if plan.reason is None else None
+    pair = None
+    if plan.encoder_decoder is not None:
+        pair = (_savedmodel_runner(loaded, ENCODER_SIGNATURE), _savedmodel_runner(loaded, DECODER_STEP_SIGNATURE))
+    return _graph_runners(SAVEDMODEL_FORMAT, io, plan, full, step, pair)
+
+
+def _onnx_runners(directory: str, io: ModelIO, plan: StreamingPlan) -> list[Runner]:
+    full = _onnx_runner(os.path.join(directory, MODEL_FILE))
+    step = _onnx_runner(os.path.join(directory, STEP_FILE)) if plan.reason is None else None
+    pair = None
+    if plan.encoder_decoder is not None:
+        pair = (
+            _onnx_runner(os.path.join(directory, ENCODER_FILE)),
+            _onnx_runner(os.path.join(directory, DECODER_STEP_FILE)),
+        )
+    return _graph_runners(ONNX_FORMAT, io, plan, full, step, pair)
 
 
 def check_parity(
     model: Any, io: ModelIO, plan: StreamingPlan, directory: str, formats: list[str], tolerance: float
 ) -> ParityResult:
     """Parity of every graph written: ``<backend>/<output>`` for the full model, ``<backend>_step``
-    for the chunked step graph, ``<backend>_encoder_decoder`` for encoder + chunked decoder step."""
+    for the chunked step graph, ``<backend>_encoder_decoder`` for encoder + chunked decoder step
+    (the latter two recorded as `GraphKind.STREAMING` comparisons)."""
     result = ParityResult(tolerance)
-    runners: dict[str, Any] = {}
-    pair = plan.encoder_decoder
-    if "savedmodel" in formats:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(directory)
-        runners["savedmodel"] = _savedmodel_runner(loaded, DEFAULT_SIGNATURE)
-        if plan.reason is None:
-            step = _savedmodel_runner(loaded, STEP_SIGNATURE)
-            runners["savedmodel_step"] = lambda feed, step=step: run_chunked(step, io.outputs, plan, feed)
-        if pair is not None:
-            encoder = _savedmodel_runner(loaded, ENCODER_SIGNATURE)
-            decoder = _savedmodel_runner(loaded, DECODER_STEP_SIGNATURE)
-            runners["savedmodel_encoder_decoder"] = lambda feed, e=encoder, d=decoder: run_encoder_then_decoder(
-                e, d, pair, feed
-            )
-    if "onnx" in formats:
-        runners["onnx"] = _onnx_runner(os.path.join(directory, "model.onnx"))
-        if plan.reason is None:
-            step = _onnx_runner(os.path.join(directory, "step.onnx"))
-            runners["onnx_step"] = lambda feed, step=step: run_chunked(step, io.outputs, plan, feed)
-        if pair is not None:
-            encoder = _onnx_runner(os.path.join(directory, ENCODER_FILE))
-            decoder = _onnx_runner(os.path.join(directory, DECODER_STEP_FILE))
-            runners["onnx_encoder_decoder"] = lambda feed, e=encoder, d=decoder: run_encoder_then_decoder(e, d, pair, feed)
+    runners: list[Runner] = []
+    if SAVEDMODEL_FORMAT in formats:
+        runners += _savedmodel_runners(directory, io, plan)
+    if ONNX_FORMAT in formats:
+        runners += _onnx_runners(directory, io, plan)
     for seed, (batch, steps) in enumerate(CASES):
         inputs = parity_inputs(io, batch, steps, seed)
         result.cases.append([batch, steps])
         want = {k: np.asarray(v) for k, v in io.call(model, inputs).items()}
-        for backend, run in runners.items():
-            got = run(inputs)
+        for runner in runners:
+            got = runner.run(inputs)
             for info in io.outputs:
                 if info.name not in got:
                     raise ExportError(
-                        f"parity check failed: {SIDES.get(backend, backend)} has no output '{info.name}' "
-                        f"(its outputs: {sorted(got)})"
+                        f"parity check failed: {SIDES.get(runner.backend, runner.backend)} has no output "
+                        f"'{info.name}' (its outputs: {sorted(got)})"
                     )
-                result.record(f"{backend}/{info.name}", want[info.name], got[info.name])
+                result.record(f"{runner.backend}/{info.name}", want[info.name], got[info.name], runner.graph)
     return result
 
 

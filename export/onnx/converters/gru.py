@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnkit_export.onnx.converters.registry import FusedDirection, activation_key, common_checks, register_converter, weights
 from rnnkit.layers import GRUCell
+from rnnkit_export.onnx.converters.registry import (
+    FusedDirection,
+    activation_key,
+    common_checks,
+    register_converter,
+    weights,
+)
 
 
 @register_converter(GRUCell)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rnnkit import gate_order
+from rnnkit.layers import LSTMCell
 from rnnkit_export.onnx.converters.registry import (
     FusedDirection,
     activation_key,
@@ -12,8 +14,6 @@ from rnnkit_export.onnx.converters.registry import (
     register_converter,
     weights,
 )
-from rnnkit import gate_order
-from rnnkit.layers import LSTMCell
 
 ONNX_LSTM = "iofc"  # gate order of ONNX W/R/B
 ONNX_PEEPHOLE = "iof"  # order of ONNX P
