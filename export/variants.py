@@ -45,6 +45,7 @@ from rnnkit_serving.core.repository_format import (
     FP16,
     GRAPH_FILES,
     INT8,
+    INT8_EXACT_SESSION_CONFIG,
     MODEL_FILE,
     STEP_FILE,
     variant_file,
@@ -279,6 +280,7 @@ def _session_runner(path: str) -> Callable[[dict[str, np.ndarray]], dict[str, An
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry(*INT8_EXACT_SESSION_CONFIG)  # the kernels the server runs (see the contract)
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 

@@ -14,6 +14,7 @@ import pytest
 from rnnkit import layers as rk
 from rnnkit_export import export_model, report
 from rnnkit_export.variants import load_calibration
+from rnnkit_serving.core.repository_format import INT8_EXACT_SESSION_CONFIG
 
 logging.getLogger("tf2onnx").setLevel(logging.ERROR)
 VOCAB, CLASSES = 40, 3
@@ -96,7 +97,9 @@ def test_variants_answer_close_to_keras_on_fresh_inputs(published):
     x = tokens(200, 13, seed=42)
     want = np.asarray(model(x)["scores"])
     for file, limit in (("model.int8.onnx", 0.1), ("model.fp16.onnx", 0.02)):
-        session = ort.InferenceSession(os.path.join(result.path, file), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.add_session_config_entry(*INT8_EXACT_SESSION_CONFIG)  # as the gate and the server run int8
+        session = ort.InferenceSession(os.path.join(result.path, file), options, providers=["CPUExecutionProvider"])
         got = session.run(None, {"tokens": x})[0]
         assert np.abs(got - want).max() < limit * max(1.0, np.abs(want).max()), file
         assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.97, file

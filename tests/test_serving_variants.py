@@ -18,6 +18,7 @@ from rnnkit_export import export_model
 from rnnkit_serving import Predictor, RestOptions, app, spawn_server
 from rnnkit_serving.config.batching_config import BatchingParameters
 from rnnkit_serving.config.model_config import ModelConfig
+from rnnkit_serving.core.repository_format import INT8_EXACT_SESSION_CONFIG
 from rnnkit_serving.errors import ModelLoadError
 from rnnkit_serving.runtime.backend import RuntimeOptions
 from rnnkit_serving.scheduling.batching import Batcher
@@ -59,6 +60,7 @@ def repo(tmp_path_factory):
 def bare(path, x):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # as the server (int8 kernels may split work differently per thread count)
+    options.add_session_config_entry(*INT8_EXACT_SESSION_CONFIG)  # as the server: exact int8 kernels
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 

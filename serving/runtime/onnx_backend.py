@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit_serving.core.repository_format import INT8_EXACT_SESSION_CONFIG
 from rnnkit_serving.core.signature import Signature
 from rnnkit_serving.errors import ModelLoadError
 from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
@@ -53,6 +54,8 @@ class OnnxBackend:
         session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.log_severity_level = 3
+        # exact int8 kernels on CPUs without VNNI, as the export gate judged the variant (the contract)
+        session_options.add_session_config_entry(*INT8_EXACT_SESSION_CONFIG)
         try:
             self._session = ort.InferenceSession(path, sess_options=session_options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for bad files and missing libraries
