@@ -179,6 +179,9 @@ class Call:
     model: str = ""  # the metrics label; "" = not a model request, not recorded
     api: str = ""
     started: float = field(default_factory=time.perf_counter)
+    # the outcome of a request answered normally that still did not succeed (a readiness probe
+    # answering "not ready"): recorded instead of OK
+    outcome: Code | None = None
 
 
 class Dispatch:
@@ -360,6 +363,8 @@ class Dispatch:
 
     def record(self, call: Call, code: Code) -> None:
         """Count one request (by model label and status) and time it when it succeeded."""
+        if code is Code.OK and call.outcome is not None:
+            code = call.outcome
         if call.model:
             self.metrics.record(call.model, call.api, call.entrypoint, code, (time.perf_counter() - call.started) * 1e6)
 
@@ -370,11 +375,15 @@ class Dispatch:
 
     def ready(self, target: Target) -> bool:
         """Whether the version `target` names serves now."""
+        return self.readiness(target) is Code.OK
+
+    def readiness(self, target: Target) -> Code:
+        """OK when the version `target` names serves now, else why not (NOT_FOUND, UNAVAILABLE...)."""
         try:
             self.registry.resolve(target.name, target.version, target.label)
-        except ServingError:
-            return False
-        return True
+        except ServingError as error:
+            return error.code
+        return Code.OK
 
     def available(self) -> bool:
         """Whether any version of any model serves now."""

@@ -28,7 +28,7 @@ from types import TracebackType
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy
 from rnnkit_serving.core.status import AVAILABLE, END, LOADING, VersionStatus
 from rnnkit_serving.errors import Code, ServingError, invalid_argument, not_found, wire_error
-from rnnkit_serving.runtime.predictor import Predictor, version_dirs
+from rnnkit_serving.runtime.predictor import Predictor, RepositoryUnreadableError, version_dirs
 
 log = logging.getLogger("rnnkit.serving")
 
@@ -46,6 +46,8 @@ class ServedModel:
     loading: set[int] = field(default_factory=set)
     retired: set[int] = field(default_factory=set)  # versions served before, reported END
     warned_empty: bool = False
+    # why the last scan of base_path failed (EMFILE, EIO...); the versions seen before keep serving
+    unreadable: str | None = None
 
     def latest(self) -> Predictor | None:
         return self.predictors[max(self.predictors)] if self.predictors else None
@@ -120,7 +122,19 @@ class ModelRegistry:
                     self._poll_model(model, self._loader)
 
     def _poll_model(self, model: ServedModel, loader: Callable[[str], Predictor]) -> None:
-        on_disk = version_dirs(model.base_path)
+        try:
+            on_disk = version_dirs(model.base_path)
+        except RepositoryUnreadableError as error:
+            # a resource failure says nothing about what is published: keep serving the last good view
+            if model.unreadable != str(error):
+                log.error("model %s: %s; keeping the versions already serving", model.name, error)
+            with self._lock:
+                model.unreadable = str(error)
+            return
+        if model.unreadable is not None:
+            log.info("model %s: base path %s readable again", model.name, model.base_path)
+            with self._lock:
+                model.unreadable = None
         if not on_disk and not model.warned_empty:
             log.warning("No versions of servable %s found under base path %s", model.name, model.base_path)
         model.warned_empty = not on_disk
@@ -138,7 +152,11 @@ class ModelRegistry:
             with self._lock:
                 model.loading.add(version)
             try:
-                chosen[version] = loader(on_disk[version])
+                predictor = loader(on_disk[version])
+                # one key everywhere: the served name (the config's), not the name inside the manifest,
+                # labels replies, sessions, pins and metrics (two entries may serve one export)
+                predictor.name = model.name
+                chosen[version] = predictor
                 log.info("model %s version %d loaded (%s)", model.name, version, chosen[version].variant)
             except Exception as error:  # a broken version must not stop the others
                 code, message, _ = wire_error(error if isinstance(error, ServingError) else _load_error(error))
@@ -248,7 +266,11 @@ class ModelRegistry:
                 entries.update({v: VersionStatus(v, END) for v in model.retired})
                 entries.update({v: VersionStatus(v, LOADING) for v in model.loading})
                 entries.update({v: VersionStatus(v, END, c.name, m) for v, (c, m) in model.failures.items()})
-                entries.update({v: VersionStatus(v, AVAILABLE) for v in model.predictors})
+                if model.unreadable is None:
+                    entries.update({v: VersionStatus(v, AVAILABLE) for v in model.predictors})
+                else:  # still serving, but the poller cannot see the base path: say so
+                    note = f"serving the versions loaded before the base path became unreadable: {model.unreadable}"
+                    entries.update({v: VersionStatus(v, AVAILABLE, "UNAVAILABLE", note) for v in model.predictors})
         if not entries:
             raise not_found(f"Could not find any versions of model {name}")
         if version is not None:

@@ -312,3 +312,34 @@ def test_models_config_after_failures_still_parses(published):
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse((published / "models.config").read_text(), config)
     assert [c.name for c in config.model_config_list.config] == ["m"]
+
+
+def test_two_exports_into_one_repository_take_turns_on_its_configs(tmp_path):
+    """Issue 21: two exports of different models into one base at once could each render
+    models.config from what they saw; the second rename dropped the first model. A publication now
+    holds the repository's lock from staging its configs until it ends."""
+    import threading
+    import time
+
+    base = str(tmp_path)
+    first = repository.Publication()
+    staging = first.stage_version(os.path.join(base, "a", "1"))
+    open(os.path.join(staging, "saved_model.pb"), "wb").close()
+    first.lock(base)
+    first.stage_text(os.path.join(base, "models.config"), "a")
+    seen = []
+
+    def second_export():
+        second = repository.Publication()
+        second.lock(base)  # waits for the first publication to end
+        seen.append(repository.tf_serving_models(base))
+        second.abort()
+
+    thread = threading.Thread(target=second_export)
+    thread.start()
+    time.sleep(0.3)
+    assert seen == []  # still waiting
+    first.commit()
+    first.abort()
+    thread.join(10)
+    assert seen == [["a"]]  # it renders its configs from a repository that holds the first model

@@ -261,3 +261,16 @@ def test_a_version_published_under_32_rest_clients_fails_no_request(staged, tmp_
         switch = seen.index(3.5)  # each client: version 1's answers, then only version 2's
         assert set(seen[:switch]) == {2.5} and set(seen[switch:]) == {3.5}
     assert sum(map(len, answers)) >= 32 * 6
+
+
+def test_sighup_drains_and_exits_cleanly_like_sigterm(staged, tmp_path):
+    """Issue 21: SIGHUP killed the process without a drain (exit status -1, connections dropped)."""
+    import signal
+
+    model_dir = str(tmp_path / "half")
+    serving_repo.publish(os.path.join(staged, "1"), model_dir, 1)
+    with spawn_server(["--model_base_path", model_dir, "--model_name", "half"], timeout=120) as proc:
+        reply = httpx.post(proc.rest_url + "/v1/models/half:predict", json={"instances": [[[1.0]]]}, timeout=30)
+        assert reply.json() == {"predictions": [[[2.5]]]}
+        proc.process.send_signal(signal.SIGHUP)
+        assert proc.process.wait(60) == 0

@@ -69,6 +69,26 @@ def test_chunked_session_equals_the_full_sequence(repo, kind):
             session.step({"x": x[:, :1]})
 
 
+@pytest.mark.parametrize("kind", serving_repo.STREAMING_KINDS)
+def test_masked_steps_streamed_one_at_a_time_carry_the_last_output_as_keras_does(repo, kind):
+    """Issue 21, D11: a chunk whose steps are all masked answered zeros; Keras (and the whole
+    sequence in one request) carry the last valid output through masked steps."""
+    x = sequence(rows=3)
+    x[0, [0, 4, 5, 9]] = 0.0  # masked steps first, inside and in a row
+    x[1, 6:] = 0.0  # right padding
+    x[2, :3] = 0.0  # left padding
+    keras_model = serving_repo.streaming_model(kind)
+    want = {k: np.asarray(v) for k, v in keras_model(x).items()}
+    with Predictor.load(os.path.join(repo, kind.lower())) as predictor, predictor.session() as session:
+        full = predictor.predict({"x": x})
+        parts = [session.step({"x": x[:, t : t + 1]}) for t in range(x.shape[1])]
+    streamed = np.concatenate([p["y"] for p in parts], axis=1)
+    np.testing.assert_allclose(full["y"], want["y"], atol=TOL)
+    np.testing.assert_allclose(streamed, want["y"], atol=TOL)
+    np.testing.assert_allclose(parts[-1]["last"], want["last"], atol=TOL)
+    assert np.abs(streamed[0, 5]).max() > 0.01  # a masked step inside carries a non-zero output
+
+
 def test_bidirectional_models_refuse_sessions_with_exports_reason(repo):
     with open(os.path.join(repo, "pair", "1", "rnnkit.json")) as handle:
         reason = json.load(handle)["streaming"]["reason"]

@@ -167,10 +167,16 @@ def _zero(b: GraphBuilder) -> str:
     return b.const("zero_f", np.float32(0.0))
 
 
-def _uncompact(b: GraphBuilder, plan: LayerPlan, yb: str, mask: str, compaction: _Compaction) -> str:
+def _uncompact(
+    b: GraphBuilder, plan: LayerPlan, yb: str, mask: str, compaction: _Compaction, carried_in: str | None = None
+) -> str:
     """Scatter the compacted per-step outputs ``yb`` ``(B, T, dirs, H)`` back to the original steps,
     with Keras's value at masked steps: the last output carried forward (the next valid one for
-    go_backwards, in processing order), or zeros (bidirectional, ``zero_output_for_mask``)."""
+    go_backwards, in processing order), or zeros (bidirectional, ``zero_output_for_mask``).
+
+    `carried_in` ``(B, H)``: the output carried into this call, for masked steps before its first
+    valid one (a streaming step graph: the previous chunk's last output is its ``h`` state, which
+    the full sequence would carry here; zeros when nothing was seen yet, as the state then is)."""
     mask_int, lengths = compaction.mask_int, compaction.lengths
     cumulative = b.op("CumSum", [mask_int, b.const("axis", np.int32(1))], "valid_so_far")
     one_i = b.const("one_i", np.int32(1))
@@ -190,17 +196,23 @@ def _uncompact(b: GraphBuilder, plan: LayerPlan, yb: str, mask: str, compaction:
     index4 = b.op("Expand", [index4, b.op("Shape", [yb])], "scatter_index")
     gathered = b.op("GatherElements", [yb, index4], "uncompacted", axis=1)
     valid4 = b.op("Unsqueeze", [valid, b.ints([2, 3])])
-    return b.op("Where", [valid4, gathered, _zero(b)], "masked_sequence")
+    before_first = _zero(b) if carried_in is None else b.op("Unsqueeze", [carried_in, b.ints([1, 2])], "carried_in")
+    return b.op("Where", [valid4, gathered, before_first], "masked_sequence")
 
 
 def _sequence_outputs(
-    b: GraphBuilder, plan: LayerPlan, Y: str, mask: str | None, compaction: _Compaction | None
+    b: GraphBuilder,
+    plan: LayerPlan,
+    Y: str,
+    mask: str | None,
+    compaction: _Compaction | None,
+    carried_in: str | None = None,
 ) -> list[str]:
     """``return_sequences``: the per-step output(s) ``(B, T, H)`` as Keras returns them (masked steps
     restored, go_backwards in processing order, bidirectional merged)."""
     yb = b.op("Transpose", [Y], "y_batch_major", perm=[2, 0, 1, 3])  # (B, T, dirs, H)
     if mask is not None and compaction is not None:
-        yb = _uncompact(b, plan, yb, mask, compaction)
+        yb = _uncompact(b, plan, yb, mask, compaction, carried_in)
     if len(plan.directions) > 1:
         return _merge(b, yb, plan.merge_mode, axis=2)
     seq = b.op("Squeeze", [yb, b.ints([2])], "sequence")
@@ -213,13 +225,19 @@ def _sequence_outputs(
     return [seq]
 
 
-def _last_outputs(b: GraphBuilder, plan: LayerPlan, final_h: str, mask: str | None) -> list[str]:
+def _last_outputs(
+    b: GraphBuilder, plan: LayerPlan, final_h: str, mask: str | None, lengths: str = "", carried_in: str | None = None
+) -> list[str]:
     """Not ``return_sequences``: the last output(s) ``(B, H)`` from the final hidden state (zeros
-    where Keras's ``zero_output_for_mask`` masks the last processed step; bidirectional merged)."""
+    where Keras's ``zero_output_for_mask`` masks the last processed step; bidirectional merged).
+    `carried_in`: the output carried into the call, for rows without a valid step (see `_uncompact`)."""
     if len(plan.directions) > 1:
         both = b.op("Transpose", [final_h], "last_both", perm=[1, 0, 2])  # (B, 2, H)
         return _merge(b, both, plan.merge_mode, axis=1)
     last = b.op("Squeeze", [final_h, b.ints([0])], "last_output")
+    if carried_in is not None and mask is not None and lengths:
+        ran = b.op("Unsqueeze", [b.op("Greater", [lengths, b.const("zero_i", np.int32(0))]), b.ints([1])], "row_ran")
+        last = b.op("Where", [ran, last, carried_in], "last_or_carried")
     if plan.zero_output_for_mask and mask is not None:
         position = -1 if plan.direction == "forward" else 0
         last_valid = b.op("Gather", [mask, b.const("pos", np.int64(position))], "last_step_valid", axis=1)
@@ -263,10 +281,14 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
     x_tbf = b.op("Transpose", [compaction.x if compaction else x], "x_time_major", perm=[1, 0, 2])
     Y, final = _fused_node(b, plan, _fused_inputs(b, plan, x_tbf, lengths, init_by_dir))
 
+    # a forward layer given its state (a streaming step graph) carries its previous output, the h state,
+    # into masked steps before its first valid one, as the whole sequence would
+    carries = len(plan.directions) == 1 and plan.direction == "forward" and not plan.zero_output_for_mask
+    carried_in = init_by_dir[0][0] if carries and init_by_dir else None
     if plan.return_sequences:
-        outputs = _sequence_outputs(b, plan, Y, mask, compaction)
+        outputs = _sequence_outputs(b, plan, Y, mask, compaction, carried_in)
     else:
-        outputs = _last_outputs(b, plan, final[0], mask)
+        outputs = _last_outputs(b, plan, final[0], mask, lengths, carried_in)
     if plan.return_state:
         outputs += _state_outputs(b, plan, final, lengths, init_by_dir)
     return outputs

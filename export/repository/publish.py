@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -239,6 +240,17 @@ class Publication:
     def __init__(self) -> None:
         self.versions: list[tuple[str, str]] = []  # (staging directory, final directory)
         self.texts: list[tuple[str, str]] = []  # (staged file, final file)
+        self._lock: int | None = None  # the repository's lock, held from staging its configs to the end
+
+    def lock(self, base: str) -> None:
+        """Hold the repository `base` exclusively until this publication ends (committed or not): two
+        exports into one repository at once would each render ``models.config`` from what they saw,
+        and the second rename would drop the first model. The lock is an advisory ``flock`` on the
+        directory itself, so no lock file appears in the repository; it ends with the process."""
+        if self._lock is None:
+            fd = os.open(base, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock = fd
 
     def stage_version(self, final: str) -> str:
         if os.path.exists(final):
@@ -300,12 +312,19 @@ class Publication:
                 os.rename(final, hidden)
                 shutil.rmtree(hidden, ignore_errors=True)
 
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
+
     def abort(self) -> None:
         for staging, _ in self.versions:
             shutil.rmtree(staging, ignore_errors=True)
         for staged, _ in self.texts:
             with contextlib.suppress(OSError):
                 os.unlink(staged)
+        self._unlock()
 
 
 @contextlib.contextmanager
@@ -371,6 +390,7 @@ def stage_server_configs(
     encoder-decoder models the ``<name>_encoder`` (``encoder.onnx`` hard-linked) and
     ``<name>_decoder_step`` (the seeded decoder step) versions and their configs."""
     staging, _ = pending.versions[0]
+    pending.lock(base)  # from reading what the repository holds to renaming into it: one export at a time
     if SAVEDMODEL_FORMAT in formats:  # every SavedModel model of the tree, `name` included from now on
         pending.stage_text(
             os.path.join(base, MODELS_CONFIG_FILE), models_config([*tf_serving_models(base), name], base, serving_base)

@@ -56,3 +56,16 @@ NUM_VERSIONS = 1  # --num_versions: the newest N versions of each model serve
 BATCHING_BUCKET_WIDTH = 0  # --batching_bucket_width: 0 = quarter-octave length buckets
 SESSION_IDLE_SECONDS = 60.0  # --session_idle_seconds
 MAX_SESSIONS = 1000  # --max_sessions
+# a string sequence id's UTF-8 bytes (integer ids are Triton's uint64): 1000 sessions x 256 B, not x 15 MiB
+MAX_SEQUENCE_ID_LENGTH = 256  # --max_sequence_id_length
+
+# ------------------------------------------------------------------------ connections (edges)
+# Every connection a client opens is bounded in size, time and number, on the REST and gRPC ports.
+MAX_HEADER_BYTES = 32 << 10  # --max_header_bytes: a REST request line + headers, a gRPC metadata block
+HEADER_TIMEOUT_SECONDS = 10.0  # --header_timeout_seconds: connect (or last response) -> end of headers
+BODY_TIMEOUT_SECONDS = 30.0  # --body_timeout_seconds: the longest pause while a declared body arrives
+MAX_CONNECTIONS = 512  # --max_connections: open connections per port (REST; gRPC per port)
+HEALTH_RESERVE_CONNECTIONS = 16  # REST connections beyond --max_connections that serve health/readiness only
+IDLE_CONNECTION_SECONDS = 60.0  # --idle_connection_seconds: a gRPC connection with no call is closed
+GRPC_MAX_STREAMS = 4  # --grpc_max_streams: open ModelStreamInfer streams per port (< --grpc_workers)
+GRPC_STREAM_IDLE_SECONDS = 60.0  # --grpc_stream_idle_seconds: a stream with no request this long is cancelled

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnkit_serving.core.identifiers import MAX_VERSION, ascii_uint
 from rnnkit_serving.core.repository_format import FP32, ONNX_FILES, ONNX_FORMAT, SAVEDMODEL_FORMAT
 from rnnkit_serving.core.signature import (
     DECODER_STEP_SIGNATURE,
@@ -42,21 +43,38 @@ from rnnkit_serving.runtime.streaming import EncoderGraph, Session, StepGraph
 log = logging.getLogger("rnnkit.serving")
 
 
+class RepositoryUnreadableError(OSError):
+    """A model directory could not be read (EMFILE, ENOMEM, EIO, EACCES...): what is on disk is unknown,
+    which is not the same as nothing being there."""
+
+
 def version_dirs(model_dir: str) -> dict[int, str]:
-    """Published versions under a model directory: integer names holding a manifest.
+    """Published versions under a model directory: integer names (ASCII digits) holding a manifest.
 
     Hidden staging directories (``.rnnkit-tmp-*``) and other names are ignored, as TF Serving
-    ignores non-numeric children.
+    ignores non-numeric children. A model directory that does not exist has no versions; one that
+    cannot be read raises :class:`RepositoryUnreadableError`, so that a poller keeps what it serves.
     """
     found: dict[int, str] = {}
     try:
         entries = os.listdir(model_dir)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return found
+    except OSError as error:
+        raise RepositoryUnreadableError(error.errno, f"cannot list {model_dir!r}: {error}") from error
     for entry in entries:
+        number = ascii_uint(entry, MAX_VERSION)
+        if number is None:
+            continue
         path = os.path.join(model_dir, entry)
-        if entry.isdigit() and os.path.isfile(os.path.join(path, MANIFEST)):
-            found.setdefault(int(entry), path)
+        try:
+            os.stat(os.path.join(path, MANIFEST))
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not (yet) a published version
+        except OSError as error:
+            raise RepositoryUnreadableError(error.errno, f"cannot read {path!r}: {error}") from error
+        if number not in found or entry == str(number):  # "1" and "01": the canonical spelling serves,
+            found[number] = path  # whatever order the directory lists them in
     return found
 
 
@@ -195,7 +213,8 @@ class Predictor:
             for made in backends.values():
                 made.close()
             raise
-        version = int(os.path.basename(version_dir)) if os.path.basename(version_dir).isdigit() else manifest.version
+        named = ascii_uint(os.path.basename(version_dir), MAX_VERSION)
+        version = manifest.version if named is None else named
         predictor = cls(manifest.model_name, version, backends, limits, version_dir, backend, manifest, variant)
         if variant == "fp16" and all(facts.get("device") == "cpu" for facts in predictor.describe().values()):
             log.warning(

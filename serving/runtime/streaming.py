@@ -80,7 +80,11 @@ class Session:
         `limits`: the bounds the chunk is validated against (a server's
         :meth:`~rnnkit_serving.dispatch.Dispatch.limits_for`, as its predictions are); None: the step graph's own."""
         if self.closed:
-            raise ServingError(Code.FAILED_PRECONDITION, "this session is closed; open a new one with session()")
+            raise ServingError(
+                Code.FAILED_PRECONDITION,
+                "this session is closed (ended, expired or started over): start the sequence again with "
+                "sequence_start (in Python: open a new one with Predictor.session())",
+            )
         graph = self.graph
         limits = graph.limits if limits is None else limits
         states = self._states

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rnnkit_serving.core import defaults
+from rnnkit_serving.core.identifiers import check_sequence_id
 from rnnkit_serving.core.signature import Limits
 from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.runtime.predictor import Predictor
@@ -34,6 +35,7 @@ SequenceId = int | str
 class SessionOptions:
     idle_seconds: float = DEFAULT_IDLE_SECONDS  # --session_idle_seconds
     max_sessions: int = DEFAULT_MAX_SESSIONS  # --max_sessions
+    max_sequence_id_length: int = defaults.MAX_SEQUENCE_ID_LENGTH  # --max_sequence_id_length
 
 
 DEFAULT_SESSIONS = SessionOptions()
@@ -76,6 +78,7 @@ class SessionStore:
         """Feed one chunk of sequence `key` of `predictor`'s model; its outputs. `limits`: the bounds
         the chunk is validated against (the dispatch's, as for a prediction; None: the version's own)."""
         name = predictor.name
+        check_sequence_id(key, self.options.max_sequence_id_length)
         with self._lock:
             now = self._clock()
             self._expire(now)
@@ -113,6 +116,14 @@ class SessionStore:
                 if error.code is Code.UNAVAILABLE:  # its version was closed: the state went with it
                     self._drop(name, key, live)
                     raise self.moved(name, key, live.predictor.version) from None
+                if start:  # a failed start keeps no session (and no --max_sessions slot)
+                    self._drop(name, key, live)
+                    session.close()
+                raise
+            except BaseException:
+                if start:
+                    self._drop(name, key, live)
+                    session.close()
                 raise
             finally:
                 live.last_used = self._clock()

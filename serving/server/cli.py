@@ -14,6 +14,16 @@ import sys
 from rnnkit_serving.core import defaults as D
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, received {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, received {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -207,6 +217,58 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=D.MAX_SESSIONS,
         help=f"most live streaming sessions (default {D.MAX_SESSIONS}; then 429)",
     )
+    own.add_argument(
+        "--max_sequence_id_length",
+        type=_positive,
+        default=D.MAX_SEQUENCE_ID_LENGTH,
+        help=f"longest string sequence_id in UTF-8 bytes (default {D.MAX_SEQUENCE_ID_LENGTH}; then 400)",
+    )
+    edges = parser.add_argument_group("connection limits (every port)")
+    edges.add_argument(
+        "--max_header_bytes",
+        type=_positive,
+        default=D.MAX_HEADER_BYTES,
+        help=f"a REST request line + headers or a gRPC metadata block (default {D.MAX_HEADER_BYTES}; then 431)",
+    )
+    edges.add_argument(
+        "--header_timeout_seconds",
+        type=_positive_float,
+        default=D.HEADER_TIMEOUT_SECONDS,
+        help="from connecting (or the last answer) to the end of a request's headers, also the TLS/HTTP2 "
+        f"handshake of gRPC; slower connections are closed (default {D.HEADER_TIMEOUT_SECONDS:g})",
+    )
+    edges.add_argument(
+        "--body_timeout_seconds",
+        type=_positive_float,
+        default=D.BODY_TIMEOUT_SECONDS,
+        help=f"the longest pause while a REST body arrives (default {D.BODY_TIMEOUT_SECONDS:g}; then 408)",
+    )
+    edges.add_argument(
+        "--max_connections",
+        type=_positive,
+        default=D.MAX_CONNECTIONS,
+        help=f"open connections per port (default {D.MAX_CONNECTIONS}); REST keeps "
+        f"{D.HEALTH_RESERVE_CONNECTIONS} more for health and readiness probes",
+    )
+    edges.add_argument(
+        "--idle_connection_seconds",
+        type=_positive_float,
+        default=D.IDLE_CONNECTION_SECONDS,
+        help="a gRPC connection without a call is closed after this long (REST keep-alive: 5 s) "
+        f"(default {D.IDLE_CONNECTION_SECONDS:g})",
+    )
+    edges.add_argument(
+        "--grpc_max_streams",
+        type=_positive,
+        default=D.GRPC_MAX_STREAMS,
+        help=f"open KServe ModelStreamInfer streams per port, below --grpc_workers (default {D.GRPC_MAX_STREAMS})",
+    )
+    edges.add_argument(
+        "--grpc_stream_idle_seconds",
+        type=_positive_float,
+        default=D.GRPC_STREAM_IDLE_SECONDS,
+        help=f"a stream without a request this long is cancelled (default {D.GRPC_STREAM_IDLE_SECONDS:g})",
+    )
     own.add_argument("--log_level", default="WARNING", help="logging level (default WARNING)")
     parser.set_defaults(func=run)
     return parser
@@ -224,6 +286,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rnnkit_serving.config.batching_config import BatchingParameters, read_batching_parameters
+    from rnnkit_serving.config.connections import ConnectionLimits
     from rnnkit_serving.config.model_config import VersionPolicy
     from rnnkit_serving.config.text_format import ConfigError
     from rnnkit_serving.config.tls import SSLConfig, read_ssl_config
@@ -240,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             batching = read_batching_parameters(args.batching_parameters_file, args.batching_bucket_width)
         elif args.batching_parameters_file:
             raise ValueError("--batching_parameters_file needs --enable_batching")
-        sessions = SessionOptions(args.session_idle_seconds, args.max_sessions)
+        sessions = SessionOptions(args.session_idle_seconds, args.max_sessions, args.max_sequence_id_length)
         if sessions.idle_seconds <= 0:
             raise ValueError(f"--session_idle_seconds must be positive, received {sessions.idle_seconds:g}")
         ssl: SSLConfig | None = read_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
@@ -277,6 +340,15 @@ def run(args: argparse.Namespace) -> int:
         sessions=sessions,
         poll_seconds=args.file_system_poll_wait_seconds,
         ssl=ssl,
+        connections=ConnectionLimits(
+            max_header_bytes=args.max_header_bytes,
+            header_timeout_s=args.header_timeout_seconds,
+            body_timeout_s=args.body_timeout_seconds,
+            max_connections=args.max_connections,
+            idle_connection_s=args.idle_connection_seconds,
+            grpc_max_streams=args.grpc_max_streams,
+            grpc_stream_idle_s=args.grpc_stream_idle_seconds,
+        ),
     )
     try:
         return ModelServer(registry, options).serve_forever()

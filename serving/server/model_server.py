@@ -36,6 +36,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from rnnkit_serving.config.batching_config import BatchingParameters
+from rnnkit_serving.config.connections import DEFAULT_CONNECTIONS, ConnectionLimits
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, read_model_config
 from rnnkit_serving.config.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
 from rnnkit_serving.core import defaults
@@ -43,6 +44,7 @@ from rnnkit_serving.core.metrics import Metrics
 from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 from rnnkit_serving.dispatch import Dispatch
 from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
+from rnnkit_serving.fronts.rest.connections import guarded_protocol
 from rnnkit_serving.registry import LATEST_ONE, ModelRegistry
 from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
 from rnnkit_serving.runtime.predictor import Predictor
@@ -66,6 +68,9 @@ class ServerOptions:
     # --grpc_max_concurrent_rpcs; None: no bound
     grpc_max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS
     limits: Limits = DEFAULT_LIMITS  # --max_batch_size, --max_sequence_length, --max_request_elements
+    # --max_header_bytes, --header_timeout_seconds, --body_timeout_seconds, --max_connections,
+    # --idle_connection_seconds, --grpc_max_streams, --grpc_stream_idle_seconds
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS
     allow_non_finite_inputs: bool = False  # --allow_non_finite_inputs
     drain_seconds: float = defaults.DRAIN_SECONDS  # --drain_seconds
     batching: BatchingParameters | None = None  # --enable_batching (None = off)
@@ -167,6 +172,7 @@ class ModelServer:
                 self.options.grpc_max_concurrent_rpcs,
                 self._health_service(*SERVICES),
                 credentials=self._grpc_credentials(),
+                connections=self.options.connections,
             )
         if self.options.grpc_inference_port:
             from rnnkit_serving.codecs.kserve.grpc import SERVICE
@@ -181,6 +187,7 @@ class ModelServer:
                 self.options.grpc_timeout_ms,
                 self.options.grpc_max_concurrent_rpcs,
                 credentials=self._grpc_credentials(),
+                connections=self.options.connections,
             )
         if self.options.rest_api_port:
             import uvicorn
@@ -197,6 +204,8 @@ class ModelServer:
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=int(self.options.drain_seconds),
+                # header size and time, body pauses, open connections, a reserve for health probes
+                http=guarded_protocol(self.options.connections),
                 **tls,
             )
             self._uvicorn = uvicorn.Server(config)
@@ -239,14 +248,16 @@ class ModelServer:
         self.registry.close()
 
     def serve_forever(self) -> int:
-        """Start, wait for SIGTERM/SIGINT, drain and stop; the exit status (0)."""
+        """Start, wait for SIGTERM/SIGINT/SIGHUP, drain and stop; the exit status (0)."""
         received = threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
             log.info("signal %d: draining and stopping", signum)
             received.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # SIGHUP (a closed terminal, some supervisors' stop) drains too: it killed the process outright
+        stopping = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        previous = {sig: signal.signal(sig, on_signal) for sig in stopping}
         try:
             self.start()
             print(
@@ -308,6 +319,7 @@ def start_server(
     policy: VersionPolicy = LATEST_ONE,
     allow_non_finite_inputs: bool = False,
     ssl: SSLConfig | None = None,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
 ) -> ModelServer:
     """Load the models and start serving in this process (REST on a free port unless given; TF
     Serving gRPC and KServe gRPC off unless `port` / `grpc_inference_port` are given, ``None`` = a
@@ -326,5 +338,6 @@ def start_server(
         limits=limits,
         allow_non_finite_inputs=allow_non_finite_inputs,
         ssl=ssl,
+        connections=connections,
     )
     return ModelServer(registry, options).start()

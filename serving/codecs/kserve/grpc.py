@@ -24,6 +24,7 @@ import numpy as np
 
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
 from rnnkit_serving.codecs.kserve import tensors
+from rnnkit_serving.core.identifiers import parse_version
 from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec, numpy_dtype
 from rnnkit_serving.errors import invalid_argument
 
@@ -135,6 +136,8 @@ def decode_infer_request(
                 raise invalid_argument(
                     f"unexpected inference output '{output.name}'; the model returns {signature.output_names}"
                 )
+            if output.name in wanted:
+                raise invalid_argument(f"output '{output.name}' already exists in request")
             wanted.append(output.name)
     return GrpcInferRequest(
         request.id or None, parameters_dict(request.parameters), inputs, wanted, (), raw
@@ -204,6 +207,4 @@ def model_version(text: str) -> int | None:
     """A request's ``model_version`` string: "" = the newest, else an integer."""
     if not text:
         return None
-    if not text.isdigit():
-        raise invalid_argument(f"model version must be an integer; received {text!r}")
-    return int(text)
+    return parse_version(text)

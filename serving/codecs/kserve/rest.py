@@ -33,6 +33,7 @@ from rnnkit_serving.codecs.kserve.tensors import (
     encode_raw,
     tensor_metadata,
 )
+from rnnkit_serving.core.identifiers import ascii_uint, shown
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, ElementBudget, Signature, TensorSpec, numpy_dtype
 from rnnkit_serving.errors import invalid_argument
 
@@ -131,9 +132,13 @@ def decode_tensor(
 
 def split_binary_body(body: bytes, header_length: str) -> tuple[Any, bytes]:
     """A binary-extension body -> (the parsed JSON header, the bytes that follow it)."""
-    if not header_length.strip().isdigit():
-        raise invalid_argument(f"{HEADER_LENGTH} must be a non-negative integer; received {header_length!r}")
-    length = int(header_length)
+    length = ascii_uint(header_length.strip(), len(body))
+    if length is None:
+        if ascii_uint(header_length.strip(), 1 << 62) is not None:
+            raise invalid_argument(
+                f"{HEADER_LENGTH} is {header_length.strip()}, but the body has only {len(body)} bytes"
+            )
+        raise invalid_argument(f"{HEADER_LENGTH} must be a non-negative integer; received {shown(header_length)}")
     if length > len(body):
         raise invalid_argument(f"{HEADER_LENGTH} is {length}, but the body has only {len(body)} bytes")
     return parse_body(body[:length]), body[length:]
@@ -224,6 +229,8 @@ def decode_infer_request(
                 raise invalid_argument(
                     f"unexpected inference output '{out}'; the model returns {signature.output_names}"
                 )
+            if out in wanted:  # answered twice, a binary output's bytes would follow the header once
+                raise invalid_argument(f"output '{out}' already exists in request")
             flag = entry["parameters"].get("binary_data") if isinstance(entry.get("parameters"), Mapping) else None
             if flag is not None and not isinstance(flag, bool):
                 raise invalid_argument(f"output '{out}': parameter 'binary_data' must be a boolean, received {flag!r}")

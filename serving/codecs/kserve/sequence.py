@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rnnkit_serving.core.identifiers import MAX_SEQUENCE_ID, ascii_uint, shown
 from rnnkit_serving.errors import invalid_argument
 
 
@@ -37,7 +38,13 @@ def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
             )
         return None
     if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, int) and raw < 0):
-        raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {raw!r}")
+        shown_raw = shown(raw) if isinstance(raw, str) else shown(repr(raw))
+        raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {shown_raw}")
+    if isinstance(raw, int) and raw > MAX_SEQUENCE_ID:
+        raise invalid_argument(
+            f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string; received an integer of "
+            f"{raw.bit_length()} bits"
+        )
     return raw
 
 
@@ -49,7 +56,8 @@ def header_sequence_id(value: str) -> int | str:
     text = value.strip()
     if not text:
         raise invalid_argument(f"header '{SEQUENCE_HEADER}' is empty; send the sequence id or leave the header out")
-    return int(text) if text.isdigit() else text
+    number = ascii_uint(text, MAX_SEQUENCE_ID)
+    return text if number is None else number
 
 
 def sequence_control(doc: Any, header: str | None = None) -> SequenceControl | None:

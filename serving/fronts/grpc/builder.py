@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
 
+from rnnkit_serving.config.connections import DEFAULT_CONNECTIONS, ConnectionLimits
 from rnnkit_serving.core import defaults
 from rnnkit_serving.dispatch import Call, Dispatch
 from rnnkit_serving.errors import Code, grpc_message, wire_error
@@ -27,11 +28,14 @@ T = TypeVar("T")
 TIMEOUT_FLAG = "--grpc_timeout_in_ms"
 
 
-def recorded_call(context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T]) -> T:
-    """Run `job`, record it, and turn an exception into the gRPC status of the same code and text."""
+def recorded_call(
+    context: Any, dispatch: Dispatch, model: str, api: str, job: Callable[[], T], call: Call | None = None
+) -> T:
+    """Run `job`, record it, and turn an exception into the gRPC status of the same code and text.
+    `call`: the record to fill (a job may set its ``outcome``), else a new one."""
     import grpc
 
-    call = Call("GRPC", dispatch.metric_name(model) if model else "", api)
+    call = call or Call("GRPC", dispatch.metric_name(model) if model else "", api)
     try:
         result = job()
     except Exception as error:
@@ -55,6 +59,7 @@ def build_server(
     max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS,
     health: Any = None,
     credentials: Any = None,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
 ) -> Any:
     """Build a ``grpc.Server`` on `address` ("host:port"), ``register(server, work)`` its services
     (`work`: the pool their requests run in, under the front's timeout), add `health` (a
@@ -65,7 +70,9 @@ def build_server(
     (plus the threads batching needs, :meth:`~rnnkit_serving.dispatch.Dispatch.worker_threads`);
     `max_message_bytes`: the largest request message (-1: grpcio's default);
     `max_concurrent_rpcs`: RPCs accepted at once (None: no bound); `credentials`
-    (``grpc.ssl_server_credentials``, see :mod:`rnnkit_serving.config.tls`) makes the port TLS-only."""
+    (``grpc.ssl_server_credentials``, see :mod:`rnnkit_serving.config.tls`) makes the port TLS-only;
+    `connections`: metadata size, handshake time, idle connections and open connections, enforced by
+    grpcio's channel arguments."""
     import grpc
 
     from rnnkit_serving.fronts.grpc.guard import UndecodableRequests
@@ -78,6 +85,7 @@ def build_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            *connections.grpc_channel_args(),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL

@@ -13,7 +13,10 @@ answered with ``error_message`` and the stream goes on, as Triton does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 from rnnkit_serving.codecs.kserve import grpc as kserve_grpc_codec
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
 from rnnkit_serving.codecs.kserve import sequence as kserve_sequence
+from rnnkit_serving.config.connections import DEFAULT_CONNECTIONS, FLAGS, ConnectionLimits
 from rnnkit_serving.core import defaults
 from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Prediction, Target
@@ -28,6 +32,7 @@ from rnnkit_serving.errors import Code, grpc_message, wire_error
 from rnnkit_serving.fronts.grpc.builder import TIMEOUT_FLAG, build_server, recorded_call
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _protos = kserve_grpc_codec.protos()  # tritonclient's generated modules (a clear ImportError without them)
 _pb2 = _protos.pb2
@@ -67,11 +72,17 @@ class InferenceServicer(_InferenceServiceBase):
     RPC's own thread."""
 
     def __init__(
-        self, dispatch: Dispatch, work: futures.Executor | None = None, timeout_ms: int = defaults.GRPC_TIMEOUT_MS
+        self,
+        dispatch: Dispatch,
+        work: futures.Executor | None = None,
+        timeout_ms: int = defaults.GRPC_TIMEOUT_MS,
+        connections: ConnectionLimits = DEFAULT_CONNECTIONS,
     ) -> None:
         self.dispatch = dispatch
         self.work = work
         self.timeout_ms = timeout_ms
+        self.connections = connections
+        self._streams = threading.BoundedSemaphore(connections.grpc_max_streams)
 
     def _bounded(self, job: Callable[[], T], client_s: float | None) -> T:
         if self.work is None:
@@ -85,11 +96,14 @@ class InferenceServicer(_InferenceServiceBase):
         return _pb2.ServerReadyResponse(ready=self.dispatch.available())
 
     def ModelReady(self, request: Any, context: Any) -> Any:
+        call = Call("GRPC", self.dispatch.metric_name(request.name), "ModelReady")
+
         def job() -> Any:
             target = Target(request.name, kserve_grpc_codec.model_version(request.version))
-            return _pb2.ModelReadyResponse(ready=self.dispatch.ready(target))
+            call.outcome = self.dispatch.readiness(target)
+            return _pb2.ModelReadyResponse(ready=call.outcome is Code.OK)
 
-        return recorded_call(context, self.dispatch, request.name, "ModelReady", job)
+        return recorded_call(context, self.dispatch, request.name, "ModelReady", job, call)
 
     def ServerMetadata(self, request: Any, context: Any) -> Any:
         return kserve_grpc_codec.server_metadata_response(package_version())
@@ -117,9 +131,28 @@ class InferenceServicer(_InferenceServiceBase):
         )
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        if not self._streams.acquire(blocking=False):
+            import grpc
+
+            limit = self.connections.grpc_max_streams
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{limit} ModelStreamInfer streams are open, the limit ({FLAGS['grpc_max_streams']}={limit}); "
+                "close a stream or retry later",
+            )
+        idle = _IdleTimer(self.connections.grpc_stream_idle_s, context)
+        try:
+            yield from self._stream(request_iterator, context, idle)
+        finally:
+            idle.stop()
+            self._streams.release()
+
+    def _stream(self, request_iterator: Iterator[Any], context: Any, idle: _IdleTimer) -> Iterator[Any]:
         header = _sequence_header(context)
         dispatch = self.dispatch
+        idle.restart()
         for request in request_iterator:
+            idle.stop()
             call = Call("GRPC", dispatch.metric_name(request.model_name), "ModelStreamInfer")
             try:
                 response = self._bounded(functools.partial(infer, dispatch, request, header), None)
@@ -127,16 +160,51 @@ class InferenceServicer(_InferenceServiceBase):
                 code, message, _ = wire_error(error)
                 dispatch.record(call, code)
                 yield _pb2.ModelStreamInferResponse(error_message=grpc_message(message))
+                idle.restart()
                 continue
             dispatch.record(call, Code.OK)
             yield _pb2.ModelStreamInferResponse(infer_response=response)
+            idle.restart()
+
+
+class _IdleTimer:
+    """Cancels a stream's RPC when no request arrives for `seconds` (a stream that is never closed
+    would hold a worker thread and a --grpc_max_streams slot for ever)."""
+
+    def __init__(self, seconds: float, context: Any) -> None:
+        self.seconds = seconds
+        self.context = context
+        self._timer: threading.Timer | None = None
+
+    def _expire(self) -> None:
+        log.info(
+            "a ModelStreamInfer stream sent nothing for %g s (--grpc_stream_idle_seconds): cancelled",
+            self.seconds,
+        )
+        self.context.cancel()
+
+    def restart(self) -> None:
+        self.stop()
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def add_inference_service(
-    server: Any, dispatch: Dispatch, work: futures.Executor | None = None, timeout_ms: int = defaults.GRPC_TIMEOUT_MS
+    server: Any,
+    dispatch: Dispatch,
+    work: futures.Executor | None = None,
+    timeout_ms: int = defaults.GRPC_TIMEOUT_MS,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
 ) -> None:
     """Register ``inference.GRPCInferenceService`` over `dispatch` on `server` (a ``grpc.Server``)."""
-    _protos.pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dispatch, work, timeout_ms), server)
+    servicer = InferenceServicer(dispatch, work, timeout_ms, connections)
+    _protos.pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 
 def start_inference_server(
@@ -148,6 +216,7 @@ def start_inference_server(
     timeout_ms: int = defaults.GRPC_TIMEOUT_MS,
     max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS,
     credentials: Any = None,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
 ) -> Any:
     """Bind `address` ("host:port") with the inference service (and `health`, a
     :class:`rnnkit_serving.fronts.grpc.health.Health`), start serving, return the ``grpc.Server``. The same bounds as
@@ -156,11 +225,23 @@ def start_inference_server(
     ``INVALID_ARGUMENT``; `credentials` makes the port TLS-only.
 
     Each open ModelStreamInfer stream holds one of the server's worker threads (and one of the
-    `max_concurrent_rpcs`) while it lives."""
+    `max_concurrent_rpcs`) while it lives: at most ``connections.grpc_max_streams`` are open at once
+    (fewer than `workers`, so unary calls and health checks always find a thread), and one without a
+    request for ``connections.grpc_stream_idle_s`` is cancelled."""
+    if connections.grpc_max_streams >= workers:
+        streams = max(1, workers - 1)
+        log.warning(
+            "--grpc_max_streams %d is not below --grpc_workers %d: each open stream holds a worker thread, and "
+            "unary calls and health checks need one; at most %d streams are open at once",
+            connections.grpc_max_streams,
+            workers,
+            streams,
+        )
+        connections = dataclasses.replace(connections, grpc_max_streams=streams)
     return build_server(
         dispatch,
         address,
-        lambda server, work: add_inference_service(server, dispatch, work, timeout_ms),
+        lambda server, work: add_inference_service(server, dispatch, work, timeout_ms, connections),
         port_name="KServe v2 gRPC",
         thread_prefix="rnnkit-kserve",
         workers=workers,
@@ -168,4 +249,5 @@ def start_inference_server(
         max_concurrent_rpcs=max_concurrent_rpcs,
         health=health,
         credentials=credentials,
+        connections=connections,
     )

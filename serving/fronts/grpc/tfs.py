@@ -22,6 +22,7 @@ from typing import Any
 
 from rnnkit_serving.codecs.tfs import grpc as grpc_codec
 from rnnkit_serving.codecs.tfs.protos import import_proto_modules
+from rnnkit_serving.config.connections import DEFAULT_CONNECTIONS, ConnectionLimits
 from rnnkit_serving.core import defaults
 from rnnkit_serving.dispatch import Dispatch, ModelView, Target
 from rnnkit_serving.errors import invalid_argument
@@ -131,6 +132,7 @@ def start_grpc_server(
     max_concurrent_rpcs: int | None = defaults.GRPC_MAX_CONCURRENT_RPCS,
     health: Any = None,
     credentials: Any = None,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
 ) -> Any:
     """Bind `address` ("host:port"), start serving, return the ``grpc.Server`` (with `health`, a
     :class:`rnnkit_serving.fronts.grpc.health.Health`, registered beside the TF Serving services).
@@ -150,4 +152,5 @@ def start_grpc_server(
         max_concurrent_rpcs=max_concurrent_rpcs,
         health=health,
         credentials=credentials,
+        connections=connections,
     )

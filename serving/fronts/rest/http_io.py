@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from rnnkit_serving.codecs.tfs import rest as rest_codec
 from rnnkit_serving.core import defaults
+from rnnkit_serving.core.identifiers import ascii_uint
 from rnnkit_serving.errors import Code, ServingError, wire_error
 
 JSON = "application/json"
@@ -47,7 +48,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         f"Request body is larger than the server limit of {limit} bytes (--max_request_bytes)",
         http_status=413,
     )
-    if declared.isdigit() and int(declared) > limit:
+    if declared and (ascii_uint(declared, limit) is None):
         raise too_big
     chunks, total = [], 0
     async for chunk in request.stream():

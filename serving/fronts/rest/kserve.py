@@ -18,9 +18,10 @@ from starlette.responses import Response
 
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
 from rnnkit_serving.codecs.kserve import sequence as kserve_sequence
+from rnnkit_serving.core.identifiers import parse_version
 from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
-from rnnkit_serving.errors import invalid_argument, not_found
+from rnnkit_serving.errors import Code, invalid_argument, not_found
 from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
 
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
@@ -54,7 +55,8 @@ class KServeRoutes:
         call.model = self.dispatch.metric_name(target.name)
         if method == "GET" and action == "ready":
             call.api = "ready"
-            ready = self.dispatch.ready(target)
+            call.outcome = self.dispatch.readiness(target)
+            ready = call.outcome is Code.OK
             return json_response(json.dumps({"name": target.name, "ready": ready}), 200 if ready else 400)
         if method == "GET" and action is None:
             call.api = "metadata"
@@ -105,6 +107,4 @@ class KServeRoutes:
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
-        raise invalid_argument(f"model version must be an integer; received {unquote(text)!r}")
-    return int(text)
+    return parse_version(unquote(text))

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from rnnkit_serving.codecs.tfs import json_tensor as tfs_json
 from rnnkit_serving.codecs.tfs import rest as rest_codec
+from rnnkit_serving.core.identifiers import parse_version
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Signature
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import invalid_argument
@@ -87,7 +88,7 @@ class TfsRoutes:
 
 
 def _int(text: str | None) -> int | None:
-    return int(text) if text is not None else None
+    return parse_version(text) if text is not None else None
 
 
 def _label(text: str | None) -> str | None:

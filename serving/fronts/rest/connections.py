@@ -1,0 +1,179 @@
+"""Connection-level limits of the REST port, enforced around uvicorn's httptools protocol.
+
+uvicorn bounds neither the header block (llhttp, the parser httptools wraps, accepts any size)
+nor the time a client may take to send it, and its keep-alive timer only starts after a response:
+an idle connection that never sends a request, or a slowloris one that sends a byte at a time,
+stays open forever and holds a file descriptor. This protocol subclass adds, per connection:
+
+- ``max_header_bytes``: the request line and headers of one request; beyond it, 431 and close;
+- ``header_timeout_s``: from the connection (or the end of the previous response) to the end of
+  the headers; beyond it the connection is closed (this covers idle connections that send nothing);
+- ``body_timeout_s``: the longest pause while a declared body is still arriving (a Content-Length
+  longer than the body sent); beyond it, 408 and close;
+- ``max_connections``: open connections at once; beyond it a new connection is still read, but
+  only a health or readiness request (``HEALTH_PATHS``) is served on it, anything else gets 503 and
+  the connection closes: liveness and readiness answer while the data traffic saturates the port
+  (``health_reserve`` more are accepted for them; beyond that a connection is closed at once).
+
+Keep-alive after a response stays uvicorn's (``timeout_keep_alive``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from rnnkit_serving.config.connections import FLAGS, ConnectionLimits
+
+# paths answered even on a connection beyond --rest_max_connections (read-only, cheap)
+HEALTH_PATHS = re.compile(rb"^/(v2/health/(live|ready)|v2/models/[^/]+(/versions/[^/]+)?/ready|v1/models/[^/:]+)$")
+
+
+LINGER_SECONDS = 1.0  # after refusing a request, unread bytes are drained this long before closing
+LINGER_BYTES = 64 << 10
+
+
+def _reply(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:
+    """Answer `status` with a JSON error and end the connection. The write side is shut first and the
+    socket closed only later (see `lingering`): closing with unread request bytes would make the
+    kernel send a reset, and the client would lose the answer."""
+    body = ('{"error": "' + message.replace('"', "'") + '"}').encode()
+    head = (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    # uvloop's transports implement asyncio's interface without subclassing it: no isinstance here
+    writer = cast(asyncio.WriteTransport, transport)
+    if not writer.is_closing():
+        writer.write(head + body)
+        if writer.can_write_eof():
+            writer.write_eof()
+            return
+    writer.close()
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """An ``HttpToolsProtocol`` subclass bound to `limits`."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _header_bytes = 0
+        _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
+        _in_headers = True
+        _reserve = False
+        _timer: asyncio.TimerHandle | None = None
+        _lingering = 0  # > 0: refused; bytes drained since (the socket closes after LINGER_SECONDS)
+
+        def _refuse(self, status: bytes, message: str) -> None:
+            self._disarm()
+            _reply(self.transport, status, message)
+            if not self.transport.is_closing():
+                self._lingering = 1
+                self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+        def _arm(self, seconds: float, callback: Any) -> None:
+            self._disarm()
+            if seconds > 0:
+                self._timer = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            open_now = len(self.connections)
+            if open_now >= limits.max_connections + limits.health_reserve:
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._reserve = open_now >= limits.max_connections
+            self._start_waiting()
+
+        def _start_waiting(self) -> None:
+            self._in_headers, self._header_bytes, self._header_tail = True, 0, b""
+            self._arm(limits.header_timeout_s, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            self._timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()  # nothing was asked: no answer owed
+
+        def _body_too_slow(self) -> None:
+            self._timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
+            self._refuse(
+                b"408 Request Timeout",
+                f"the request body stopped arriving for {limits.body_timeout_s:g} s before its declared "
+                f"Content-Length (limit {FLAGS['body_timeout_s']})",
+            )
+
+        def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                self._lingering += len(data)
+                if self._lingering > LINGER_BYTES:
+                    self.transport.close()
+                return
+            if self._in_headers:
+                # count up to the end of the headers only: a body that arrives in the same read is not a header
+                window = self._header_tail + data
+                end = window.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._header_tail))
+                self._header_tail = window[-3:]
+                if self._header_bytes > limits.max_header_bytes:
+                    self._refuse(
+                        b"431 Request Header Fields Too Large",
+                        f"the request line and headers exceed {limits.max_header_bytes} bytes "
+                        f"({FLAGS['max_header_bytes']})",
+                    )
+                    return
+            elif self._timer is not None:  # the body is arriving: restart its pause timer
+                self._arm(limits.body_timeout_s, self._body_too_slow)
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            if not self._in_headers:
+                self._start_waiting()
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._disarm()
+            if self._reserve and not HEALTH_PATHS.match(self.url.split(b"?", 1)[0]):
+                self._refuse(
+                    b"503 Service Unavailable",
+                    f"the server holds {limits.max_connections} open connections ({FLAGS['max_connections']}); "
+                    "connections beyond it serve health and readiness only",
+                )
+                return
+            super().on_headers_complete()
+            # until the body is complete (on_message_complete disarms; at once for a request without one)
+            self._arm(limits.body_timeout_s, self._body_too_slow)
+
+        def on_body(self, body: bytes) -> None:
+            if not self._lingering:  # a refused request's body is drained, not handed on
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._lingering:
+                return
+            self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._in_headers, self._header_bytes, self._header_tail = True, 0, b""
+            if not self.transport.is_closing():
+                # uvicorn's keep-alive timer runs now; a request that starts must finish its headers in time
+                self._arm(max(limits.header_timeout_s, self.timeout_keep_alive), self._headers_too_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self.transport is not None:
+                super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol

@@ -1,0 +1,229 @@
+"""Connection-level limits over real sockets on 127.0.0.1 (issue 21, D2, D3, D6): header size and time,
+slowloris, a body shorter than its Content-Length, the open-connection bound with its reserve for
+health probes, and KServe gRPC streams (a bound below the worker threads, an idle timeout)."""
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rnnkit_serving import FakeBackend, Predictor, Signature, TensorSpec
+from rnnkit_serving.config.connections import ConnectionLimits
+from rnnkit_serving.registry import ModelRegistry
+from rnnkit_serving.server.model_server import ModelServer, ServerOptions
+from rnnkit_serving.server.process import free_port
+
+X = TensorSpec("x", "float32", (None, None, 1))
+Y = TensorSpec("y", "float32", (None, None, 1))
+H_IN, H_OUT = TensorSpec("h_in", "float32", (None, 1)), TensorSpec("h_out", "float32", (None, 1))
+
+LIMITS = ConnectionLimits(
+    max_header_bytes=2048,
+    header_timeout_s=1.0,
+    body_timeout_s=1.0,
+    max_connections=4,
+    health_reserve=2,
+    idle_connection_s=5.0,
+    grpc_max_streams=1,
+    grpc_stream_idle_s=1.0,
+)
+INFER = b'{"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1, 2]}]}'
+
+
+def model() -> Predictor:
+    def step(inputs):
+        y = inputs["h_in"][:, None, :] + np.cumsum(inputs["x"], axis=1)
+        return {"y": y, "h_out": y[:, -1, :]}
+
+    return Predictor(
+        "m",
+        1,
+        {
+            "serving_default": FakeBackend(Signature("serving_default", (X,), (Y,)), lambda i: {"y": i["x"] * 2}),
+            "step": FakeBackend(Signature("step", (X, H_IN), (Y, H_OUT)), step),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def server():
+    registry = ModelRegistry.of([model()])
+    options = ServerOptions(
+        rest_api_port=free_port("127.0.0.1"),
+        port=0,
+        grpc_inference_port=free_port("127.0.0.1"),
+        grpc_workers=3,
+        poll_seconds=0,
+        connections=LIMITS,
+    )
+    running = ModelServer(registry, options).start()
+    yield running
+    running.stop()
+
+
+def connect(server) -> socket.socket:
+    host, port = server.rest_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def request(server, raw: bytes) -> bytes:
+    with connect(server) as sock:
+        sock.sendall(raw)
+        return read_all(sock)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if b"\r\n\r\n" in b"".join(chunks) and b"content-length: 0" not in b"".join(chunks).lower():
+            head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+            length = [int(v.split(b":")[1]) for v in head.lower().split(b"\r\n") if v.startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                break
+    return b"".join(chunks)
+
+
+def infer_request(extra_headers: bytes = b"", body: bytes = INFER, length: int | None = None) -> bytes:
+    size = len(body) if length is None else length
+    return (
+        b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + extra_headers
+        + b"content-length: "
+        + str(size).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def test_a_good_request_is_answered(server):
+    reply = request(server, infer_request())
+    assert reply.startswith(b"HTTP/1.1 200") and b'"data":[2.0,4.0]' in reply.replace(b" ", b"")
+
+
+def test_headers_beyond_the_limit_get_431_naming_the_flag(server):
+    """D2: a 256 MiB header was accepted (+476 MiB RSS, 70 s of CPU)."""
+    reply = request(server, infer_request(b"x-big: " + b"a" * 4096 + b"\r\n"))
+    assert reply.startswith(b"HTTP/1.1 431")
+    assert b"the request line and headers exceed 2048 bytes (--max_header_bytes)" in reply
+    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
+
+
+def test_a_header_sent_forever_is_cut_at_the_limit_without_reading_it_all(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nx-big: ")
+        sent = 0
+        try:
+            for _ in range(2048):
+                sock.sendall(b"a" * (16 << 10))
+                sent += 16 << 10
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < 32 << 20  # the server closed the connection long before 32 MiB (kernel buffers aside)
+        # (the 431 may be lost to the reset the client's own writes cause)
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(server):
+    """D3: 2000 idle connections stayed open (>= 30 s)."""
+    with connect(server) as sock:
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, no answer owed
+        assert time.monotonic() - started < 5
+
+
+def test_slowloris_is_closed_after_the_header_timeout_whatever_it_sends(server):
+    with connect(server) as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+        if not closed:
+            sock.settimeout(5)
+            assert sock.recv(1024) == b""
+        assert time.monotonic() - started < 6
+
+
+def test_a_body_shorter_than_its_content_length_gets_408(server):
+    """Also seen: a Content-Length longer than the body waited forever."""
+    started = time.monotonic()
+    reply = request(server, infer_request(length=len(INFER) + 100))
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert b"(limit --body_timeout_seconds)" in reply
+    assert time.monotonic() - started < 5
+
+
+def test_beyond_max_connections_only_health_is_served_then_connections_are_refused(server):
+    held = [connect(server) for _ in range(LIMITS.max_connections)]
+    try:
+        for sock in held:  # keep them busy but not idle-closed: each sends a partial header
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        time.sleep(0.2)
+        assert request(server, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+        assert request(server, b"GET /v2/models/m/ready HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+        refused = request(server, infer_request())
+        assert refused.startswith(b"HTTP/1.1 503")
+        assert b"4 open connections (--max_connections)" in refused
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")  # the bound is on open connections
+
+
+# ------------------------------------------------------------------------------- gRPC streams
+
+
+def grpc_stub(server):
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    channel = grpc.insecure_channel(server.grpc_inference_target)
+    return channel, service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_an_idle_stream_is_cancelled_and_the_stream_bound_keeps_a_thread_for_health(server):
+    """D6: idle ModelStreamInfer streams held every worker: ServerLive and health timed out."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    channel, stub = grpc_stub(server)
+    never = threading.Event()
+
+    def requests():
+        never.wait(30)
+        return
+        yield
+
+    first = stub.ModelStreamInfer(requests())
+    time.sleep(0.3)
+    second = stub.ModelStreamInfer(requests())
+    with pytest.raises(grpc.RpcError) as refused:
+        next(iter(second))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "(--grpc_max_streams=1)" in refused.value.details()
+    live = stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2)  # a thread is left for unary calls
+    assert live.live
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as cancelled:
+        next(iter(first))
+    assert cancelled.value.code() is grpc.StatusCode.CANCELLED
+    assert time.monotonic() - started < 5
+    never.set()
+    time.sleep(0.2)
+    third = stub.ModelStreamInfer(iter([]))  # the slot is free again
+    assert list(third) == []
+    channel.close()
