@@ -35,6 +35,9 @@ class LayerPlan:
     return_state: bool
     zero_output_for_mask: bool
     merge_mode: str | None = None  # bidirectional only
+    # a streamed layer of a step graph: its initial states are the previous chunk's final ones, so its
+    # previous output (the h state) is carried into masked steps before the chunk's first valid one
+    streamed: bool = False
 
     @property
     def n_states(self) -> int:
@@ -134,6 +137,7 @@ class MarkerSubstitute:
                 raise UnfusableError(f"layer '{layer.name}': {plan.direction} layers cannot stream")
             initial_state = self.state_io.get(layer.name, initial_state)  # type: ignore[union-attr]
             plan.return_state = True
+            plan.streamed = True
         key = f"m{next(_KEYS)}"
         inputs = [sequences]
         if mask is not None:

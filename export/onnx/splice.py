@@ -281,9 +281,10 @@ def build_fused(b: GraphBuilder, record: MarkerRecord, inputs: list[str]) -> lis
     x_tbf = b.op("Transpose", [compaction.x if compaction else x], "x_time_major", perm=[1, 0, 2])
     Y, final = _fused_node(b, plan, _fused_inputs(b, plan, x_tbf, lengths, init_by_dir))
 
-    # a forward layer given its state (a streaming step graph) carries its previous output, the h state,
-    # into masked steps before its first valid one, as the whole sequence would
-    carries = len(plan.directions) == 1 and plan.direction == "forward" and not plan.zero_output_for_mask
+    # a streamed forward layer (a step graph) carries its previous output, the h state, into masked steps
+    # before the chunk's first valid one, as the whole sequence would. (A full graph given an initial state
+    # does not: Keras starts masked outputs from zeros whatever the initial state.)
+    carries = plan.streamed and plan.direction == "forward" and not plan.zero_output_for_mask
     carried_in = init_by_dir[0][0] if carries and init_by_dir else None
     if plan.return_sequences:
         outputs = _sequence_outputs(b, plan, Y, mask, compaction, carried_in)
