@@ -32,6 +32,14 @@ LIMITS = ConnectionLimits(
 INFER = b'{"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1, 2]}]}'
 
 
+def slow_model(seconds: float = 1.5) -> Predictor:
+    def slowly(inputs):
+        time.sleep(seconds)
+        return {"y": inputs["x"]}
+
+    return Predictor("slow", 1, {"serving_default": FakeBackend(Signature("serving_default", (X,), (Y,)), slowly)})
+
+
 def model() -> Predictor:
     def step(inputs):
         y = inputs["h_in"][:, None, :] + np.cumsum(inputs["x"], axis=1)
@@ -49,7 +57,7 @@ def model() -> Predictor:
 
 @pytest.fixture(scope="module")
 def server():
-    registry = ModelRegistry.of([model()])
+    registry = ModelRegistry.of([model(), slow_model()])
     options = ServerOptions(
         rest_api_port=free_port("127.0.0.1"),
         port=0,
@@ -166,22 +174,52 @@ def test_a_body_shorter_than_its_content_length_gets_408(server):
     assert time.monotonic() - started < 5
 
 
-def test_beyond_max_connections_only_health_is_served_then_connections_are_refused(server):
-    held = [connect(server) for _ in range(LIMITS.max_connections)]
+def test_a_port_full_of_idle_connections_still_serves_a_new_one(server):
+    """Soak finding: idle and slowloris connections held every slot, so a client that had to reconnect
+    (or a probe opening a connection each time) was refused. A new connection now evicts the oldest
+    connection that owes nothing (never asked, or between requests)."""
+    held = [connect(server) for _ in range(LIMITS.max_connections + LIMITS.health_reserve)]
     try:
-        for sock in held:  # keep them busy but not idle-closed: each sends a partial header
-            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        for sock in held:
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # partial headers: slowloris-like
         time.sleep(0.2)
+        for _ in range(3):
+            assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
+        evicted = 0
+        for sock in held:
+            sock.settimeout(0.5)
+            try:
+                evicted += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert evicted >= 3  # the oldest idle ones made room
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_when_every_slot_runs_a_request_only_health_is_served_on_the_reserve(server):
+    """Connections beyond --max_connections while every slot has a request in flight: health and
+    readiness answer, anything else gets 503 naming the flag."""
+    body = b'{"inputs": [{"name": "x", "shape": [1, 1, 1], "datatype": "FP32", "data": [1]}]}'
+    slow = b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-length: " + str(len(body)).encode()
+    busy = [connect(server) for _ in range(LIMITS.max_connections)]
+    try:
+        for sock in busy:
+            sock.sendall(slow + b"\r\n\r\n" + body)
+        time.sleep(0.3)
         assert request(server, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
         assert request(server, b"GET /v2/models/m/ready HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
         refused = request(server, infer_request())
         assert refused.startswith(b"HTTP/1.1 503")
         assert b"4 open connections (--max_connections)" in refused
+        for sock in busy:
+            assert read_all(sock).startswith(b"HTTP/1.1 200")  # the requests in flight were answered
     finally:
-        for sock in held:
+        for sock in busy:
             sock.close()
     time.sleep(0.3)
-    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")  # the bound is on open connections
+    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
 
 
 # ------------------------------------------------------------------------------- gRPC streams

@@ -58,6 +58,22 @@ def _reply(transport: asyncio.BaseTransport, status: bytes, message: str) -> Non
 def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """An ``HttpToolsProtocol`` subclass bound to `limits`."""
 
+    # connections that owe nothing, oldest first: never asked anything (or still sending headers), and
+    # kept alive between requests. When the port is full a new connection evicts the oldest of them
+    # (fresh ones first) instead of being refused: idle and slowloris connections cannot hold every slot
+    # against clients that reconnect or probes that open a connection each time.
+    fresh: dict[GuardedHttpToolsProtocol, None] = {}
+    between_requests: dict[GuardedHttpToolsProtocol, None] = {}
+
+    def evict_one() -> bool:
+        for waiting in (fresh, between_requests):
+            for victim in waiting:
+                del waiting[victim]
+                victim._disarm()
+                victim.transport.close()
+                return True
+        return False
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _header_bytes = 0
         _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
@@ -85,12 +101,16 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             open_now = len(self.connections)
+            if open_now >= limits.max_connections and evict_one():
+                open_now = limits.max_connections - 1  # the evicted one's slot (it leaves on the next loop turn)
             if open_now >= limits.max_connections + limits.health_reserve:
                 transport.close()
                 return
             super().connection_made(transport)
+            # every slot serves a request in flight: this connection may ask for health or readiness only
             self._reserve = open_now >= limits.max_connections
             self._start_waiting()
+            fresh[self] = None
 
         def _start_waiting(self) -> None:
             self._in_headers, self._header_bytes, self._header_tail = True, 0, b""
@@ -143,6 +163,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._in_headers = False
             self._disarm()
+            fresh.pop(self, None)
+            between_requests.pop(self, None)
             if self._reserve and not HEALTH_PATHS.match(self.url.split(b"?", 1)[0]):
                 self._refuse(
                     b"503 Service Unavailable",
@@ -170,9 +192,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if not self.transport.is_closing():
                 # uvicorn's keep-alive timer runs now; a request that starts must finish its headers in time
                 self._arm(max(limits.header_timeout_s, self.timeout_keep_alive), self._headers_too_slow)
+                between_requests[self] = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            fresh.pop(self, None)
+            between_requests.pop(self, None)
             if self.transport is not None:
                 super().connection_lost(exc)
 
