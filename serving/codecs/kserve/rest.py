@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_loads
 from rnnkit_serving.codecs.kserve.tensors import (
     check_header,
     datatype_of,
@@ -61,6 +61,11 @@ def parse_body(body: bytes) -> Any:
         raise invalid_argument("failed to parse the request JSON buffer: the document is empty")
     if exceeds_depth(body):
         raise invalid_argument(f"failed to parse the request JSON buffer: nesting depth exceeds {MAX_JSON_DEPTH}")
+    if fast_loads is not None:
+        try:
+            return fast_loads(body)
+        except ValueError:  # NaN/Infinity tokens, huge integers, errors: the standard parser decides and says why
+            pass
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints

@@ -13,12 +13,12 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_loads
 from rnnkit_serving.core.signature import DATA_TYPES, ElementBudget, TensorSpec, numpy_dtype
 from rnnkit_serving.errors import Code, ServingError, invalid_argument
 
@@ -29,12 +29,6 @@ _UNSUPPORTED = ("float16",)
 
 # ----------------------------------------------------------------------------------- decoding
 
-_fast_loads: Callable[[bytes], Any] | None
-try:  # orjson parses request bodies ~5x faster than the standard library (the `serve` extra installs it)
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - optional
-    _fast_loads = None
-
 
 def parse_json(body: bytes) -> Any:
     """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS);
@@ -43,9 +37,9 @@ def parse_json(body: bytes) -> Any:
         raise invalid_argument("JSON Parse error: The document is empty")
     if exceeds_depth(body):
         raise invalid_argument(f"JSON Parse error: nesting depth exceeds {MAX_JSON_DEPTH}")
-    if _fast_loads is not None:
+    if fast_loads is not None:
         try:
-            return _fast_loads(body)
+            return fast_loads(body)
         except ValueError:  # NaN/Infinity tokens, huge integers, errors: the standard parser decides
             pass
     try:
