@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rnnkit-installed
 
-.PHONY: demo test lint typecheck imports bench clean haproxy
+.PHONY: demo test lint typecheck imports bench bench-peers clean haproxy
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: lint typecheck imports haproxy
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
+
+# rnnkit vs MLServer vs KServe's Python server on one ONNX file, one client (bench/peers.py). The first run installs
+# the peers into bench/out/peers-venv-* (package index, cached); PEERS_ARGS=--quick for a smoke run.
+bench-peers: $(STAMP)
+	nice -n 10 $(PY) bench/peers.py --install_only
+	$(PY) bench/peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck
