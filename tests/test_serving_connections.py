@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from rnnkit_serving import FakeBackend, Predictor, Signature, TensorSpec
+from rnnkit_serving import FakeBackend, Predictor, RestOptions, Signature, TensorSpec
 from rnnkit_serving.config.connections import ConnectionLimits
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.server.model_server import ModelServer, ServerOptions
@@ -63,6 +63,7 @@ def server():
         port=0,
         grpc_inference_port=free_port("127.0.0.1"),
         grpc_workers=3,
+        rest=RestOptions(max_body_bytes=16 << 10),
         poll_seconds=0,
         connections=LIMITS,
     )
@@ -163,6 +164,24 @@ def test_slowloris_is_closed_after_the_header_timeout_whatever_it_sends(server):
             sock.settimeout(5)
             assert sock.recv(1024) == b""
         assert time.monotonic() - started < 6
+
+
+def test_the_rest_of_a_body_answered_early_is_not_counted_as_the_next_headers(server):
+    """Peer QA finding: a body over --max_request_bytes is answered 413 before it has all arrived; its
+    remaining bytes were counted as the next request's headers, and that request got 431."""
+    body = b"1" * (100 << 10)
+    request_bytes = infer_request(body=body)
+    cut = len(request_bytes) - len(body) + (20 << 10)  # the headers and 20 KiB: over the 16 KiB limit
+    with connect(server) as sock:
+        sock.sendall(request_bytes[:cut])
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 413")
+        sock.sendall(request_bytes[cut:])  # the rest of the body, after the answer
+        sock.sendall(infer_request())  # then the next request on the same connection
+        second = read_all(sock)
+    assert b"HTTP/1.1 200" in second, second[:300]
 
 
 def test_a_body_shorter_than_its_content_length_gets_408(server):

@@ -185,12 +185,21 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 return
             self._disarm()
             super().on_message_complete()
+            # what arrives from now on is the next request's headers (not before: an early answer, a 413
+            # say, can complete while the rest of this request's body is still arriving)
+            self._in_headers, self._header_bytes, self._header_tail = True, 0, b""
+            if self.cycle is not None and self.cycle.response_complete:  # answered early: now it waits
+                self._await_next_request()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._in_headers, self._header_bytes, self._header_tail = True, 0, b""
+            if self._in_headers:  # the request was read to its end
+                self._await_next_request()
+
+        def _await_next_request(self) -> None:
             if not self.transport.is_closing():
-                # uvicorn's keep-alive timer runs now; a request that starts must finish its headers in time
+                # a request that starts must finish its headers in time (uvicorn's keep-alive timer runs too,
+                # but reading any byte cancels it)
                 self._arm(max(limits.header_timeout_s, self.timeout_keep_alive), self._headers_too_slow)
                 between_requests[self] = None
 
