@@ -361,3 +361,45 @@ def test_sequence_header_and_parameter_must_agree():
         sequence.sequence_control({"parameters": {"sequence_id": 42}}, "43")
     with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' is empty"):
         sequence.sequence_control({}, " ")
+
+
+def test_numeric_data_converted_in_c_equals_the_checked_path_value_for_value_and_error_for_error():
+    """Issue 22: numeric `data` of a body without JSON true/false is converted by numpy in C instead of
+    a per-value Python check (2.5 -> 0.25 ms for one 100x64 FP32 input). Both paths give the same
+    array bytes, or the same error, on random nested data with out-of-range, non-numeric and huge values."""
+    import random
+
+    rng = random.Random(7)
+    specs = {dt: TensorSpec("x", np_name, (None, None, None)) for dt, np_name in
+             (("FP32", "float32"), ("FP64", "float64"), ("INT64", "int64"), ("INT8", "int8"), ("UINT8", "uint8"))}
+
+    def value():
+        roll = rng.random()
+        if roll < 0.45:
+            return rng.uniform(-1e3, 1e3)
+        if roll < 0.8:
+            return rng.randint(-300, 300)
+        return rng.choice([2**60, -(2**70), 1e39, "a", None, [1], 2**54 + 1, 0.5])
+
+    def outcome(item, spec, fast):
+        try:
+            array = codec.decode_tensor(item, spec, None, None, fast)
+        except ServingError as error:
+            return ("error", str(error))
+        return ("ok", array.dtype.str, array.shape, array.tobytes())
+
+    for _ in range(2000):
+        datatype = rng.choice(sorted(specs))
+        shape = [1, rng.randint(1, 4), rng.randint(1, 3)]
+        count = shape[0] * shape[1] * shape[2] + (1 if rng.random() < 0.05 else 0)
+        flat = [value() for _ in range(count)]
+        data = flat if rng.random() < 0.5 else [flat[i : i + shape[2]] for i in range(0, len(flat), shape[2])]
+        item = json.loads(json.dumps({"name": "x", "shape": shape, "datatype": datatype, "data": data}))
+        assert outcome(item, specs[datatype], True) == outcome(item, specs[datatype], False), item
+
+
+def test_a_bool_among_numbers_is_still_refused(client):
+    """The fast path runs only for bodies without true/false: numpy would read True as 1."""
+    assert not codec.holds_no_bools(b'{"data": [1.0, true]}') and codec.holds_no_bools(b'{"data": [1.0, 2]}')
+    body = {"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1.0, True]}]}
+    assert_error(client.post("/v2/models/half/infer", json=body), 400, "FP32 expects JSON numbers")

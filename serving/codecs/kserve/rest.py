@@ -72,6 +72,12 @@ def parse_body(body: bytes) -> Any:
         raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
 
 
+def holds_no_bools(json_text: bytes) -> bool:
+    """Whether a JSON text holds no true/false literal (a scan in C; a string that spells one only costs
+    the fast path)."""
+    return b"true" not in json_text and b"false" not in json_text
+
+
 def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
@@ -105,11 +111,37 @@ def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> No
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
 
 
+def _numbers_in_c(data: Any, datatype: str, count: int, dtype: str) -> np.ndarray | None:
+    """`data` (nested lists of JSON numbers) as a flat array of `dtype`, converted by numpy in C; None
+    when it is anything else, for the checked path to refuse with its message. Only called when the body
+    holds no JSON true/false (numpy would take a bool among numbers for 1 or 0)."""
+    try:
+        raw = np.array(data)
+    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
+        return None
+    if raw.size != count or raw.size == 0:
+        return None
+    kind = raw.dtype.kind
+    if datatype.startswith(("INT", "UINT")):
+        info = np.iinfo(numpy_dtype(dtype))
+        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:
+            return None
+    elif kind not in "if" or (kind in "iu" and np.abs(raw).max() > 1 << 53):  # floats from exact integers only
+        return None
+    with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+        return raw.reshape(-1).astype(numpy_dtype(dtype))
+
+
 def decode_tensor(
-    item: Any, spec: TensorSpec, binary: bytes | None = None, budget: ElementBudget | None = None
+    item: Any,
+    spec: TensorSpec,
+    binary: bytes | None = None,
+    budget: ElementBudget | None = None,
+    bools_absent: bool = False,
 ) -> np.ndarray:
     """One ``inputs`` entry -> an array of the signature's dtype and the request's shape
-    (`binary`: its raw bytes when the entry declared ``binary_data_size``)."""
+    (`binary`: its raw bytes when the entry declared ``binary_data_size``; `bools_absent`: the body
+    holds no JSON true/false, so numeric data may be converted without checking each value in Python)."""
     if not isinstance(item, Mapping):
         raise invalid_argument(f"each entry of 'inputs' must be an object; received {type(item).__name__}")
     name = spec.name
@@ -123,6 +155,10 @@ def decode_tensor(
             raise invalid_argument(f"input '{name}': give either 'data' or binary_data_size, not both")
         return decode_raw(name, datatype, shape, binary, budget)
     count = declared_count(name, shape, budget)
+    if bools_absent and datatype not in ("BYTES", "BOOL"):
+        fast = _numbers_in_c(item["data"], datatype, count, spec.dtype)
+        if fast is not None:
+            return fast.reshape(shape)
     values = _flatten(item["data"])
     if len(values) != count:
         raise invalid_argument(f"input '{name}': shape {shape} holds {count} values, 'data' has {len(values)}")
@@ -168,13 +204,15 @@ def decode_infer_request(
     binary: bytes | None = None,
     budget: ElementBudget | None = None,
     partial: bool = False,
+    bools_absent: bool = False,
 ) -> InferRequest:
     """An inference request body (parsed JSON) -> inputs by name, requested outputs, parameters.
 
     `binary`: the bytes after the JSON header of a binary-extension request (``None``: JSON only);
     `budget`: the request's element budget, shared by its inputs; `partial`: the inputs may be
     a subset of the signature's (a request of an encoder-decoder sequence carries the source, a
-    target chunk or both; the session says which it needs)."""
+    target chunk or both; the session says which it needs); `bools_absent`: the JSON text holds no
+    true/false (see :func:`holds_no_bools`), which lets numeric data skip the per-value type checks."""
     if not isinstance(doc, Mapping):
         raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
     items = doc.get("inputs")
@@ -208,7 +246,7 @@ def decode_infer_request(
                 )
             raw = binary[offset : offset + size]
             offset += size
-        inputs[name] = decode_tensor(item, specs[name], raw, budget)
+        inputs[name] = decode_tensor(item, specs[name], raw, budget, bools_absent)
     if binary is not None and offset != len(binary):
         raise invalid_argument(
             f"{len(binary)} bytes follow the JSON header, but the inputs' binary_data_size add up to {offset}"

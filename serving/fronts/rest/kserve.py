@@ -81,13 +81,15 @@ class KServeRoutes:
         binary: bytes | None = None
         if header_length is None:
             doc = kserve_codec.parse_body(body)
+            numbers_only = kserve_codec.holds_no_bools(body)
         else:
             doc, binary = kserve_codec.split_binary_body(body, header_length)
+            numbers_only = kserve_codec.holds_no_bools(body[: len(body) - len(binary)])
         sequence = kserve_sequence.sequence_control(doc, sequence_header)
 
         def decode(model: ModelView, partial: bool) -> kserve_codec.InferRequest:
             budget = self.dispatch.element_budget(model)
-            return kserve_codec.decode_infer_request(doc, model.signature(), binary, budget, partial)
+            return kserve_codec.decode_infer_request(doc, model.signature(), binary, budget, partial, numbers_only)
 
         answer = self.dispatch.infer(target, sequence, decode)
         request = answer.request
