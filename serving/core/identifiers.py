@@ -38,17 +38,20 @@ def parse_version(text: str) -> int:
     return value
 
 
+def check_integer_sequence_id(value: int) -> None:
+    """An integer sequence id is Triton's uint64, not 0 (0 means "no sequence")."""
+    if not 0 < value <= MAX_SEQUENCE_ID:
+        received = str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+        raise invalid_argument(
+            f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string; received {received}"
+        )
+
+
 def check_sequence_id(value: int | str, max_length: int) -> None:
     """A sequence id: an integer in [1, 2**64 - 1] (Triton's uint64) or a string of at most
     `max_length` UTF-8 bytes (--max_sequence_id_length)."""
     if isinstance(value, int):
-        if not 0 < value <= MAX_SEQUENCE_ID:
-            raise invalid_argument(
-                f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string; received {value}"
-                if value.bit_length() <= 128
-                else f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string; received an "
-                f"integer of {value.bit_length()} bits"
-            )
+        check_integer_sequence_id(value)
         return
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > max_length:

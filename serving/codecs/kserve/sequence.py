@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rnnkit_serving.core.identifiers import MAX_SEQUENCE_ID, ascii_uint, shown
+from rnnkit_serving.core.identifiers import MAX_SEQUENCE_ID, ascii_uint, check_integer_sequence_id, shown
 from rnnkit_serving.errors import invalid_argument
 
 
@@ -40,11 +40,8 @@ def sequence_id(parameters: Mapping[str, Any]) -> int | str | None:
     if isinstance(raw, bool) or not isinstance(raw, (int, str)) or (isinstance(raw, int) and raw < 0):
         shown_raw = shown(raw) if isinstance(raw, str) else shown(repr(raw))
         raise invalid_argument(f"parameter 'sequence_id' must be an unsigned integer or a string, received {shown_raw}")
-    if isinstance(raw, int) and raw > MAX_SEQUENCE_ID:
-        raise invalid_argument(
-            f"parameter 'sequence_id' must be an unsigned 64-bit integer or a string; received an integer of "
-            f"{raw.bit_length()} bits"
-        )
+    if isinstance(raw, int):
+        check_integer_sequence_id(raw)
     return raw
 
 
