@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rnnkit-installed
 
-.PHONY: demo test lint typecheck imports bench bench-peers clean haproxy
+.PHONY: demo test lint typecheck imports bench bench-peers clean haproxy browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ haproxy:
 	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) || true
 
-test: lint typecheck imports haproxy
+# tests/test_browser.py opens the landing page and /docs in headless Chromium: install Debian's chromium and
+# its driver when missing and we are root (CI); elsewhere those tests are skipped and say how to install them.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) || true
+
+test: lint typecheck imports haproxy browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
