@@ -25,6 +25,7 @@ from rnnkit_serving.errors import Code, ServingError, invalid_argument
 # numpy dtype name -> TensorFlow's short type name, as TF Serving's messages print it (DT_FLOAT -> "float")
 TF_TYPE_NAMES = {dtype: wire_name.removeprefix("DT_").lower() for dtype, (wire_name, _) in DATA_TYPES.items()}
 _UNSUPPORTED = ("float16",)
+_NUMERIC = frozenset(("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"))
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -201,16 +202,59 @@ def _checked_shape(value: Any, spec: TensorSpec, budget: ElementBudget | None = 
     return shape
 
 
-def decode_tensor(value: Any, spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+def _numbers_in_c(value: Any, shape: Sequence[int], dtype: str) -> np.ndarray | None:
+    """`value` (nested lists of JSON numbers, already sized by the budget) as an array of `dtype`, built
+    by numpy in C with no per-element Python; None when anything in it needs the checked path, which then
+    refuses it with TF Serving's message or builds the same array. Only called when the body holds no JSON
+    true/false: numpy would read a bool among numbers as 1 or 0, where TF Serving refuses it."""
+    if dtype not in _NUMERIC or not shape:
+        return None
+    try:
+        raw = np.array(value)
+    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
+        return None
+    if raw.shape != tuple(shape) or raw.size == 0:  # a list where a number belongs (or the reverse)
+        return None
+    kind = raw.dtype.kind
+    if dtype.startswith(("int", "uint")):
+        info = np.iinfo(numpy_dtype(dtype))
+        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:  # a float, or out of range
+            return None
+        return raw.astype(numpy_dtype(dtype), copy=False)
+    if kind == "f" or (kind in "iu" and np.abs(raw).max() <= 1 << 53):  # integers are exact doubles
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            return raw.astype(numpy_dtype(dtype), copy=False)
+    return None
+
+
+def decode_tensor(
+    value: Any, spec: TensorSpec, budget: ElementBudget | None = None, numbers_only: bool = False
+) -> np.ndarray:
     """One JSON value (scalar or nested lists) -> an array of `spec`'s dtype; its shape (that of the
-    first element at each level) is taken from `budget` before the values are checked or copied."""
+    first element at each level) is taken from `budget` before the values are checked or copied.
+    `numbers_only` says the body holds no JSON true/false, which lets numeric data skip the per-value checks."""
+    if numbers_only and spec.dtype in _NUMERIC:
+        shape = _shape_of(value)
+        (budget or ElementBudget(None)).take(spec.name, shape)
+        fast = _numbers_in_c(value, shape, spec.dtype)
+        if fast is not None:
+            return fast
+        return _to_array(value, _checked_shape(value, spec), spec.dtype)
     return _to_array(value, _checked_shape(value, spec, budget), spec.dtype)
 
 
-def decode_rows(items: list[Any], spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+def decode_rows(
+    items: list[Any], spec: TensorSpec, budget: ElementBudget | None = None, numbers_only: bool = False
+) -> np.ndarray:
     """Rows of one input (``instances``) -> one array; all rows together are taken from `budget`
-    (as many rows as the first one's shape) before any row is checked."""
-    (budget or ElementBudget(None)).take(spec.name, [len(items), *_shape_of(items[0] if items else None)])
+    (as many rows as the first one's shape) before any row is checked. With `numbers_only` (the body holds
+    no JSON true/false) rows of numbers that all have the first row's shape are converted in C."""
+    shape = [len(items), *_shape_of(items[0] if items else None)]
+    (budget or ElementBudget(None)).take(spec.name, shape)
+    if numbers_only:
+        fast = _numbers_in_c(items, shape, spec.dtype)
+        if fast is not None:
+            return fast
     first: list[int] | None = None
     for position, item in enumerate(items):
         try:
