@@ -450,3 +450,32 @@ def test_tfs_a_bool_among_numbers_is_still_refused_on_the_fast_path():
     body = b'{"instances": [[1.0, true]]}'
     with pytest.raises(ServingError, match="JSON Value: true Type: True is not of expected type: float"):
         decode_predict_request(json.loads(body), signatures, None, holds_no_bools(body))
+
+
+def test_tfs_float32_text_written_column_by_column_equals_the_per_value_writer():
+    """Issue 22: float32 outputs are written by numpy column by column (100x64: 7.1 -> ~2 ms) with
+    exactly the text of the per-value writer (%g when it reads back, else %.9g, '.0' on integers): a
+    million values over every magnitude the column writer takes, integers, short decimals, neighbours of
+    powers of ten and exact ties at the 6th and 9th digit; values outside its range take the per-value path."""
+    from rnnkit_serving.codecs.tfs import json_tensor
+
+    rng = np.random.default_rng(5)
+    log_uniform = 10.0 ** rng.uniform(-13, 5, 600_000) * rng.choice([-1, 1], 600_000)
+    bits = rng.integers(0x2B8CBCCC, 0x47C35000, 300_000, dtype=np.uint32).view(np.float32)  # 1e-12 .. 1e5
+    powers = np.array([10.0**k for k in range(-12, 5)], np.float32)
+    near = np.concatenate([np.nextafter(powers, np.float32(0)), powers, np.nextafter(powers, np.float32(1e9))])
+    shorts = np.concatenate([np.arange(-2000, 2000) / 1000, np.arange(0, 99999, 7), np.arange(1, 500) * 1e-7])
+    ties = np.array([131072.5, 1048.5625, 0.0009765625, 1.00000525, 12345.6752, 2.5e-07], np.float64)
+    specials = np.array([0.0, -0.0, 1e-13, -99999.99, 0.1, 0.3, 1 / 3], np.float64)
+    values = np.concatenate([log_uniform, bits, near, shorts, ties, specials]).astype(np.float32)
+    magnitude = np.abs(values.astype(np.float64))
+    values = values[(magnitude < 1e5) & ((magnitude >= 1e-13) | (magnitude == 0))]
+    assert values.size > 900_000
+    for chunk in np.array_split(values, 40):
+        shaped = chunk.reshape(-1, 1, 2) if chunk.size % 2 == 0 else chunk
+        fast = json_tensor._float32_json(shaped)
+        assert fast is not None and fast == json_tensor.nest(json_tensor.element_strings(shaped, ""), shaped.shape)
+    outside = np.array([[1e-20, 0.5], [3e38, np.nan]], np.float32)
+    assert json_tensor._float32_json(outside) is None
+    assert encode_tensor(outside) == "[[1e-20,0.5],[3e+38,NaN]]"
+    assert encode_tensor(np.array([[[1.5]], [[-2.0]]], np.float32)) == "[[[1.5]],[[-2.0]]]"
