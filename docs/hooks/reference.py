@@ -1,0 +1,444 @@
+"""mkdocs hook: the reference pages generated at build time from the code.
+
+A page asks for a generated part with a marker line, replaced before Markdown is rendered:
+
+- ``<!-- generated: cli -->``: every flag of ``rnnkit``'s subcommands (``rnnkit_cli.build_parser``), of
+  ``python -m rnnkit_serving`` (``rnnkit_serving.server.cli.build_parser``) and of ``rnnkit export``
+  (``rnnkit_export.cli.build_parser``), read from the argparse parsers themselves;
+- ``<!-- generated: rest-api -->``: the REST API from the server's OpenAPI document
+  (``rnnkit_serving.fronts.rest.openapi.openapi_document()``, a dict);
+- ``<!-- generated: grpc-api -->``: the gRPC services the server implements, from the generated protos;
+- ``<!-- generated: serving-api -->``: a mkdocstrings block for each name ``rnnkit_serving`` exports.
+
+The renderers are plain functions of their input (a parser, a dict, a descriptor) so ``tests/test_docs.py``
+calls them without building the site. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mkdocs.hooks.reference")
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
+
+
+def import_paths() -> None:
+    """Make the repository importable as installed: rnnkit, rnnkit_cli from the root; rnnkit_serving and
+    rnnkit_export from the import-named links `make docs` puts in .typecheck/ (an installed copy wins)."""
+    for path in (ROOT / ".typecheck", ROOT):
+        if path.is_dir() and str(path) not in sys.path:
+            sys.path.append(str(path))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines, when rnnkit imports it
+
+
+# ------------------------------------------------------------------------------------------ text helpers
+def cell(text: str) -> str:
+    """`text` made safe for one Markdown table cell (one line; pipes and angle brackets escaped)."""
+    text = " ".join(str(text).split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code(text: str) -> str:
+    """`text` as a code span inside a table cell."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    ticks = "``" if "`" in text else "`"
+    pad = " " if ticks == "``" else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+# ------------------------------------------------------------------------------------------ CLI flags
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _default(action: argparse.Action) -> str:
+    if action.required:
+        return "required"
+    if isinstance(action, argparse._StoreTrueAction):
+        return "off"
+    if isinstance(action, argparse._StoreFalseAction):
+        return "on"
+    if action.default is None or action.default == argparse.SUPPRESS:
+        return "–"
+    return code(action.default)
+
+
+def _usage(action: argparse.Action) -> str:
+    names = ", ".join(action.option_strings) if action.option_strings else (action.metavar or action.dest)
+    if action.nargs == 0:
+        return str(names)
+    if action.choices:
+        value = "{" + ",".join(str(c) for c in action.choices) + "}"
+    elif action.option_strings:
+        value = str(action.metavar or action.dest.upper())
+    else:
+        return str(names)
+    return f"{names} {value}"
+
+
+def option_names(parser: argparse.ArgumentParser) -> list[str]:
+    """Every flag (and positional) of `parser`, without -h/--help; what the reference must list."""
+    names = []
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        names.extend(action.option_strings or [str(action.metavar or action.dest)])
+    return names
+
+
+def render_parser(parser: argparse.ArgumentParser, heading: str = "##") -> str:
+    """A Markdown section per argument group of `parser`: flag, default, help."""
+    out = []
+    if parser.description:
+        out += [cell(parser.description), ""]
+    for group in parser._action_groups:
+        actions = [
+            a
+            for a in group._group_actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and a.help != argparse.SUPPRESS
+        ]
+        if not actions:
+            continue
+        title = {"positional arguments": "Arguments", "options": "Options", "optional arguments": "Options"}.get(
+            group.title or "", group.title or "Options"
+        )
+        out += [f"{heading}# {title}", "", "| flag | default | meaning |", "|---|---|---|"]
+        out += [f"| {code(_usage(a))} | {_default(a)} | {cell(a.help or '')} |" for a in actions]
+        out.append("")
+    return "\n".join(out)
+
+
+def cli_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """(command, parser) for every command the reference documents."""
+    import_paths()
+    rnnkit_cli = importlib.import_module("rnnkit_cli")
+    serving_cli = importlib.import_module("rnnkit_serving.server.cli")
+    export_cli = importlib.import_module("rnnkit_export.cli")
+    commands = _subparsers(rnnkit_cli.build_parser())
+    parsers = [(f"rnnkit {name}", parser) for name, parser in commands.items() if name not in ("serve", "export")]
+    parsers.append(("rnnkit export", export_cli.build_parser()))
+    parsers.append(("rnnkit serve (python -m rnnkit_serving)", serving_cli.build_parser()))
+    return parsers
+
+
+def render_cli(parsers: Iterable[tuple[str, argparse.ArgumentParser]]) -> str:
+    out = []
+    for command, parser in parsers:
+        out += [f"## `{command}` {{#{slug(command.split(' (')[0])}}}", "", render_parser(parser, "##")]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ REST (OpenAPI)
+METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def _ref_name(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1]
+
+
+def schema_type(schema: Mapping[str, Any] | bool | None) -> str:
+    """A short Markdown type expression for `schema` (component references become links)."""
+    if schema is None or schema is True or schema == {}:
+        return "any"
+    if schema is False:
+        return "nothing"
+    if "$ref" in schema:
+        name = _ref_name(schema["$ref"])
+        return f"[{name}](#schema-{slug(name)})"
+    for key, word in (("oneOf", " or "), ("anyOf", " or "), ("allOf", " and ")):
+        if key in schema:
+            return word.join(schema_type(s) for s in schema[key])
+    if "const" in schema:
+        return code(_json(schema["const"]))
+    if "enum" in schema:
+        return " \\| ".join(code(_json(v)) for v in schema["enum"])
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind else []
+    parts = []
+    for k in kinds:
+        if k == "array":
+            parts.append(f"array of {schema_type(schema.get('items'))}")
+        elif k == "object" and "additionalProperties" in schema and not schema.get("properties"):
+            parts.append(f"object of {schema_type(schema['additionalProperties'])}")
+        else:
+            parts.append(str(k))
+    if not parts:
+        parts.append("object" if "properties" in schema else "any")
+    text = " or ".join(parts)
+    if "format" in schema:
+        text += f" ({schema['format']})"
+    return text
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _constraints(schema: Mapping[str, Any]) -> str:
+    words = []
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength",
+                "maxLength", "pattern", "default"):
+        if key in schema:
+            words.append(f"{key} {code(_json(schema[key]))}")
+    return "; ".join(words)
+
+
+def render_properties(schema: Mapping[str, Any]) -> list[str]:
+    """A property table for an object schema (empty when it has no properties)."""
+    properties = schema.get("properties") or {}
+    if not properties:
+        return []
+    required = set(schema.get("required", ()))
+    out = ["| property | type | required | description |", "|---|---|---|---|"]
+    for name, prop in properties.items():
+        prop = prop if isinstance(prop, Mapping) else {}
+        note = " ".join(x for x in (prop.get("description", ""), _constraints(prop)) if x)
+        out.append(f"| {code(name)} | {schema_type(prop)} | {'yes' if name in required else ''} | {cell(note)} |")
+    return out
+
+
+def _body(content: Mapping[str, Any]) -> list[str]:
+    out = []
+    for media, entry in content.items():
+        schema = (entry or {}).get("schema")
+        out.append(f"- `{media}`: {schema_type(schema) if schema is not None else 'any'}")
+        if isinstance(schema, Mapping) and "$ref" not in schema and schema.get("properties"):
+            out += ["", *[f"    {line}" for line in render_properties(schema)], ""]
+    return out
+
+
+def render_openapi(document: Mapping[str, Any]) -> str:
+    """The REST reference: each path and method with its parameters, request body and responses, then the
+    component schemas. `document` is an OpenAPI 3.x document as a dict."""
+    info = document.get("info", {})
+    out = [f"OpenAPI {document.get('openapi', '?')} document *{cell(info.get('title', ''))}*, "
+           f"version {cell(info.get('version', ''))}.", ""]
+    if info.get("description"):
+        out += [info["description"].strip(), ""]
+    for path, item in document.get("paths", {}).items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            if method not in item:
+                continue
+            op = item[method]
+            out += [f"## `{method.upper()} {path}`", ""]
+            if op.get("summary"):
+                out += [f"**{cell(op['summary'])}**", ""]
+            if op.get("description"):
+                out += [op["description"].strip(), ""]
+            parameters = [*shared, *op.get("parameters", [])]
+            if parameters:
+                out += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
+                for p in parameters:
+                    p = _resolve(document, p)
+                    out.append(
+                        f"| {code(p.get('name', ''))} | {p.get('in', '')} | {schema_type(p.get('schema'))} | "
+                        f"{'yes' if p.get('required') else ''} | {cell(p.get('description', ''))} |"
+                    )
+                out.append("")
+            if "requestBody" in op:
+                body = _resolve(document, op["requestBody"])
+                out += ["Request body" + (" (required)" if body.get("required") else "") + ":", ""]
+                out += [*_body(body.get("content", {})), ""]
+            if op.get("responses"):
+                out += ["Responses:", ""]
+                for status, response in op["responses"].items():
+                    response = _resolve(document, response)
+                    out.append(f"- **{status}** {cell(response.get('description', ''))}")
+                    out += [f"    {line}" for line in _body(response.get("content", {}))]
+                out.append("")
+    schemas = document.get("components", {}).get("schemas", {})
+    if schemas:
+        out += ["## Schemas", ""]
+        for name, schema in schemas.items():
+            out += [f"### {name} {{#schema-{slug(name)}}}", ""]
+            if isinstance(schema, Mapping) and schema.get("description"):
+                out += [schema["description"].strip(), ""]
+            table = render_properties(schema) if isinstance(schema, Mapping) else []
+            out += [*(table or [f"Type: {schema_type(schema)}"]), ""]
+    return "\n".join(out)
+
+
+def _resolve(document: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local `$ref` (`#/components/...`) of a parameter, body or response."""
+    seen = 0
+    while isinstance(node, Mapping) and "$ref" in node and seen < 16:
+        target: Any = document
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        node, seen = target, seen + 1
+    return node
+
+
+def openapi_document() -> Mapping[str, Any] | None:
+    """The server's OpenAPI document, or None where this checkout has no OpenAPI module yet."""
+    import_paths()
+    try:
+        module = importlib.import_module("rnnkit_serving.fronts.rest.openapi")
+    except ModuleNotFoundError as error:
+        if error.name not in ("rnnkit_serving.fronts.rest.openapi", "rnnkit_serving.fronts.rest", "rnnkit_serving"):
+            raise
+        return None
+    document: Mapping[str, Any] = module.openapi_document()
+    return document
+
+
+def render_rest_api() -> str:
+    document = openapi_document()
+    if document is None:
+        return (
+            "!!! note\n    This build has no `rnnkit_serving.fronts.rest.openapi` module, so the generated REST "
+            "reference is empty; the routes are described in [Serving](../guides/serving.md#endpoints) and "
+            "[KServe v2](../guides/kserve-v2.md)."
+        )
+    return render_openapi(document)
+
+
+# ------------------------------------------------------------------------------------------ gRPC
+def grpc_services() -> list[tuple[Any, type]]:
+    """(service descriptor, rnnkit's servicer class) for every gRPC service the server registers."""
+    import_paths()
+    from grpc_health.v1 import health, health_pb2
+
+    kserve = importlib.import_module("rnnkit_serving.fronts.grpc.kserve")
+    tfs = importlib.import_module("rnnkit_serving.fronts.grpc.tfs")
+    from rnnkit_serving.codecs.kserve.grpc import protos as kserve_protos
+    from rnnkit_serving.codecs.tfs.protos import import_proto_modules
+
+    prediction, model = import_proto_modules(
+        "tensorflow_serving.apis.prediction_service_pb2", "tensorflow_serving.apis.model_service_pb2"
+    )
+    return [
+        (prediction.DESCRIPTOR.services_by_name["PredictionService"], tfs.PredictionServicer),
+        (model.DESCRIPTOR.services_by_name["ModelService"], tfs.ModelServicer),
+        (kserve_protos().pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"], kserve.InferenceServicer),
+        (health_pb2.DESCRIPTOR.services_by_name["Health"], health.HealthServicer),
+    ]
+
+
+def implemented(servicer: type, method: str) -> bool:
+    """Whether `servicer` (or a class of ours or grpcio's above the generated base) defines `method`."""
+    for klass in servicer.__mro__:
+        if method in vars(klass):
+            return not klass.__module__.endswith("_pb2_grpc")
+    return False
+
+
+def _field_type(field: Any) -> str:
+    if field.message_type is not None:
+        if field.message_type.GetOptions().map_entry:
+            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            return f"map<{_field_type(key)}, {_field_type(value)}>"
+        return field.message_type.full_name
+    if field.enum_type is not None:
+        return field.enum_type.full_name
+    names = {v: k.removeprefix("TYPE_").lower() for k, v in vars(type(field)).items() if k.startswith("TYPE_")}
+    return names.get(field.type, str(field.type))
+
+
+def _repeated(field: Any) -> bool:
+    if hasattr(field, "is_repeated"):  # protobuf >= 6 (`label` is deprecated there)
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
+def render_message(message: Any) -> list[str]:
+    out = [f"`{message.full_name}`", "", "| field | number | type | notes |", "|---|---|---|---|"]
+    for field in message.fields:
+        kind = _field_type(field)
+        repeated = _repeated(field) and not kind.startswith("map<")
+        notes = []
+        if field.containing_oneof is not None:
+            notes.append(f"oneof `{field.containing_oneof.name}`")
+        out.append(f"| `{field.name}` | {field.number} | {code(('repeated ' if repeated else '') + kind)} | "
+                   f"{', '.join(notes)} |")
+    if not message.fields:
+        out.append("| (no fields) | | | |")
+    return out
+
+
+def render_grpc(services: Iterable[tuple[Any, Callable[..., Any] | type]]) -> str:
+    out = []
+    for service, servicer in services:
+        out += [f"## `{service.full_name}`", "", f"Proto file `{service.file.name}`.", ""]
+        out += ["| method | request → response | streaming | served |", "|---|---|---|---|"]
+        for method in service.methods:
+            streaming = "/".join(
+                s for s, on in (("client", method.client_streaming), ("server", method.server_streaming)) if on
+            )
+            served = "yes" if implemented(servicer, method.name) else "no (`UNIMPLEMENTED`)"  # type: ignore[arg-type]
+            out.append(
+                f"| `{method.name}` | `{method.input_type.name}` → `{method.output_type.name}` | "
+                f"{streaming or '–'} | {served} |"
+            )
+        out.append("")
+        for method in service.methods:
+            if not implemented(servicer, method.name):  # type: ignore[arg-type]
+                continue
+            out += [f"### `{service.name}/{method.name}`", ""]
+            out += ["Request ", *render_message(method.input_type), ""]
+            out += ["Response ", *render_message(method.output_type), ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ Python API
+def serving_exports() -> dict[str, str]:
+    """Public name -> defining module, as ``rnnkit_serving`` loads them on first use."""
+    import_paths()
+    package = importlib.import_module("rnnkit_serving")
+    return dict(sorted(package._EXPORTS.items()))
+
+
+def render_serving_api(exports: Mapping[str, str]) -> str:
+    out = []
+    for name, module in exports.items():
+        out += [f"::: {module}.{name}", "    options:", "      heading_level: 3",
+                "      show_root_full_path: false", ""]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------ mkdocs events
+GENERATORS: dict[str, Callable[[], str]] = {
+    "cli": lambda: render_cli(cli_parsers()),
+    "rest-api": render_rest_api,
+    "grpc-api": lambda: render_grpc(grpc_services()),
+    "serving-api": lambda: render_serving_api(serving_exports()),
+}
+_cache: dict[str, str] = {}
+
+
+def on_config(config: Any) -> Any:
+    import_paths()
+    _cache.clear()
+    return config
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in GENERATORS:
+            raise ValueError(f"{page.file.src_path}: unknown generated part {name!r}; known: {sorted(GENERATORS)}")
+        if name not in _cache:
+            _cache[name] = GENERATORS[name]()
+        return _cache[name]
+
+    return MARKER.sub(replace, markdown)
