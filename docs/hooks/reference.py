@@ -400,6 +400,124 @@ def render_grpc(services: Iterable[tuple[Any, Callable[..., Any] | type]]) -> st
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------ limits
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,}".replace(",", " ")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _ms(value: int) -> str:
+    return f"{value / 1000:g} s"
+
+
+# (what is bounded, flags, default as text from the parser's defaults and the constants, what a client gets beyond it)
+LimitRow = tuple[str, tuple[str, ...], Callable[[Callable[[str], Any], Mapping[str, Any]], str], str]
+LIMITS: list[LimitRow] = [
+    ("request body / gRPC message", ("--max_request_bytes",), lambda d, c: _size(d("max_request_bytes")),
+     "REST 413; gRPC `RESOURCE_EXHAUSTED`"),
+    ("elements of all inputs of one request", ("--max_request_elements",),
+     lambda d, c: f"{d('max_request_elements'):,} ({_size(d('max_request_elements')).replace(' MiB', ' Mi')}; ≥ what a "
+     f"{_size(d('max_request_bytes'))} JSON body can carry)".replace(",", " "),
+     "400 / `INVALID_ARGUMENT`, from the *declared* shape, before any array exists"),
+    ("axes of one input", (), lambda d, c: str(c["MAX_RANK"]), "400 / `INVALID_ARGUMENT`"),
+    ("batch size", ("--max_batch_size",), lambda d, c: str(d("max_batch_size")),
+     "400 / `INVALID_ARGUMENT` naming the input and the limit"),
+    ("time steps", ("--max_sequence_length",), lambda d, c: str(d("max_sequence_length")),
+     "400 / `INVALID_ARGUMENT` naming the input and the limit"),
+    ("JSON nesting depth (TF Serving REST and KServe bodies)", (), lambda d, c: f"{c['MAX_JSON_DEPTH']} (Triton's)",
+     "400 `nesting depth exceeds 100`, measured on the bytes before parsing, linear in the body"),
+    ("REST request time", ("--rest_api_timeout_in_ms",), lambda d, c: _ms(d("rest_api_timeout_in_ms")), "504"),
+    ("gRPC `Predict` / `ModelInfer` time", ("--grpc_timeout_in_ms",),
+     lambda d, c: f"{_ms(d('grpc_timeout_in_ms'))}, or the client's deadline if sooner", "`DEADLINE_EXCEEDED`"),
+    ("concurrent gRPC calls", ("--grpc_max_concurrent_rpcs",),
+     lambda d, c: f"{d('grpc_max_concurrent_rpcs')} (× {_size(d('max_request_bytes'))}: ≤ ~1 GiB of requests held)",
+     "`RESOURCE_EXHAUSTED` (`Concurrent RPC limit exceeded!`)"),
+    ("request threads", ("--rest_workers", "--grpc_workers"),
+     lambda d, c: f"{d('rest_workers')} REST, {d('grpc_workers')} gRPC",
+     "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread"),
+    ("live streaming sessions", ("--max_sessions", "--session_idle_seconds"),
+     lambda d, c: f"{d('max_sessions')}, idle {_seconds(d('session_idle_seconds'))}",
+     "429 / `RESOURCE_EXHAUSTED` for a new `sequence_start`; an idle session is dropped (its next chunk: "
+     "400 / `FAILED_PRECONDITION` unknown sequence)"),
+    ("string `sequence_id`", ("--max_sequence_id_length",),
+     lambda d, c: f"{d('max_sequence_id_length')} UTF-8 bytes; integer ids are uint64 (1 … 2⁶⁴−1)",
+     "400 / `INVALID_ARGUMENT` naming the length and the flag"),
+    ("batch queue", (), lambda d, c: "`max_enqueued_batches × max_batch_size` rows (batching parameters file)",
+     "503 / `UNAVAILABLE`"),
+    ("request line + headers (REST), metadata block (gRPC)", ("--max_header_bytes",),
+     lambda d, c: _size(d("max_header_bytes")),
+     "REST 431 `the request line and headers exceed 32768 bytes (--max_header_bytes)`, connection closed; gRPC: "
+     "grpcio refuses the call"),
+    ("time to send a request's headers (from connecting or the last answer); gRPC handshake",
+     ("--header_timeout_seconds",), lambda d, c: _seconds(d("header_timeout_seconds")),
+     "connection closed (idle connections and slowloris alike; no answer is owed)"),
+    ("pause while a declared body arrives (a Content-Length longer than the body)", ("--body_timeout_seconds",),
+     lambda d, c: _seconds(d("body_timeout_seconds")), "408 naming the flag, connection closed"),
+    ("open connections per port", ("--max_connections",),
+     lambda d, c: f"{d('max_connections')} REST (+{c['HEALTH_RESERVE_CONNECTIONS']} that serve only health and "
+     f"readiness), {d('max_connections')} per gRPC port",
+     "REST: a new connection evicts the oldest one that owes nothing (idle, slowloris); when every slot has a "
+     "request in flight, 503 on the reserve, then closed at once; gRPC: new connections refused "
+     "(`grpc.max_allowed_incoming_connections`)"),
+    ("idle gRPC connection (no call)", ("--idle_connection_seconds",),
+     lambda d, c: _seconds(d("idle_connection_seconds")),
+     "closed by the server (`grpc.max_connection_idle_ms`); clients reconnect. REST keep-alive after an answer: "
+     "5 s (uvicorn's)"),
+    ("open KServe `ModelStreamInfer` streams per port", ("--grpc_max_streams",),
+     lambda d, c: f"{d('grpc_max_streams')}, and always fewer than `--grpc_workers`",
+     "`RESOURCE_EXHAUSTED` naming the flag; unary calls and health always find a thread"),
+    ("a stream without a request", ("--grpc_stream_idle_seconds",),
+     lambda d, c: _seconds(d("grpc_stream_idle_seconds")), "the stream is cancelled (`CANCELLED`)"),
+    ("a version (path, `model_version`, directory name)", (), lambda d, c: "ASCII digits, ≤ 2⁶³−1",
+     "400 `model version must be an integer; received '²'`; a directory with another name is ignored"),
+    ("drain on SIGTERM / SIGINT / SIGHUP", ("--drain_seconds",), lambda d, c: _seconds(d("drain_seconds")),
+     "both fronts stop accepting at once (REST: connection refused; gRPC `UNAVAILABLE`), requests in flight finish, "
+     "exit 0"),
+]
+
+
+def limit_constants() -> dict[str, Any]:
+    import_paths()
+    from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH
+    from rnnkit_serving.core import defaults
+    from rnnkit_serving.core.identifiers import MAX_VERSION
+    from rnnkit_serving.core.signature import MAX_RANK
+
+    assert MAX_VERSION == (1 << 63) - 1, "the limits table says 2⁶³−1"
+    assert MAX_JSON_DEPTH == 100, "the limits table quotes 'nesting depth exceeds 100'"
+    return {"MAX_RANK": MAX_RANK, "MAX_JSON_DEPTH": MAX_JSON_DEPTH,
+            "HEALTH_RESERVE_CONNECTIONS": defaults.HEALTH_RESERVE_CONNECTIONS}
+
+
+def render_limits(parser: argparse.ArgumentParser, constants: Mapping[str, Any]) -> str:
+    """The limits table: defaults read from `rnnkit serve`'s parser (which reads serving/core/defaults.py)."""
+    flags = {o: a for a in parser._actions for o in a.option_strings}
+
+    def default(dest: str) -> Any:
+        return parser.get_default(dest)
+
+    out = ["| limit | default | flag | beyond it |", "|---|---|---|---|"]
+    for what, names, text, beyond in LIMITS:
+        missing = [n for n in names if n not in flags]
+        if missing:
+            raise ValueError(f"the limits table names {missing}, which `rnnkit serve` does not have")
+        shown = ", ".join(f"`{n}`" for n in names) or "–"
+        out.append(f"| {what} | {text(default, constants)} | {shown} | {beyond} |")
+    return "\n".join(out)
+
+
+def render_limits_page() -> str:
+    import_paths()
+    serving_cli = importlib.import_module("rnnkit_serving.server.cli")
+    return render_limits(serving_cli.build_parser(), limit_constants())
+
+
 # ------------------------------------------------------------------------------------------ Python API
 def serving_exports() -> dict[str, str]:
     """Public name -> defining module, as ``rnnkit_serving`` loads them on first use."""
@@ -422,6 +540,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "rest-api": render_rest_api,
     "grpc-api": lambda: render_grpc(grpc_services()),
     "serving-api": lambda: render_serving_api(serving_exports()),
+    "limits": render_limits_page,
 }
 _cache: dict[str, str] = {}
 
