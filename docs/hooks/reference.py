@@ -174,7 +174,7 @@ def schema_type(schema: Mapping[str, Any] | bool | None) -> str:
     parts = []
     for k in kinds:
         if k == "array":
-            parts.append(f"array of {schema_type(schema.get('items'))}")
+            parts.append(f"array of {schema_type(schema['items'])}" if "items" in schema else "array")
         elif k == "object" and "additionalProperties" in schema and not schema.get("properties"):
             parts.append(f"object of {schema_type(schema['additionalProperties'])}")
         else:
@@ -195,8 +195,18 @@ def _json(value: Any) -> str:
 
 def _constraints(schema: Mapping[str, Any]) -> str:
     words = []
-    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength",
-                "maxLength", "pattern", "default"):
+    for key in (
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "default",
+    ):
         if key in schema:
             words.append(f"{key} {code(_json(schema[key]))}")
     return "; ".join(words)
@@ -230,8 +240,11 @@ def render_openapi(document: Mapping[str, Any]) -> str:
     """The REST reference: each path and method with its parameters, request body and responses, then the
     component schemas. `document` is an OpenAPI 3.x document as a dict."""
     info = document.get("info", {})
-    out = [f"OpenAPI {document.get('openapi', '?')} document *{cell(info.get('title', ''))}*, "
-           f"version {cell(info.get('version', ''))}.", ""]
+    out = [
+        f"OpenAPI {document.get('openapi', '?')} document *{cell(info.get('title', ''))}*, "
+        f"version {cell(info.get('version', ''))}.",
+        "",
+    ]
     if info.get("description"):
         out += [info["description"].strip(), ""]
     for path, item in document.get("paths", {}).items():
@@ -369,8 +382,10 @@ def render_message(message: Any) -> list[str]:
         notes = []
         if field.containing_oneof is not None:
             notes.append(f"oneof `{field.containing_oneof.name}`")
-        out.append(f"| `{field.name}` | {field.number} | {code(('repeated ' if repeated else '') + kind)} | "
-                   f"{', '.join(notes)} |")
+        out.append(
+            f"| `{field.name}` | {field.number} | {code(('repeated ' if repeated else '') + kind)} | "
+            f"{', '.join(notes)} |"
+        )
     if not message.fields:
         out.append("| (no fields) | | | |")
     return out
@@ -419,66 +434,140 @@ def _ms(value: int) -> str:
 # (what is bounded, flags, default as text from the parser's defaults and the constants, what a client gets beyond it)
 LimitRow = tuple[str, tuple[str, ...], Callable[[Callable[[str], Any], Mapping[str, Any]], str], str]
 LIMITS: list[LimitRow] = [
-    ("request body / gRPC message", ("--max_request_bytes",), lambda d, c: _size(d("max_request_bytes")),
-     "REST 413; gRPC `RESOURCE_EXHAUSTED`"),
-    ("elements of all inputs of one request", ("--max_request_elements",),
-     lambda d, c: f"{d('max_request_elements'):,} ({_size(d('max_request_elements')).replace(' MiB', ' Mi')}; ≥ what a "
-     f"{_size(d('max_request_bytes'))} JSON body can carry)".replace(",", " "),
-     "400 / `INVALID_ARGUMENT`, from the *declared* shape, before any array exists"),
+    (
+        "request body / gRPC message",
+        ("--max_request_bytes",),
+        lambda d, c: _size(d("max_request_bytes")),
+        "REST 413; gRPC `RESOURCE_EXHAUSTED`",
+    ),
+    (
+        "elements of all inputs of one request",
+        ("--max_request_elements",),
+        lambda d, c: (
+            f"{d('max_request_elements'):,} ({_size(d('max_request_elements')).replace(' MiB', ' Mi')}; ≥ what a "
+            f"{_size(d('max_request_bytes'))} JSON body can carry)".replace(",", " ")
+        ),
+        "400 / `INVALID_ARGUMENT`, from the *declared* shape, before any array exists",
+    ),
     ("axes of one input", (), lambda d, c: str(c["MAX_RANK"]), "400 / `INVALID_ARGUMENT`"),
-    ("batch size", ("--max_batch_size",), lambda d, c: str(d("max_batch_size")),
-     "400 / `INVALID_ARGUMENT` naming the input and the limit"),
-    ("time steps", ("--max_sequence_length",), lambda d, c: str(d("max_sequence_length")),
-     "400 / `INVALID_ARGUMENT` naming the input and the limit"),
-    ("JSON nesting depth (TF Serving REST and KServe bodies)", (), lambda d, c: f"{c['MAX_JSON_DEPTH']} (Triton's)",
-     "400 `nesting depth exceeds 100`, measured on the bytes before parsing, linear in the body"),
+    (
+        "batch size",
+        ("--max_batch_size",),
+        lambda d, c: str(d("max_batch_size")),
+        "400 / `INVALID_ARGUMENT` naming the input and the limit",
+    ),
+    (
+        "time steps",
+        ("--max_sequence_length",),
+        lambda d, c: str(d("max_sequence_length")),
+        "400 / `INVALID_ARGUMENT` naming the input and the limit",
+    ),
+    (
+        "JSON nesting depth (TF Serving REST and KServe bodies)",
+        (),
+        lambda d, c: f"{c['MAX_JSON_DEPTH']} (Triton's)",
+        "400 `nesting depth exceeds 100`, measured on the bytes before parsing, linear in the body",
+    ),
     ("REST request time", ("--rest_api_timeout_in_ms",), lambda d, c: _ms(d("rest_api_timeout_in_ms")), "504"),
-    ("gRPC `Predict` / `ModelInfer` time", ("--grpc_timeout_in_ms",),
-     lambda d, c: f"{_ms(d('grpc_timeout_in_ms'))}, or the client's deadline if sooner", "`DEADLINE_EXCEEDED`"),
-    ("concurrent gRPC calls", ("--grpc_max_concurrent_rpcs",),
-     lambda d, c: f"{d('grpc_max_concurrent_rpcs')} (× {_size(d('max_request_bytes'))}: ≤ ~1 GiB of requests held)",
-     "`RESOURCE_EXHAUSTED` (`Concurrent RPC limit exceeded!`)"),
-    ("request threads", ("--rest_workers", "--grpc_workers"),
-     lambda d, c: f"{d('rest_workers')} REST, {d('grpc_workers')} gRPC",
-     "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread"),
-    ("live streaming sessions", ("--max_sessions", "--session_idle_seconds"),
-     lambda d, c: f"{d('max_sessions')}, idle {_seconds(d('session_idle_seconds'))}",
-     "429 / `RESOURCE_EXHAUSTED` for a new `sequence_start`; an idle session is dropped (its next chunk: "
-     "400 / `FAILED_PRECONDITION` unknown sequence)"),
-    ("string `sequence_id`", ("--max_sequence_id_length",),
-     lambda d, c: f"{d('max_sequence_id_length')} UTF-8 bytes; integer ids are uint64 (1 … 2⁶⁴−1)",
-     "400 / `INVALID_ARGUMENT` naming the length and the flag"),
-    ("batch queue", (), lambda d, c: "`max_enqueued_batches × max_batch_size` rows (batching parameters file)",
-     "503 / `UNAVAILABLE`"),
-    ("request line + headers (REST), metadata block (gRPC)", ("--max_header_bytes",),
-     lambda d, c: _size(d("max_header_bytes")),
-     "REST 431 `the request line and headers exceed 32768 bytes (--max_header_bytes)`, connection closed; gRPC: "
-     "grpcio refuses the call"),
-    ("time to send a request's headers (from connecting or the last answer); gRPC handshake",
-     ("--header_timeout_seconds",), lambda d, c: _seconds(d("header_timeout_seconds")),
-     "connection closed (idle connections and slowloris alike; no answer is owed)"),
-    ("pause while a declared body arrives (a Content-Length longer than the body)", ("--body_timeout_seconds",),
-     lambda d, c: _seconds(d("body_timeout_seconds")), "408 naming the flag, connection closed"),
-    ("open connections per port", ("--max_connections",),
-     lambda d, c: f"{d('max_connections')} REST (+{c['HEALTH_RESERVE_CONNECTIONS']} that serve only health and "
-     f"readiness), {d('max_connections')} per gRPC port",
-     "REST: a new connection evicts the oldest one that owes nothing (idle, slowloris); when every slot has a "
-     "request in flight, 503 on the reserve, then closed at once; gRPC: new connections refused "
-     "(`grpc.max_allowed_incoming_connections`)"),
-    ("idle gRPC connection (no call)", ("--idle_connection_seconds",),
-     lambda d, c: _seconds(d("idle_connection_seconds")),
-     "closed by the server (`grpc.max_connection_idle_ms`); clients reconnect. REST keep-alive after an answer: "
-     "5 s (uvicorn's)"),
-    ("open KServe `ModelStreamInfer` streams per port", ("--grpc_max_streams",),
-     lambda d, c: f"{d('grpc_max_streams')}, and always fewer than `--grpc_workers`",
-     "`RESOURCE_EXHAUSTED` naming the flag; unary calls and health always find a thread"),
-    ("a stream without a request", ("--grpc_stream_idle_seconds",),
-     lambda d, c: _seconds(d("grpc_stream_idle_seconds")), "the stream is cancelled (`CANCELLED`)"),
-    ("a version (path, `model_version`, directory name)", (), lambda d, c: "ASCII digits, ≤ 2⁶³−1",
-     "400 `model version must be an integer; received '²'`; a directory with another name is ignored"),
-    ("drain on SIGTERM / SIGINT / SIGHUP", ("--drain_seconds",), lambda d, c: _seconds(d("drain_seconds")),
-     "both fronts stop accepting at once (REST: connection refused; gRPC `UNAVAILABLE`), requests in flight finish, "
-     "exit 0"),
+    (
+        "gRPC `Predict` / `ModelInfer` time",
+        ("--grpc_timeout_in_ms",),
+        lambda d, c: f"{_ms(d('grpc_timeout_in_ms'))}, or the client's deadline if sooner",
+        "`DEADLINE_EXCEEDED`",
+    ),
+    (
+        "concurrent gRPC calls",
+        ("--grpc_max_concurrent_rpcs",),
+        lambda d, c: f"{d('grpc_max_concurrent_rpcs')} (× {_size(d('max_request_bytes'))}: ≤ ~1 GiB of requests held)",
+        "`RESOURCE_EXHAUSTED` (`Concurrent RPC limit exceeded!`)",
+    ),
+    (
+        "request threads",
+        ("--rest_workers", "--grpc_workers"),
+        lambda d, c: f"{d('rest_workers')} REST, {d('grpc_workers')} gRPC",
+        "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread",
+    ),
+    (
+        "live streaming sessions",
+        ("--max_sessions", "--session_idle_seconds"),
+        lambda d, c: f"{d('max_sessions')}, idle {_seconds(d('session_idle_seconds'))}",
+        "429 / `RESOURCE_EXHAUSTED` for a new `sequence_start`; an idle session is dropped (its next chunk: "
+        "400 / `FAILED_PRECONDITION` unknown sequence)",
+    ),
+    (
+        "string `sequence_id`",
+        ("--max_sequence_id_length",),
+        lambda d, c: f"{d('max_sequence_id_length')} UTF-8 bytes; integer ids are uint64 (1 … 2⁶⁴−1)",
+        "400 / `INVALID_ARGUMENT` naming the length and the flag",
+    ),
+    (
+        "batch queue",
+        (),
+        lambda d, c: "`max_enqueued_batches × max_batch_size` rows (batching parameters file)",
+        "503 / `UNAVAILABLE`",
+    ),
+    (
+        "request line + headers (REST), metadata block (gRPC)",
+        ("--max_header_bytes",),
+        lambda d, c: _size(d("max_header_bytes")),
+        "REST 431 `the request line and headers exceed 32768 bytes (--max_header_bytes)`, connection closed; gRPC: "
+        "grpcio refuses the call",
+    ),
+    (
+        "time to send a request's headers (from connecting or the last answer); gRPC handshake",
+        ("--header_timeout_seconds",),
+        lambda d, c: _seconds(d("header_timeout_seconds")),
+        "connection closed (idle connections and slowloris alike; no answer is owed)",
+    ),
+    (
+        "pause while a declared body arrives (a Content-Length longer than the body)",
+        ("--body_timeout_seconds",),
+        lambda d, c: _seconds(d("body_timeout_seconds")),
+        "408 naming the flag, connection closed",
+    ),
+    (
+        "open connections per port",
+        ("--max_connections",),
+        lambda d, c: (
+            f"{d('max_connections')} REST (+{c['HEALTH_RESERVE_CONNECTIONS']} that serve only health and "
+            f"readiness), {d('max_connections')} per gRPC port"
+        ),
+        "REST: a new connection evicts the oldest one that owes nothing (idle, slowloris); when every slot has a "
+        "request in flight, 503 on the reserve, then closed at once; gRPC: new connections refused "
+        "(`grpc.max_allowed_incoming_connections`)",
+    ),
+    (
+        "idle gRPC connection (no call)",
+        ("--idle_connection_seconds",),
+        lambda d, c: _seconds(d("idle_connection_seconds")),
+        "closed by the server (`grpc.max_connection_idle_ms`); clients reconnect. REST keep-alive after an answer: "
+        "5 s (uvicorn's)",
+    ),
+    (
+        "open KServe `ModelStreamInfer` streams per port",
+        ("--grpc_max_streams",),
+        lambda d, c: f"{d('grpc_max_streams')}, and always fewer than `--grpc_workers`",
+        "`RESOURCE_EXHAUSTED` naming the flag; unary calls and health always find a thread",
+    ),
+    (
+        "a stream without a request",
+        ("--grpc_stream_idle_seconds",),
+        lambda d, c: _seconds(d("grpc_stream_idle_seconds")),
+        "the stream is cancelled (`CANCELLED`)",
+    ),
+    (
+        "a version (path, `model_version`, directory name)",
+        (),
+        lambda d, c: "ASCII digits, ≤ 2⁶³−1",
+        "400 `model version must be an integer; received '²'`; a directory with another name is ignored",
+    ),
+    (
+        "drain on SIGTERM / SIGINT / SIGHUP",
+        ("--drain_seconds",),
+        lambda d, c: _seconds(d("drain_seconds")),
+        "both fronts stop accepting at once (REST: connection refused; gRPC `UNAVAILABLE`), requests in flight finish, "
+        "exit 0",
+    ),
 ]
 
 
@@ -491,8 +580,11 @@ def limit_constants() -> dict[str, Any]:
 
     assert MAX_VERSION == (1 << 63) - 1, "the limits table says 2⁶³−1"
     assert MAX_JSON_DEPTH == 100, "the limits table quotes 'nesting depth exceeds 100'"
-    return {"MAX_RANK": MAX_RANK, "MAX_JSON_DEPTH": MAX_JSON_DEPTH,
-            "HEALTH_RESERVE_CONNECTIONS": defaults.HEALTH_RESERVE_CONNECTIONS}
+    return {
+        "MAX_RANK": MAX_RANK,
+        "MAX_JSON_DEPTH": MAX_JSON_DEPTH,
+        "HEALTH_RESERVE_CONNECTIONS": defaults.HEALTH_RESERVE_CONNECTIONS,
+    }
 
 
 def render_limits(parser: argparse.ArgumentParser, constants: Mapping[str, Any]) -> str:
@@ -529,8 +621,13 @@ def serving_exports() -> dict[str, str]:
 def render_serving_api(exports: Mapping[str, str]) -> str:
     out = []
     for name, module in exports.items():
-        out += [f"::: {module}.{name}", "    options:", "      heading_level: 3",
-                "      show_root_full_path: false", ""]
+        out += [
+            f"::: {module}.{name}",
+            "    options:",
+            "      heading_level: 3",
+            "      show_root_full_path: false",
+            "",
+        ]
     return "\n".join(out)
 
 
