@@ -83,6 +83,25 @@ def test_cli_flag_rows_keep_table_cells_intact(hook: ModuleType) -> None:
     assert hook.option_names(parser) == ["--mode", "--on", "path"]
 
 
+def test_pipes_in_code_spans_of_table_rows_lose_their_backslash_only_there(hook: ModuleType) -> None:
+    page = "\n".join(
+        [
+            "| `a\\|b` | x \\| y |",  # GitHub's escaped pipe inside a code span of a table row
+            "`c\\|d` outside a table",
+            "```",
+            "| `e\\|f` | in a fence |",
+            "```",
+        ]
+    )
+    assert hook.unescape_code_pipes(page).splitlines() == [
+        "| `a|b` | x \\| y |",
+        "`c\\|d` outside a table",
+        "```",
+        "| `e\\|f` | in a fence |",
+        "```",
+    ]
+
+
 # ------------------------------------------------------------------------------------------ REST
 SAMPLE_OPENAPI = {
     "openapi": "3.1.0",

@@ -50,7 +50,7 @@ def cell(text: str) -> str:
 
 def code(text: str) -> str:
     """`text` as a code span inside a table cell."""
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(str(text).split())
     ticks = "``" if "`" in text else "`"
     pad = " " if ticks == "``" else ""
     return f"{ticks}{pad}{text}{pad}{ticks}"
@@ -657,4 +657,20 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             _cache[name] = GENERATORS[name]()
         return _cache[name]
 
-    return MARKER.sub(replace, markdown)
+    return unescape_code_pipes(MARKER.sub(replace, markdown))
+
+
+CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+
+
+def unescape_code_pipes(markdown: str) -> str:
+    """`a\\|b` inside a code span of a table row -> `a|b`: GitHub needs the backslash there, Python-Markdown's
+    tables keep a pipe inside backticks in its cell and would print the backslash."""
+    out, fence = [], False
+    for line in markdown.split("\n"):
+        if line.lstrip().startswith(("```", "~~~")):
+            fence = not fence
+        elif not fence and line.lstrip().startswith("|") and "\\|" in line:
+            line = CODE_SPAN.sub(lambda m: m.group(1) + m.group(2).replace("\\|", "|") + m.group(1), line)
+        out.append(line)
+    return "\n".join(out)
