@@ -33,12 +33,25 @@ MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.MULTILINE)
 
 
 def import_paths() -> None:
-    """Make the repository importable as installed: rnnkit, rnnkit_cli from the root; rnnkit_serving and
-    rnnkit_export from the import-named links `make docs` puts in .typecheck/ (an installed copy wins)."""
-    for path in (ROOT / ".typecheck", ROOT):
-        if path.is_dir() and str(path) not in sys.path:
-            sys.path.append(str(path))
+    """Import this checkout's code, as installed: rnnkit and rnnkit_cli from the root, rnnkit_serving and
+    rnnkit_export through import-named links in .typecheck/ (`make docs` and `make typecheck` make them; made here
+    too when missing, so a plain `mkdocs build` works and mkdocstrings finds them at the same place)."""
+    links = ROOT / ".typecheck"
+    for name, folder in (("rnnkit_export", "export"), ("rnnkit_serving", "serving")):
+        link = links / name
+        if not link.exists():
+            links.mkdir(exist_ok=True)
+            if link.is_symlink():  # a dangling link
+                link.unlink()
+            link.symlink_to(Path("..") / folder)
+    for path in (str(ROOT), str(links)):  # this checkout first, before any other installed copy
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up lines, when rnnkit imports it
+
+
+import_paths()
 
 
 # ------------------------------------------------------------------------------------------ text helpers
