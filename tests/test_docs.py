@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,10 +21,17 @@ README = ROOT / "README.md"
 
 
 def _hook() -> ModuleType:
+    """The build hook's module. Loading it puts this checkout first on sys.path (what a site build wants); the
+    test process keeps its own sys.path (rnnkit is installed here), so other tests import as before."""
     spec = importlib.util.spec_from_file_location("rnnkit_docs_reference", ROOT / "docs" / "hooks" / "reference.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    module.import_paths = lambda: None  # type: ignore[attr-defined]
     return module
 
 
