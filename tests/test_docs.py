@@ -158,7 +158,7 @@ SAMPLE_OPENAPI = {
                 "name": "name",
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string"},
+                "schema": {"type": "string", "pattern": "^[a-z]+$"},
                 "description": "model",
             }
         },
@@ -188,7 +188,9 @@ def test_rest_reference_renders_paths_parameters_bodies_and_schemas(hook: Module
     text = hook.render_openapi(SAMPLE_OPENAPI)
     assert "## `POST /v1/models/{name}:predict`" in text
     assert "## `GET /v2/health/live`" in text
-    assert "| `name` | path | string | yes | model |" in text  # a path-level $ref parameter, resolved
+    assert (
+        '| `name` | path | string | yes | model pattern `"^[a-z]+$"` |' in text
+    )  # a path-level $ref parameter, resolved
     assert "| `verbose` | query | boolean |  |  |" in text
     assert "Request body (required):" in text
     assert "- `application/json`: [PredictRequest](#schema-predictrequest)" in text

@@ -174,7 +174,9 @@ def schema_type(schema: Mapping[str, Any] | bool | None) -> str:
         return "nothing"
     if "$ref" in schema:
         name = _ref_name(schema["$ref"])
-        return f"[{name}](#schema-{slug(name)})"
+        if schema["$ref"].startswith("#/components/schemas/"):  # rendered under "Schemas" on the same page
+            return f"[{name}](#schema-{slug(name)})"
+        return code(name)
     for key, word in (("oneOf", " or "), ("anyOf", " or "), ("allOf", " and ")):
         if key in schema:
             return word.join(schema_type(s) for s in schema[key])
@@ -234,8 +236,8 @@ def render_properties(schema: Mapping[str, Any]) -> list[str]:
     out = ["| property | type | required | description |", "|---|---|---|---|"]
     for name, prop in properties.items():
         prop = prop if isinstance(prop, Mapping) else {}
-        note = " ".join(x for x in (prop.get("description", ""), _constraints(prop)) if x)
-        out.append(f"| {code(name)} | {schema_type(prop)} | {'yes' if name in required else ''} | {cell(note)} |")
+        note = " ".join(x for x in (cell(prop.get("description", "")), _constraints(prop)) if x)
+        out.append(f"| {code(name)} | {schema_type(prop)} | {'yes' if name in required else ''} | {note} |")
     return out
 
 
@@ -276,9 +278,12 @@ def render_openapi(document: Mapping[str, Any]) -> str:
                 out += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
                 for p in parameters:
                     p = _resolve(document, p)
+                    schema = p.get("schema")
+                    limits = _constraints(schema) if isinstance(schema, Mapping) else ""
+                    note = " ".join(x for x in (cell(p.get("description", "")), limits) if x)
                     out.append(
-                        f"| {code(p.get('name', ''))} | {p.get('in', '')} | {schema_type(p.get('schema'))} | "
-                        f"{'yes' if p.get('required') else ''} | {cell(p.get('description', ''))} |"
+                        f"| {code(p.get('name', ''))} | {p.get('in', '')} | {schema_type(schema)} | "
+                        f"{'yes' if p.get('required') else ''} | {note} |"
                     )
                 out.append("")
             if "requestBody" in op:
