@@ -84,10 +84,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _default(action: argparse.Action) -> str:
     if action.required:
         return "required"
-    if isinstance(action, argparse._StoreTrueAction):
-        return "off"
-    if isinstance(action, argparse._StoreFalseAction):
-        return "on"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return "off"  # a switch: not given unless asked for
     if action.default is None or action.default == argparse.SUPPRESS:
         return "–"
     return code(action.default)
