@@ -92,8 +92,12 @@ def stage_timings(model_dir: str, steps: int) -> list[tuple[str, float]]:
             lambda: kserve_rest._check_values(flat, "FP32", so.INPUT, signature.inputs[0].dtype),
         )
         add(
-            "kserve rest.decode_infer_request (JSON doc)",
+            "kserve rest.decode_infer_request (JSON doc, checked path: a body with true/false)",
             lambda: kserve_rest.decode_infer_request(doc, signature, None, budget()),
+        )
+        add(
+            "kserve rest.decode_infer_request (JSON doc, numbers in C: what the server runs)",
+            lambda: kserve_rest.decode_infer_request(doc, signature, None, budget(), False, True),
         )
         add(
             "kserve rest.split_binary_body (binary)",
@@ -108,12 +112,16 @@ def stage_timings(model_dir: str, steps: int) -> list[tuple[str, float]]:
         sigs = predictor.signatures
         add("tfs json_tensor.parse_json (TFS rows body)", lambda: json_tensor.parse_json(rows_body))
         add(
-            "tfs rest.decode_predict_request (rows doc)",
+            "tfs rest.decode_predict_request (rows doc, checked path)",
             lambda: tfs_rest.decode_predict_request(rows_doc, sigs, budget()),
         )
         add(
-            "tfs rest.decode_predict_request (columns doc)",
-            lambda: tfs_rest.decode_predict_request(cols_doc, sigs, budget()),
+            "tfs rest.decode_predict_request (rows doc, numbers in C: what the server runs)",
+            lambda: tfs_rest.decode_predict_request(rows_doc, sigs, budget(), True),
+        )
+        add(
+            "tfs rest.decode_predict_request (columns doc, numbers in C)",
+            lambda: tfs_rest.decode_predict_request(cols_doc, sigs, budget(), True),
         )
         inputs = {so.INPUT: x}
         add("Predictor.predict (model run + validation)", lambda: predictor.predict(inputs))
@@ -125,6 +133,15 @@ def stage_timings(model_dir: str, steps: int) -> list[tuple[str, float]]:
             lambda: kserve_rest.encode_infer_response(so.MODEL, 1, outputs, None, None),
         )
         add("tfs rest.encode_predict_response (rows)", lambda: tfs_rest.encode_predict_response(outputs, True))
+        sequence = {"y": np.random.default_rng(0).standard_normal((1, steps, 64)).astype(np.float32)}
+        add(
+            f"kserve rest.encode_infer_response (a 1 x {steps} x 64 FP32 sequence output)",
+            lambda: kserve_rest.encode_infer_response(so.MODEL, 1, sequence, None, None),
+        )
+        add(
+            f"tfs rest.encode_predict_response (a 1 x {steps} x 64 float32 sequence output, rows)",
+            lambda: tfs_rest.encode_predict_response(sequence, True),
+        )
         try:
             from tritonclient.grpc import service_pb2
 

@@ -339,6 +339,9 @@ _POW10 = np.array([10.0**k for k in range(23)])  # 10**0 .. 10**22 are exact dou
 # magnitudes the column writer takes (zero too): there every power of ten it scales by is exact and every
 # scaled value is below 2**53; anything else (and NaN, infinities) takes the per-value writer
 _LOW, _HIGH = 1e-13, 1e5
+# below this many values the per-value writer is faster (the columns cost ~0.35 ms whatever the size; measured
+# crossover ~400 values: 256 values 0.42 vs 0.29 ms, 512 values 0.51 vs 0.57 ms)
+_COLUMNS_FROM = 400
 
 
 def _rounding_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -457,7 +460,7 @@ def _float32_json(array: np.ndarray) -> str | None:
 def encode_tensor(array: np.ndarray, name: str = "") -> str:
     """One array -> JSON text, nested lists with TF Serving's number formatting."""
     array = np.asarray(array)
-    if array.dtype == np.float32 and array.ndim and array.size:
+    if array.dtype == np.float32 and array.ndim and array.size >= _COLUMNS_FROM:
         text = _float32_json(array)
         if text is not None:
             return text
