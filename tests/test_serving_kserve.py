@@ -432,3 +432,24 @@ def test_a_bool_among_numbers_is_still_refused(client):
     assert not codec.holds_no_bools(b'{"data": [1.0, true]}') and codec.holds_no_bools(b'{"data": [1.0, 2]}')
     body = {"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1.0, True]}]}
     assert_error(client.post("/v2/models/half/infer", json=body), 400, "FP32 expects JSON numbers")
+
+
+def test_raw_tensors_are_views_of_the_request_bytes_not_copies():
+    """Issue 22: binary-extension bodies and gRPC raw contents become read-only arrays over the request's
+    own bytes (nothing downstream writes into inputs; ONNX Runtime reads them in place)."""
+    from rnnkit_serving.codecs.tfs import grpc as tfs_grpc
+
+    x = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    body = head + x.tobytes()
+    doc, raw = codec.split_binary_body(body, str(len(head)))
+    spec = Signature("serving_default", (TensorSpec("x", "float32", (None, None, 4)),), ())
+    array = codec.decode_infer_request(doc, spec, raw).inputs["x"]
+    assert array.tolist() == x.tolist() and not array.flags.writeable
+    assert np.shares_memory(array, np.frombuffer(body, np.uint8))  # a view into the body itself
+    with pytest.raises(ValueError, match="read-only"):
+        array[0, 0, 0] = 1.0
+    proto = tfs_grpc.array_to_tensor(x, as_tensor_content=True)
+    decoded = tfs_grpc.tensor_to_array(proto, "x")
+    assert decoded.tolist() == x.tolist() and decoded.dtype == np.float32 and not decoded.flags.writeable

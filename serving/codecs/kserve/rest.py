@@ -135,7 +135,7 @@ def _numbers_in_c(data: Any, datatype: str, count: int, dtype: str) -> np.ndarra
 def decode_tensor(
     item: Any,
     spec: TensorSpec,
-    binary: bytes | None = None,
+    binary: bytes | memoryview | None = None,
     budget: ElementBudget | None = None,
     bools_absent: bool = False,
 ) -> np.ndarray:
@@ -171,7 +171,7 @@ def decode_tensor(
     return array.reshape(shape)
 
 
-def split_binary_body(body: bytes, header_length: str) -> tuple[Any, bytes]:
+def split_binary_body(body: bytes, header_length: str) -> tuple[Any, memoryview]:
     """A binary-extension body -> (the parsed JSON header, the bytes that follow it)."""
     length = ascii_uint(header_length.strip(), len(body))
     if length is None:
@@ -182,7 +182,7 @@ def split_binary_body(body: bytes, header_length: str) -> tuple[Any, bytes]:
         raise invalid_argument(f"{HEADER_LENGTH} must be a non-negative integer; received {shown(header_length)}")
     if length > len(body):
         raise invalid_argument(f"{HEADER_LENGTH} is {length}, but the body has only {len(body)} bytes")
-    return parse_body(body[:length]), body[length:]
+    return parse_body(body[:length]), memoryview(body)[length:]  # the tensors' bytes, not copied
 
 
 def _binary_size(item: Any) -> int | None:
@@ -201,7 +201,7 @@ def _binary_size(item: Any) -> int | None:
 def decode_infer_request(
     doc: Any,
     signature: Signature,
-    binary: bytes | None = None,
+    binary: bytes | memoryview | None = None,
     budget: ElementBudget | None = None,
     partial: bool = False,
     bools_absent: bool = False,
@@ -233,7 +233,7 @@ def decode_infer_request(
         if name in inputs:
             raise invalid_argument(f"input '{name}' is given twice")
         size = _binary_size(item)
-        raw: bytes | None = None
+        raw: bytes | memoryview | None = None
         if size is not None:
             if binary is None:
                 raise invalid_argument(

@@ -126,7 +126,9 @@ def tensor_to_array(proto: Any, alias: str = "", budget: ElementBudget | None = 
                 f"tensor parsing error: {alias} (tensor_content has {len(content)} bytes, shape {list(shape)} "
                 f"of {np.dtype(dtype).name} needs {size * itemsize})"
             )
-        return np.frombuffer(content, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(shape)
+        # little-endian on the wire: on a little-endian host a read-only view of the bytes, no copy
+        wire = np.frombuffer(content, dtype=np.dtype(dtype).newbyteorder("<"))
+        return wire.astype(dtype, copy=False).reshape(shape)
     values = getattr(proto, field)
     count = len(values)
     if count > size:

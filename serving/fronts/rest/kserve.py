@@ -78,7 +78,7 @@ class KServeRoutes:
         return json_response(self.dispatch.inspect(target, render))
 
     def _infer(self, target: Target, body: bytes, header_length: str | None, sequence_header: str | None) -> Response:
-        binary: bytes | None = None
+        binary: memoryview | None = None
         if header_length is None:
             doc = kserve_codec.parse_body(body)
             numbers_only = kserve_codec.holds_no_bools(body)
