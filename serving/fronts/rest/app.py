@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from rnnkit_serving.core.metrics import CONTENT_TYPE
 from rnnkit_serving.core.package import package_version
@@ -107,5 +108,17 @@ def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST, info: Serv
         front.close()
 
     application = Starlette(routes=[Route("/{path:path}", front.handle, methods=_METHODS)], lifespan=lifespan)
+    not_matched = application.router.default
+
+    async def unmatched(scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette's path pattern stops at a newline: a path with %0A fell to its plain-text 404 instead of
+        # the routes (found by schemathesis: an undocumented text/plain answer)
+        if scope["type"] != "http" or scope["method"] not in _METHODS:
+            await not_matched(scope, receive, send)
+            return
+        response = await front.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    application.router.default = unmatched
     application.state.front = front
     return application

@@ -676,6 +676,10 @@ def _discovery_paths() -> dict[str, Any]:
                     "image/png": {"schema": {"type": "string", "format": "binary"}},
                 },
             },
+            "404": {
+                "description": "not a file of the page: TF Serving's 404 page, as for any unknown path",
+                "content": {HTML: {"schema": {"type": "string"}}},
+            },
             **_errors(),
         },
         [asset],
