@@ -191,7 +191,8 @@ def render_landing(page: Page) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>rnnkit model server {esc(info.version)}</title><style>{_CSS}</style></head><body>"
+        f"<title>rnnkit model server {esc(info.version)}</title><style>{_CSS}</style>"
+        '<link rel="icon" type="image/png" href="docs/favicon-32x32.png"></head><body>'
         f'<header><h1>rnnkit model server</h1><p class="sub">version {esc(info.version)}: TF Serving REST and '
         f"gRPC, KServe v2 (Open Inference Protocol). This page only reads the server's state.</p>"
         f"<nav>{links}</nav></header>"

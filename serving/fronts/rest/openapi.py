@@ -473,7 +473,9 @@ def _tfs_paths(model: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
         paths[base] = {
             "get": _operation(
                 f"tfs_model_status{id_suffix}",
-                f"Model status ({names})",
+                "Model status (every version: TF Serving ignores the label here)"
+                if id_suffix == "_label"
+                else f"Model status ({names})",
                 TAG_TFS,
                 {"200": _ok("the versions' states", "TfsModelStatus"), **_errors(400, 404, 500)},
                 parameters,
@@ -531,8 +533,8 @@ def _infer_body(schema: dict[str, Any], examples: dict[str, Any] | None = None) 
                     "type": "string",
                     "format": "binary",
                     "description": (
-                        f"binary tensor extension: with the {HEADER_LENGTH} header, that many bytes of the JSON request, "
-                        "then the raw little-endian row-major bytes of each input that declares "
+                        f"binary tensor extension: with the {HEADER_LENGTH} header, that many bytes of the JSON "
+                        "request, then the raw little-endian row-major bytes of each input that declares "
                         "`parameters.binary_data_size` (BYTES: each element as a 4-byte length and its bytes)"
                     ),
                 }
@@ -987,7 +989,13 @@ def openapi_document(
     paths.update(_model_paths(models, p, taken))
     served = (
         "\n".join(
-            f"- `{m.name}`: versions {', '.join(str(v.version) for v in m.versions) or 'none serving'}" for m in models
+            f"- `{m.name}`: "
+            + (
+                f"version{'s' if len(m.versions) > 1 else ''} {', '.join(str(v.version) for v in m.versions)}"
+                if m.versions
+                else "no version serving"
+            )
+            for m in models
         )
         if models
         else "No model is described here: `GET /openapi.json` on a running server fills in its models."
