@@ -293,7 +293,9 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(server,
         "--report-junit-path",
         str(report),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    env = {**os.environ, "NO_COLOR": "1"}
+    # its cache (.schemathesis/) goes to the test's own directory, not the checkout
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     cases = ElementTree.parse(report).getroot().iter("testcase")
     results = {case.get("name"): [child.tag for child in case] for case in cases}
