@@ -49,14 +49,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("lstm", "gru", "bilstm", "stack4")
 UNITS, FEATURES, STEPS, CLASSES, REF_BATCH = 256, 64, 100, 4, 8
-RUNNERS = ("ORT CPU", "ORT CUDA fp32", "ORT CUDA fp16", "torch fp32", "torch fp16")
+RUNNERS = ("ORT CPU", "ORT CUDA fp32", "ORT CUDA fp32 IO binding", "ORT CUDA fp16", "torch fp32", "torch fp16")
 # parity: max |runner - Keras| <= tolerance x max(1, max |Keras|); GPU fp32 may use TF32 math (10-bit mantissa)
-TOLERANCE = {"ORT CPU": 1e-4, "ORT CUDA fp32": 5e-3, "torch fp32": 5e-3, "ORT CUDA fp16": 3e-2, "torch fp16": 3e-2}
+TOLERANCE = {"ORT CPU": 1e-4, "ORT CUDA fp32": 5e-3, "ORT CUDA fp32 IO binding": 5e-3, "torch fp32": 5e-3,
+             "ORT CUDA fp16": 3e-2, "torch fp16": 3e-2}
 CPU_THREADS = min(16, os.cpu_count() or 1)
 SERVED = "lstm"
-# (label, --device, --variant, --intra_op_threads, batch threads); batching merges up to 32 rows
-SERVERS = (("CPU", "cpu", "fp32", 4, 4), ("GPU fp32", "gpu", "fp32", 1, 2), ("GPU fp16", "gpu", "fp16", 1, 2))
+# (label, --device, --variant, --intra_op_threads, batch threads, --server_workers); batching merges up to 32 rows.
+# The multi-worker servers run only where the checkout's server has --server_workers.
+WORKERS = 8
+SERVERS = (("CPU", "cpu", "fp32", 4, 4, 1), ("GPU fp32", "gpu", "fp32", 1, 2, 1), ("GPU fp16", "gpu", "fp16", 1, 2, 1),
+           (f"CPU x{WORKERS}", "cpu", "fp32", 2, 2, WORKERS), (f"GPU fp32 x{WORKERS}", "gpu", "fp32", 1, 2, WORKERS))
 CONCURRENCY = (1, 32)
+CLIENT_PROCESSES = 4  # the load comes from this many processes (threads in each), so the client is not the limit
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -146,6 +151,27 @@ def ort_runner(ort: Any, path: Path, cuda: bool, threads: int = 1) -> Runner | s
     return lambda x: session.run(None, {"x": x})[0]
 
 
+def ort_iobinding_runner(ort: Any, path: Path) -> Runner | str:
+    """ORT CUDA with IO binding: the input copied to the device as an OrtValue, the output bound on the
+    device and copied back once (the host array in and out, as `run` does, so the times compare)."""
+    runner = ort_runner(ort, path, True)
+    if isinstance(runner, str):
+        return runner
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=[("CUDAExecutionProvider", {"device_id": 0})])
+    output = session.get_outputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(output, "cuda", 0)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run
+
+
 def torch_params(name: str, ref: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """The state dict of each torch.nn.LSTM/GRU from the Keras weights. Gates: Keras LSTM i,f,c,o = torch i,f,g,o;
     Keras GRU z,r,h -> torch r,z,n, with reset_after's bias (2, 3H) = [input; recurrent] = torch's b_ih, b_hh."""
@@ -222,8 +248,8 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def start_server(label: str, device: str, variant: str, threads: int, batch_threads: int, folder: Path, out: Path,
-                 env: dict[str, str], grpc: bool) -> dict[str, Any]:
+def start_server(label: str, device: str, variant: str, threads: int, batch_threads: int, workers: int, folder: Path,
+                 out: Path, env: dict[str, str], grpc: bool) -> dict[str, Any]:
     """A `rnnkit serve` child process, up and answering metadata; or {"error": why not}."""
     tag = label.lower().replace(" ", "-")
     batching = Path(env["GPU_CHECK_TMP"]) / f"batching-{tag}.config"
@@ -235,6 +261,8 @@ def start_server(label: str, device: str, variant: str, threads: int, batch_thre
              "--strict_device", "--variant", variant, "--intra_op_threads", str(threads), "--enable_batching",
              "--batching_parameters_file", str(batching), "--rest_workers", "40", "--grpc_workers", "40",
              "--file_system_poll_wait_seconds", "0", "--drain_seconds", "2"]
+    if workers > 1:
+        flags += ["--server_workers", str(workers)]
     with open(out / f"server-{tag}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "rnnkit_cli", "serve", *flags], cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -301,22 +329,33 @@ def grpc_client(port: int, x: np.ndarray) -> Callable[[], np.ndarray]:
     return call
 
 
-def drive(new_client: Callable[[], Callable[[], Any]], concurrency: int, seconds: float) -> dict[str, float]:
-    """`concurrency` threads, each on its own connection, calling back to back for `seconds`."""
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    window = [0.0]
-    barrier = threading.Barrier(concurrency + 1, action=lambda: window.__setitem__(0, time.perf_counter()))
+def new_client(kind: str, port: int) -> Callable[[], np.ndarray]:
+    """A client of the served LSTM on one connection, sending the fixed 1 x STEPS x FEATURES sequence."""
+    x = np.random.default_rng(7).normal(size=(1, STEPS, FEATURES)).astype(np.float32)
+    return rest_client(port, x) if kind == "REST" else grpc_client(port, x)
+
+
+def _client_process(kind: str, port: int, threads: int, seconds: float, ready: Any, go: Any, start: Any,
+                    results: Any) -> None:
+    """One load process: `threads` threads, each with its own connection, calling back to back for `seconds`
+    from the start time the parent sets (time.monotonic is one clock for all processes)."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    calls: list[Callable[[], Any] | None] = []
+    for i in range(threads):
+        try:
+            call = new_client(kind, port)
+            call(), call()  # warm-up: connection, first batches
+            calls.append(call)
+        except Exception:
+            calls.append(None)
+            errors[i] += 1
+    ready.put(1)
+    go.wait()
 
     def worker(i: int) -> None:
-        call: Callable[[], Any] | None = None
-        try:
-            call = new_client()
-            call(), call()  # warm-up: connection, first batches
-        except Exception:
-            call, errors[i] = None, errors[i] + 1
-        barrier.wait()
-        while call is not None and time.perf_counter() < window[0] + seconds:
+        call = calls[i]
+        while call is not None and time.monotonic() < start.value + seconds:
             t0 = time.perf_counter()
             try:
                 call()
@@ -325,22 +364,47 @@ def drive(new_client: Callable[[], Callable[[], Any]], concurrency: int, seconds
                 errors[i] += 1
                 time.sleep(0.01)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for thread in pool:
         thread.start()
-    barrier.wait()
-    for thread in threads:
+    for thread in pool:
         thread.join(seconds + 120)
-    done = [ms for mine in latencies for ms in mine]
-    wall = time.perf_counter() - window[0]
-    return {"rps": len(done) / wall, "p50_ms": statistics.median(done) if done else float("nan"), "errors": sum(errors)}
+    results.put(([ms for mine in latencies for ms in mine], sum(errors)))
+
+
+def drive(kind: str, port: int, concurrency: int, seconds: float) -> dict[str, float]:
+    """`concurrency` connections calling back to back for `seconds`, spread over up to CLIENT_PROCESSES
+    processes (spawned: the parent holds gRPC channels, which do not survive a fork)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = min(CLIENT_PROCESSES, concurrency)
+    shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    ready, results, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
+    children = [context.Process(target=_client_process, args=(kind, port, n, seconds, ready, go, start, results),
+                                daemon=True) for n in shares]
+    for child in children:
+        child.start()
+    for _ in children:
+        ready.get(timeout=120)
+    start.value = time.monotonic()
+    go.set()
+    done: list[float] = []
+    errors = 0
+    for _ in children:
+        mine, failed = results.get(timeout=seconds + 180)
+        done += mine
+        errors += failed
+    wall = time.monotonic() - start.value
+    for child in children:
+        child.join(10)
+    return {"rps": len(done) / wall, "p50_ms": statistics.median(done) if done else float("nan"), "errors": errors}
 
 
 def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any], notes: list[str],
                failures: list[str]) -> list[list[str]]:
     env = server_env()
     ref = dict(np.load(folder / "ref" / f"{SERVED}.npz"))
-    x1 = np.random.default_rng(7).normal(size=(1, STEPS, FEATURES)).astype(np.float32)
     try:
         from tritonclient.grpc import service_pb2  # noqa: F401
 
@@ -349,18 +413,25 @@ def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any],
         grpc_ok = False
         notes.append(f"KServe gRPC skipped: {type(error).__name__}: {error}")
     cells: dict[str, dict[str, str]] = {}
+    usage = subprocess.run([sys.executable, "-m", "rnnkit_cli", "serve", "--help"], cwd=REPO, env=env,
+                           capture_output=True, text=True).stdout
+    has_workers = "--server_workers" in usage
     with tempfile.TemporaryDirectory() as tmp:
         env["GPU_CHECK_TMP"] = tmp
-        for label, device, variant, threads, batch_threads in SERVERS:
-            server = start_server(label, device, variant, threads, batch_threads, folder, out, env, grpc_ok)
+        for label, device, variant, threads, batch_threads, workers in SERVERS:
+            if workers > 1 and not has_workers:
+                notes.append(f"{label}: skipped, this checkout's server has no --server_workers")
+                continue
+            server = start_server(label, device, variant, threads, batch_threads, workers, folder, out, env, grpc_ok)
             if "error" in server and grpc_ok:  # once more without the gRPC front: its packages may be what failed
-                server = start_server(label, device, variant, threads, batch_threads, folder, out, env, False)
+                server = start_server(label, device, variant, threads, batch_threads, workers, folder, out, env, False)
             if "error" in server:
                 loud(notes, server["error"])
                 results["served"][label] = server
                 continue
             record: dict[str, Any] = {"facts": server["facts"]}
             clients = {"REST": lambda x: rest_client(server["rest"], x)}
+            ports = {"REST": server["rest"], "gRPC": server["grpc"]}
             if server["grpc"]:
                 clients["gRPC"] = lambda x: grpc_client(server["grpc"], x)
             tolerance = TOLERANCE["ORT CPU" if device == "cpu" else f"ORT CUDA {variant}"]
@@ -375,7 +446,7 @@ def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any],
                 if not ok:
                     failures.append(f"served {label} {proto}: max|diff| {diff:.2e}")
                 for conc in CONCURRENCY:
-                    stats = record[f"{proto} c{conc}"] = drive(lambda: client(x1), conc, seconds)
+                    stats = record[f"{proto} c{conc}"] = drive(proto, ports[proto], conc, seconds)
                     text = f"{stats['rps']:.0f} req/s, {stats['p50_ms']:.2f} ms" + f", {stats['errors']} errors" * (
                         stats["errors"] > 0)
                     cells.setdefault(f"{proto} c{conc}: req/s, p50 ms", {})[label] = text
@@ -383,11 +454,16 @@ def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any],
             stop_server(server["proc"])
             results["served"][label] = record
     rows = []
+    ratios = (("GPU fp32", "CPU"), (f"GPU fp32 x{WORKERS}", f"CPU x{WORKERS}"), (f"GPU fp32 x{WORKERS}", "CPU"))
     for case, by_server in cells.items():
-        cpu, gpu = (results["served"].get(s, {}).get(case.split(":")[0]) for s in ("CPU", "GPU fp32"))
-        speed = f"{gpu['rps'] / cpu['rps']:.1f}x" if isinstance(cpu, dict) and isinstance(gpu, dict) and cpu["rps"] else ""
-        rows.append([f"{SERVED} served", case, *(by_server.get(s[0], "-") for s in SERVERS), "-", "-", speed, ""])
-    return rows
+        speeds = []
+        for top, bottom in ratios:
+            gpu, cpu = (results["served"].get(s, {}).get(case.split(":")[0]) for s in (top, bottom))
+            ok = isinstance(cpu, dict) and isinstance(gpu, dict) and cpu["rps"] > 0
+            speeds.append(f"{gpu['rps'] / cpu['rps']:.1f}x" if ok else "")
+        rows.append([case, *(by_server.get(s[0], "-") for s in SERVERS), *speeds])
+    header = ["served `lstm`", *(s[0] for s in SERVERS), *(f"{top} / {bottom}" for top, bottom in ratios)]
+    return [header, ["---"] * len(header), *rows]
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -428,6 +504,7 @@ def run(folder: Path, cell_seconds: float, serve_seconds: float, batches: list[i
             "ORT CPU": ort_runner(ort, version / "model.onnx", False, CPU_THREADS),
             "ORT CPU 1t": ort_runner(ort, version / "model.onnx", False, 1) if CPU_THREADS > 1 else "-",
             "ORT CUDA fp32": ort_runner(ort, version / "model.onnx", True),
+            "ORT CUDA fp32 IO binding": ort_iobinding_runner(ort, version / "model.onnx"),
             "ORT CUDA fp16": ort_runner(ort, version / "model.fp16.onnx", True),
         }
         for label, half in (("torch fp32", False), ("torch fp16", True)):
@@ -463,15 +540,17 @@ def run(folder: Path, cell_seconds: float, serve_seconds: float, batches: list[i
         runners.clear()
     if torch is not None:
         torch.cuda.empty_cache()
-    if serve:
-        rows += serve_rows(folder, out, serve_seconds, results, notes, failures)
+    served = serve_rows(folder, out, serve_seconds, results, notes, failures) if serve else []
     header = ["model", "case", *RUNNERS, "CUDA fp32 speed-up vs CPU", "ORT CUDA fp32 speed-up vs torch fp32"]
     table = "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
+    if served:
+        table += "\n\n" + "\n".join("| " + " | ".join(r) + " |" for r in served)
     legend = (f"In process: p50 ms of one call, host numpy array in and out; T={STEPS}, F={FEATURES}, H={UNITS}; ORT CPU "
               f"the faster of {CPU_THREADS} and 1 intra-op threads, ORT CUDA default provider options. Speed-ups are time ratios (>1: CUDA, "
-              f"resp. ORT, faster). Served: `{SERVED}`, one row per request, columns = the CPU / GPU fp32 / GPU fp16 "
-              f"server ({SERVERS}: label, device, variant, intra-op threads, batch threads; --enable_batching, max 32 "
-              f"rows); speed-up = GPU fp32 req/s / CPU req/s. Parity tolerances, x max(1, max|Keras|): {TOLERANCE}.")
+              f"resp. ORT, faster); IO binding: input copied to the device as an OrtValue, output bound on the device. "
+              f"Served: `{SERVED}`, one row per request (KServe v2 REST binary / gRPC raw), load from {CLIENT_PROCESSES} "
+              f"client processes; servers {SERVERS}: label, device, variant, intra-op threads, batch threads, "
+              f"--server_workers; --enable_batching, max 32 rows; ratios of req/s. Parity tolerances, x max(1, max|Keras|): {TOLERANCE}.")
     lines = [f"# rnnkit GPU check, {facts['date']}", "", *(f"- {k}: {v}" for k, v in facts.items() if k != "date"),
              *(f"- **NOTE: {n}**" for n in notes), "", table, "", legend, "",
              "Parity: " + ("all within tolerance" if not failures else "**FAILED**: " + "; ".join(failures))]

@@ -15,14 +15,25 @@ from rnnkit_export.report import DEFAULT_MIN_AGREEMENT, DEFAULT_TOLERANCE, FORMA
 
 LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "keras", "h5py", "onnxruntime")
 OWN_MODULES = r"(rnnkit|rnnkit_export)(\.|$)"  # warnings from these modules are the command's own
+DESCRIPTION = "Export a .keras model into a TF Serving / Triton / rnnkit model repository."
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="write a verified model version (SavedModel + fused-op ONNX) into a model repository",
-        description="Export a .keras model into a TF Serving / Triton / rnnkit model repository.",
+        description=DESCRIPTION,
     )
+    configure_parser(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``rnnkit export`` on its own (the documentation's CLI reference reads it)."""
+    return configure_parser(argparse.ArgumentParser(prog="rnnkit export", description=DESCRIPTION))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``rnnkit export``'s arguments to `parser`."""
     parser.add_argument("model", help="path of a .keras file")
     parser.add_argument("--model_base_path", required=True, help="repository root (e.g. models)")
     parser.add_argument("--model_name", required=True, help="model name (directory under the base path)")
@@ -67,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--verbose", action="store_true", help="also show TensorFlow, absl and tf2onnx log lines and warnings"
     )
     parser.set_defaults(func=run)
+    return parser
 
 
 @contextlib.contextmanager

@@ -211,8 +211,37 @@ def test_codec_decodes_every_datatype_and_encodes_back():
     assert request.inputs["flag"].tolist() == [True] and request.inputs["s"].tolist() == ["hi"]
     text = codec.encode_infer_response("m", 3, {"p": np.array([[0.5, 0.25]], np.float32)}, request_id="a")
     assert text == (
-        '{"model_name": "m", "model_version": "3", "id": "a", '
-        '"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 0.25]}]}'
+        b'{"model_name":"m","model_version":"3","id":"a",'
+        b'"outputs":[{"name":"p","datatype":"FP32","shape":[1,2],"data":[0.5,0.25]}]}'
+    )
+
+
+def test_json_answers_write_numbers_in_c_and_every_float32_reads_back_bit_for_bit():
+    """Issue 22: numeric outputs are written by orjson in C (100x64 FP32: 4.8 -> 0.24 ms), float32 as the
+    shortest text that reads back as the same float32 (Triton's rapidjson writes the float widened to double:
+    0.10000000149011612 for 0.1f; both read back to the same FP32). Answers that hold strings or NaN take
+    the json module's path and are written in the same compact form."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)
+    values = bits.view(np.float32)
+    values = values[np.isfinite(values)]
+    edge = np.array([0.0, -0.0, 1e-45, -1e-45, 3.4028235e38, 1.17549435e-38, 0.1, 16777217.0], np.float32)
+    for array in (values, edge, rng.standard_normal((1, 100, 64)).astype(np.float32)):
+        text = codec.encode_infer_response("m", 1, {"y": array})
+        assert isinstance(text, bytes)
+        back = np.array(json.loads(text)["outputs"][0]["data"], np.float64).astype(np.float32)
+        assert back.tobytes() == array.reshape(-1).tobytes()
+    ints = {"i": np.array([[-(2**63), 2**63 - 1]], np.int64), "u": np.array([255], np.uint8)}
+    doc = json.loads(codec.encode_infer_response("m", 1, ints))
+    assert [o["data"] for o in doc["outputs"]] == [[-(2**63), 2**63 - 1], [255]]
+    assert json.loads(codec.encode_infer_response("m", 1, {"b": np.array([True, False])}))["outputs"][0]["data"] == [
+        True,
+        False,
+    ]
+    slow = codec.encode_infer_response("m", 1, {"p": np.array([np.nan, 0.5], np.float32), "s": np.array([b"hi"], object)})
+    assert slow == (
+        '{"model_name":"m","model_version":"1","outputs":[{"name":"p","datatype":"FP32","shape":[2],'
+        '"data":[NaN,0.5]},{"name":"s","datatype":"BYTES","shape":[1],"data":["hi"]}]}'
     )
 
 

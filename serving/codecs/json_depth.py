@@ -21,10 +21,18 @@ import numpy as np
 # orjson parses request bodies ~4-5x faster than the standard library (the `serve` extra installs it); it refuses
 # NaN/Infinity tokens and integers beyond 64 bits, which the codecs then leave to `json` (same objects otherwise)
 fast_loads: Callable[[bytes], Any] | None
+# and writes numpy arrays in C (float32 as the shortest text that reads back as the same float32)
+fast_dumps: Callable[[Any], bytes] | None
 try:
+    from orjson import OPT_SERIALIZE_NUMPY
+    from orjson import dumps as _orjson_dumps
     from orjson import loads as fast_loads
+
+    def fast_dumps(value: Any) -> bytes:
+        return _orjson_dumps(value, option=OPT_SERIALIZE_NUMPY)
+
 except ImportError:  # pragma: no cover - optional
-    fast_loads = None
+    fast_loads = fast_dumps = None
 
 MAX_JSON_DEPTH = 100  # arrays and objects inside each other, as Triton counts them
 _STEP = np.zeros(256, np.int8)

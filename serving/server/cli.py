@@ -357,7 +357,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m rnnkit_serving`` (``rnnkit serve`` adds the same flags to its subcommand)."""
     parser = argparse.ArgumentParser(prog="python -m serving", description="rnnkit's TF-Serving-compatible server")
-    args = configure_parser(parser).parse_args(argv)
+    return configure_parser(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))

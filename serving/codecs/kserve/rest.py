@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_loads
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_dumps, fast_loads
 from rnnkit_serving.codecs.kserve.tensors import (
     check_header,
     datatype_of,
@@ -288,11 +288,31 @@ def decode_infer_request(
     return InferRequest(request_id, dict(parameters), inputs, wanted, tuple(binary_outputs))
 
 
-def _data(array: np.ndarray) -> list[Any]:
+_IN_C = frozenset(np.dtype(t) for t in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                         "uint32", "uint64", "bool"))
+
+
+def _data(array: np.ndarray) -> list[Any] | np.ndarray:
+    """An output's ``data``: the flat array itself when the JSON writer converts it in C (numbers, all
+    finite: JSON has no NaN), else a list of Python values."""
     flat = array.reshape(-1)
     if flat.dtype.kind in "OUS":
         return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    if fast_dumps is not None and flat.dtype in _IN_C and (flat.dtype.kind != "f" or np.isfinite(flat).all()):
+        return np.ascontiguousarray(flat)
     return list(flat.tolist())
+
+
+def _dumps(doc: dict[str, Any]) -> str | bytes:
+    if fast_dumps is not None and not any(isinstance(e.get("data"), list) for e in doc["outputs"]):
+        try:
+            return fast_dumps(doc)  # numbers written in C: 100x64 FP32 in 0.2 ms instead of 4.8
+        except TypeError:  # e.g. an echoed parameter holding an integer beyond 64 bits: the json module writes it
+            pass
+    for entry in doc["outputs"]:
+        if isinstance(entry.get("data"), np.ndarray):
+            entry["data"] = entry["data"].tolist()
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def _response_doc(
@@ -331,8 +351,10 @@ def encode_infer_response(
     wanted: Sequence[str] | None = None,
     request_id: str | None = None,
     parameters: Mapping[str, Any] | None = None,
-) -> str:
-    return json.dumps(_response_doc(model_name, model_version, outputs, wanted, request_id, parameters, {}))
+) -> str | bytes:
+    """The JSON answer, compact as Triton writes it; float32 data as the shortest text that reads back as
+    the same float32 (``0.1``, not ``0.10000000149011612``), NaN/Infinity written as Python's ``json`` does."""
+    return _dumps(_response_doc(model_name, model_version, outputs, wanted, request_id, parameters, {}))
 
 
 def encode_binary_infer_response(

@@ -25,6 +25,7 @@ from rnnkit_serving.errors import Code, ServingError, invalid_argument
 # numpy dtype name -> TensorFlow's short type name, as TF Serving's messages print it (DT_FLOAT -> "float")
 TF_TYPE_NAMES = {dtype: wire_name.removeprefix("DT_").lower() for dtype, (wire_name, _) in DATA_TYPES.items()}
 _UNSUPPORTED = ("float16",)
+_NUMERIC = frozenset(("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"))
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -201,16 +202,59 @@ def _checked_shape(value: Any, spec: TensorSpec, budget: ElementBudget | None = 
     return shape
 
 
-def decode_tensor(value: Any, spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+def _numbers_in_c(value: Any, shape: Sequence[int], dtype: str) -> np.ndarray | None:
+    """`value` (nested lists of JSON numbers, already sized by the budget) as an array of `dtype`, built
+    by numpy in C with no per-element Python; None when anything in it needs the checked path, which then
+    refuses it with TF Serving's message or builds the same array. Only called when the body holds no JSON
+    true/false: numpy would read a bool among numbers as 1 or 0, where TF Serving refuses it."""
+    if dtype not in _NUMERIC or not shape:
+        return None
+    try:
+        raw = np.array(value)
+    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
+        return None
+    if raw.shape != tuple(shape) or raw.size == 0:  # a list where a number belongs (or the reverse)
+        return None
+    kind = raw.dtype.kind
+    if dtype.startswith(("int", "uint")):
+        info = np.iinfo(numpy_dtype(dtype))
+        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:  # a float, or out of range
+            return None
+        return raw.astype(numpy_dtype(dtype), copy=False)
+    if kind == "f" or (kind in "iu" and np.abs(raw).max() <= 1 << 53):  # integers are exact doubles
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            return raw.astype(numpy_dtype(dtype), copy=False)
+    return None
+
+
+def decode_tensor(
+    value: Any, spec: TensorSpec, budget: ElementBudget | None = None, numbers_only: bool = False
+) -> np.ndarray:
     """One JSON value (scalar or nested lists) -> an array of `spec`'s dtype; its shape (that of the
-    first element at each level) is taken from `budget` before the values are checked or copied."""
+    first element at each level) is taken from `budget` before the values are checked or copied.
+    `numbers_only` says the body holds no JSON true/false, which lets numeric data skip the per-value checks."""
+    if numbers_only and spec.dtype in _NUMERIC:
+        shape = _shape_of(value)
+        (budget or ElementBudget(None)).take(spec.name, shape)
+        fast = _numbers_in_c(value, shape, spec.dtype)
+        if fast is not None:
+            return fast
+        return _to_array(value, _checked_shape(value, spec), spec.dtype)
     return _to_array(value, _checked_shape(value, spec, budget), spec.dtype)
 
 
-def decode_rows(items: list[Any], spec: TensorSpec, budget: ElementBudget | None = None) -> np.ndarray:
+def decode_rows(
+    items: list[Any], spec: TensorSpec, budget: ElementBudget | None = None, numbers_only: bool = False
+) -> np.ndarray:
     """Rows of one input (``instances``) -> one array; all rows together are taken from `budget`
-    (as many rows as the first one's shape) before any row is checked."""
-    (budget or ElementBudget(None)).take(spec.name, [len(items), *_shape_of(items[0] if items else None)])
+    (as many rows as the first one's shape) before any row is checked. With `numbers_only` (the body holds
+    no JSON true/false) rows of numbers that all have the first row's shape are converted in C."""
+    shape = [len(items), *_shape_of(items[0] if items else None)]
+    (budget or ElementBudget(None)).take(spec.name, shape)
+    if numbers_only:
+        fast = _numbers_in_c(items, shape, spec.dtype)
+        if fast is not None:
+            return fast
     first: list[int] | None = None
     for position, item in enumerate(items):
         try:
@@ -284,6 +328,137 @@ def nest(items: list[str], shape: Sequence[int]) -> str:
     return "[" + ",".join(items) + "]"
 
 
+# ------------------------------------------------------------- float32 text, column by column
+# The same text as `_float_strings` + `nest` (a test compares them on a million values), written without
+# a Python step per value: each value's digits are found by exact float64 arithmetic and the text is
+# laid out as a byte matrix, one column per character role, whose empty cells are dropped at the end.
+# 100 x 64 float32: 7.1 -> ~0.6 ms.
+
+_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's split of a double into halves whose products are exact
+_POW10 = np.array([10.0**k for k in range(23)])  # 10**0 .. 10**22 are exact doubles
+# magnitudes the column writer takes (zero too): there every power of ten it scales by is exact and every
+# scaled value is below 2**53; anything else (and NaN, infinities) takes the per-value writer
+_LOW, _HIGH = 1e-13, 1e5
+
+
+def _rounding_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a*b - fl(a*b), exactly (Dekker's product; numpy has no fused multiply-add)."""
+    product = a * b
+    c = _SPLIT * a
+    a_hi = c - (c - a)
+    a_lo = a - a_hi
+    c = _SPLIT * b
+    b_hi = c - (c - b)
+    b_lo = b - b_hi
+    return ((a_hi * b_hi - product) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def _round_significant(a: np.ndarray, exp10: np.ndarray, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive `a` to `precision` significant decimal digits, correctly rounded with ties to even (as
+    ``%.*g`` rounds): (S, E), S an integer-valued float64 with 10**(precision-1) <= S < 10**precision and
+    a ~= S * 10**(E + 1 - precision). `exp10` is floor(log10(a)), possibly off by one."""
+    low, high = 10.0 ** (precision - 1), 10.0**precision
+    scaled = a * _POW10[precision - 1 - exp10]
+    off = (scaled < low).astype(np.int64) - (scaled >= high)
+    if off.any():  # log10 was off by one; at exactly low/high either exponent ends at the same (S, E) below
+        exp10 = exp10 - off
+        scaled = a * _POW10[precision - 1 - exp10]
+    digits = np.floor(scaled)
+    up = scaled - digits > 0.5  # fl(a * 10**k) keeps which side of a half the exact product lies on ...
+    tie = np.flatnonzero(scaled - digits == 0.5)
+    if tie.size:  # ... except exactly at one, where the product's rounding error decides
+        error = _rounding_error(a[tie], _POW10[precision - 1 - exp10[tie]])
+        up[tie] = (error > 0) | ((error == 0) & (digits[tie] % 2 == 1))
+    digits += up
+    carry = digits == high
+    if carry.any():
+        digits[carry] = low
+        exp10 = exp10 + carry
+    return digits, exp10
+
+
+def _digit_columns(s: np.ndarray) -> np.ndarray:
+    """The 9 decimal digits of integer-valued floats below 10**9, as ASCII columns (exact: s < 2**53)."""
+    columns = np.empty((s.size, 9), np.uint8)
+    for j in range(8, -1, -1):
+        rest = np.floor(s / 10)
+        columns[:, j] = s - 10 * rest + 48
+        s = rest
+    return columns
+
+
+def _chars(mask: np.ndarray, char: str) -> np.ndarray:
+    """`char` where `mask` holds, else 0 (an empty cell), as bytes."""
+    return mask.view(np.uint8) * np.uint8(ord(char))
+
+
+def _float32_json(array: np.ndarray) -> str | None:
+    """TF Serving's JSON text of a float32 array (nested lists; ``%g`` when it reads back as the same
+    float32, else ``%.9g``; '.0' added to integers), or None when a value needs the per-value writer."""
+    flat = array.reshape(-1)
+    n = flat.size
+    wide = flat.astype(np.float64)
+    a = np.abs(wide)
+    zero = a == 0
+    if not np.all(zero | ((a >= _LOW) & (a < _HIGH))):  # also false for NaN and infinities
+        return None
+    a[zero] = 1.0
+    exp0 = np.floor(np.log10(a)).astype(np.int64)
+    s6, e6 = _round_significant(a, exp0, 6)
+    # "%g" reads back as the same float32? (strtod of S6e(E-5) is S6 / 10**(5-E), one correct rounding)
+    short = ((s6 / _POW10[5 - e6]).astype(np.float32) == a.astype(np.float32)) | zero
+    s9, e9 = _round_significant(a, exp0, 9)
+    s = np.where(zero, 0.0, np.where(short, s6 * 1000, s9))
+    exp10 = np.where(zero, 0, np.where(short, e6, e9))
+    digits = _digit_columns(s)
+    count = np.full(n, 9, np.int64)  # significant digits: 9 less the trailing zeros (zero itself: one)
+    for k in range(1, 9):  # s / 10**k is an integer exactly when 10**k divides s (s < 10**9: no rounding hides a rest)
+        quotient = s / _POW10[k]
+        count -= quotient == np.floor(quotient)
+    scientific = (exp10 < -4) | (exp10 >= np.where(short, 6, 9))
+    whole = ~scientific & (exp10 >= 0)  # fixed notation, digits before the point
+    fraction = ~scientific & (exp10 < 0)  # fixed notation, "0." first
+    written = np.where(whole, np.maximum(count, exp10 + 1), count)
+    dot_after = np.where(whole & (count > exp10 + 1), exp10, np.where(scientific & (count > 1), 0, -1))
+    ndim = array.ndim
+    # columns: sign | "0." | up to 3 zeros | 9 x (digit, '.') | ".0" | "e-NN" | closing, ',', opening brackets
+    out = np.zeros((n, 31 + 2 * ndim), np.uint8)
+    out[:, 0] = _chars(np.signbit(flat), "-")
+    out[:, 1] = _chars(fraction, "0")
+    out[:, 2] = _chars(fraction, ".")
+    zeros_after_point = np.where(fraction, -exp10 - 1, 0)
+    for z in range(3):
+        out[:, 3 + z] = _chars(zeros_after_point > z, "0")
+    out[:, 6:24:2] = digits * (np.arange(9) < written[:, None])
+    dotted = np.flatnonzero(dot_after >= 0)
+    out[dotted, 7 + 2 * dot_after[dotted]] = ord(".")
+    point_zero = whole & (count <= exp10 + 1)
+    out[:, 24] = _chars(point_zero, ".")
+    out[:, 25] = _chars(point_zero, "0")
+    magnitude = np.abs(exp10).astype(np.uint8)
+    out[:, 26] = _chars(scientific, "e")
+    out[:, 27] = scientific * np.where(exp10 < 0, np.uint8(ord("-")), np.uint8(ord("+")))
+    out[:, 28] = scientific * (48 + magnitude // 10)
+    out[:, 29] = scientific * (48 + magnitude % 10)
+    ends = np.zeros(n, np.int64)  # how many lists close after each value
+    index, block = np.arange(1, n + 1), 1
+    for size in reversed(array.shape):
+        block *= size
+        ends += index % block == 0
+    more = index != n
+    for c in range(ndim):
+        out[:, 30 + c] = _chars(ends > c, "]")
+        out[:, 31 + ndim + c] = _chars(more & (ends > c), "[")
+    out[:, 30 + ndim] = _chars(more, ",")
+    cells = out.reshape(-1)
+    return "[" * ndim + cells[cells != 0].tobytes().decode("ascii")
+
+
 def encode_tensor(array: np.ndarray, name: str = "") -> str:
     """One array -> JSON text, nested lists with TF Serving's number formatting."""
-    return nest(element_strings(np.asarray(array), name), array.shape)
+    array = np.asarray(array)
+    if array.dtype == np.float32 and array.ndim and array.size:
+        text = _float32_json(array)
+        if text is not None:
+            return text
+    return nest(element_strings(array, name), array.shape)

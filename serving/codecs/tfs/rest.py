@@ -55,10 +55,11 @@ def _signature_for(doc: Mapping[str, Any], signatures: Mapping[str, Signature]) 
 
 
 def decode_predict_request(
-    doc: Any, signatures: Mapping[str, Signature], budget: ElementBudget | None = None
+    doc: Any, signatures: Mapping[str, Signature], budget: ElementBudget | None = None, numbers_only: bool = False
 ) -> RestPredictRequest:
     """A parsed ``:predict`` body -> signature name, input arrays, and which form it used; each
-    input's shape is taken from `budget` before its array is built."""
+    input's shape is taken from `budget` before its array is built. `numbers_only`: the body holds no
+    JSON true/false (:func:`holds_no_bools`), so numeric tensors are converted in C without per-value checks."""
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {dump(doc)} Is not object")
     signature = _signature_for(doc, signatures)
@@ -69,12 +70,13 @@ def decode_predict_request(
         raise invalid_argument("Missing 'inputs' or 'instances' key")
     specs = signature.inputs
     if has_instances:
-        return RestPredictRequest(signature.name, _decode_instances(doc["instances"], specs, budget), True)
-    return RestPredictRequest(signature.name, _decode_inputs(doc["inputs"], specs, budget), False)
+        instances = _decode_instances(doc["instances"], specs, budget, numbers_only)
+        return RestPredictRequest(signature.name, instances, True)
+    return RestPredictRequest(signature.name, _decode_inputs(doc["inputs"], specs, budget, numbers_only), False)
 
 
 def _decode_instances(
-    instances: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None
+    instances: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None, numbers_only: bool
 ) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise invalid_argument("Expecting 'instances' to be an list/array")
@@ -90,7 +92,10 @@ def _decode_instances(
                     f"Failed to process element: {position} of 'instances' list. JSON object: {dump(item)} "
                     f"keys must be equal to: {','.join(names)}"
                 )
-        return {spec.name: decode_rows([item[spec.name] for item in instances], spec, budget) for spec in specs}
+        return {
+            spec.name: decode_rows([item[spec.name] for item in instances], spec, budget, numbers_only)
+            for spec in specs
+        }
     if len(specs) > 1:
         raise invalid_argument(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
@@ -99,17 +104,19 @@ def _decode_instances(
     for position, item in enumerate(instances):
         if is_named(item):
             raise invalid_argument(f"Expecting value/list but got object at item {position} of input list")
-    return {specs[0].name: decode_rows(instances, specs[0], budget)}
+    return {specs[0].name: decode_rows(instances, specs[0], budget, numbers_only)}
 
 
-def _decode_inputs(inputs: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None) -> dict[str, np.ndarray]:
+def _decode_inputs(
+    inputs: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None, numbers_only: bool
+) -> dict[str, np.ndarray]:
     if is_named(inputs):
         arrays = {}
         for spec in specs:
             if spec.name not in inputs:
                 raise invalid_argument(f"Missing named input: {spec.name} in 'inputs' object.")
             try:
-                arrays[spec.name] = decode_tensor(inputs[spec.name], spec, budget)
+                arrays[spec.name] = decode_tensor(inputs[spec.name], spec, budget, numbers_only)
             except ServingError as error:
                 raise ServingError(error.code, f"Failed to process input '{spec.name}': {error.message}") from None
         return arrays
@@ -118,7 +125,13 @@ def _decode_inputs(inputs: Any, specs: Sequence[TensorSpec], budget: ElementBudg
             "inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
             f"tensorinfo_map (inputs: {','.join(s.name for s in specs)})"
         )
-    return {specs[0].name: decode_tensor(inputs, specs[0], budget)}
+    return {specs[0].name: decode_tensor(inputs, specs[0], budget, numbers_only)}
+
+
+def holds_no_bools(json_text: bytes) -> bool:
+    """Whether a JSON text holds no true/false literal (a scan in C; a string that spells one only costs
+    the fast path)."""
+    return b"true" not in json_text and b"false" not in json_text
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:

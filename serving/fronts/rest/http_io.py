@@ -30,7 +30,7 @@ class RestOptions:
 DEFAULT_REST = RestOptions()
 
 
-def json_response(text: str, status_code: int = 200) -> Response:
+def json_response(text: str | bytes, status_code: int = 200) -> Response:
     return Response(text, status_code=status_code, media_type=JSON)
 
 

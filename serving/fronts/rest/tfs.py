@@ -81,7 +81,8 @@ class TfsRoutes:
             doc = tfs_json.parse_json(body)
             if verb != "predict":
                 _refuse_verb(verb, doc, model.signatures)
-            return rest_codec.decode_predict_request(doc, model.signatures, self.dispatch.element_budget(model))
+            budget = self.dispatch.element_budget(model)
+            return rest_codec.decode_predict_request(doc, model.signatures, budget, rest_codec.holds_no_bools(body))
 
         answer = self.dispatch.predict(target, decode)
         return json_response(rest_codec.encode_predict_response(answer.outputs, answer.request.row_format))
