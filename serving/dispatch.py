@@ -151,6 +151,12 @@ class ModelView:
         """Backend facts per signature (runtime, variant, file, device, providers, fallback)."""
         return self._predictor.describe()
 
+    @property
+    def streaming_reason(self) -> str | None:
+        """Why this version cannot stream (no sessions), or None when it can."""
+        refused = self._predictor.streaming_error()
+        return None if refused is None else refused.message
+
 
 @dataclass(frozen=True)
 class Target:
@@ -391,3 +397,11 @@ class Dispatch:
 
     def versions(self, name: str) -> list[int]:
         return self.registry.versions(name)
+
+    def model_names(self) -> list[str]:
+        """Every model this server is configured to serve, sorted (whether or not a version serves now)."""
+        return self.registry.names
+
+    def live_sessions(self) -> dict[str, int]:
+        """Open streaming sessions (sequences holding RNN state) per model name."""
+        return self.sessions.live()

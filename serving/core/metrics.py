@@ -11,12 +11,18 @@ Serving II adds ``:tensorflow:serving:batching_session:queuing_latency{thread_po
 ``:rnnkit:serving:batch_size{model_name,signature_name}`` (rows per runtime call),
 ``:rnnkit:serving:live_sessions{model_name}``, ``:rnnkit:serving:evicted_sessions_total{model_name}``
 (idle sessions dropped) and ``:rnnkit:serving:loaded_versions{model_name}``.
+
+:meth:`Metrics.traffic` summarises the same counts per model for the landing page, with latency
+percentiles over each model's last ``RECENT_WINDOW`` successful requests (a bounded ring per model
+label; labels are bounded by the dispatch: served names and ``(unknown)``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,6 +40,30 @@ LOADED_VERSIONS = ":rnnkit:serving:loaded_versions"
 LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(33))
 BATCH_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RECENT_WINDOW = 1000  # successful requests per model the landing page's percentiles are taken over
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """One model's requests: counts by status since start, and latency percentiles (nearest rank, in
+    microseconds, over its last `window` successful requests; empty when there were none)."""
+
+    counts: dict[str, int]
+    window: int
+    percentiles_us: dict[int, float]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def nearest_rank(values: Sequence[float], percentile: float) -> float:
+    """The nearest-rank percentile of `values` (not empty): the smallest value with at least
+    `percentile` % of the values at or below it."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * percentile // 100))  # ceil(n * p / 100), at least the first
+    return ordered[int(rank) - 1]
 
 
 def _escape(value: str) -> str:
@@ -62,6 +92,7 @@ class Metrics:
         self._latency: dict[tuple[str, ...], list[float]] = {}  # bucket counts + [sum]
         self._queuing: dict[tuple[str, ...], list[float]] = {}
         self._batch_sizes: dict[tuple[str, ...], list[float]] = {}
+        self._recent: dict[str, deque[float]] = {}  # model name -> last RECENT_WINDOW successful latencies
         # read when scraped: model name -> count
         self.live_sessions: Callable[[], Mapping[str, int]] | None = None
         self.evicted_sessions: Callable[[], Mapping[str, int]] | None = None
@@ -76,6 +107,26 @@ class Metrics:
             if code is not Code.OK:
                 return
             _observe(self._latency, (model_name, api, entrypoint), LATENCY_BUCKETS_US, latency_us)
+            recent = self._recent.get(model_name)
+            if recent is None:
+                recent = self._recent[model_name] = deque(maxlen=RECENT_WINDOW)
+            recent.append(latency_us)
+
+    def traffic(self) -> dict[str, Traffic]:
+        """Per model label: requests by status and recent latency percentiles (read only)."""
+        with self._lock:
+            counts: dict[str, dict[str, int]] = {}
+            for (model, status), count in self._counts.items():
+                counts.setdefault(model, {})[status] = count
+            recent = {model: list(values) for model, values in self._recent.items()}
+        return {
+            model: Traffic(
+                dict(sorted(by_status.items())),
+                len(recent.get(model, ())),
+                {p: nearest_rank(recent[model], p) for p in PERCENTILES} if recent.get(model) else {},
+            )
+            for model, by_status in counts.items()
+        }
 
     def record_batch(
         self, model_name: str, signature_name: str, rows: int, waits_us: Sequence[float], thread_pool_name: str

@@ -41,6 +41,8 @@ from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, read_
 from rnnkit_serving.config.tls import SSLConfig, grpc_server_credentials, rest_ssl_context
 from rnnkit_serving.core import defaults
 from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.core.package import package_version
+from rnnkit_serving.core.server_info import ServerInfo, Setting
 from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 from rnnkit_serving.dispatch import Dispatch
 from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
@@ -77,6 +79,93 @@ class ServerOptions:
     sessions: SessionOptions = field(default_factory=SessionOptions)
     poll_seconds: float = defaults.POLL_SECONDS  # --file_system_poll_wait_seconds; <= 0: read the base paths once
     ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
+
+
+def server_info(options: ServerOptions, version: str | None = None) -> ServerInfo:
+    """The flags the landing page (``GET /``) shows, read from `options` (the REST front only reads them)."""
+    host = options.host
+    scheme = "https" if options.ssl is not None else "http"
+
+    def address(port: int, form: str) -> str:
+        return form.format(host=host, port=port) if port else "off"
+
+    def bound(value: int | None, unit: str = "") -> str:
+        return "none" if value is None else f"{value}{unit}"
+
+    def seconds(value: float) -> str:
+        return f"{value:g} s"
+
+    ports = [
+        Setting(
+            "Ports",
+            "REST (TF Serving v1, KServe v2)",
+            address(options.rest_api_port, scheme + "://{host}:{port}"),
+            "--rest_api_port",
+        ),
+        Setting("Ports", "gRPC (TF Serving)", address(options.port, "{host}:{port}"), "--port"),
+        Setting(
+            "Ports", "gRPC (KServe v2)", address(options.grpc_inference_port, "{host}:{port}"), "--grpc_inference_port"
+        ),
+    ]
+    if options.ssl is None:
+        tls = "off"
+    else:
+        tls = "on, client certificates required" if options.ssl.client_verify else "on"
+    settings = [*ports, Setting("Security", "TLS", tls, "--ssl_config_file")]
+    batching = options.batching
+    if batching is None:
+        settings.append(Setting("Batching", "dynamic batching", "off", "--enable_batching"))
+    else:
+        settings += [
+            Setting("Batching", "dynamic batching", "on", "--enable_batching"),
+            Setting("Batching", "max_batch_size", str(batching.max_batch_size), "--batching_parameters_file"),
+            Setting(
+                "Batching", "batch_timeout_micros", str(batching.batch_timeout_micros), "--batching_parameters_file"
+            ),
+            Setting("Batching", "num_batch_threads", str(batching.num_batch_threads), "--batching_parameters_file"),
+            Setting(
+                "Batching", "max_enqueued_batches", str(batching.max_enqueued_batches), "--batching_parameters_file"
+            ),
+        ]
+    limits, connections, sessions = options.limits, options.connections, options.sessions
+    settings += [
+        Setting("Request limits", "max request body", f"{options.rest.max_body_bytes} bytes", "--max_request_bytes"),
+        Setting("Request limits", "max batch size", bound(limits.max_batch_size), "--max_batch_size"),
+        Setting("Request limits", "max sequence length", bound(limits.max_sequence_length), "--max_sequence_length"),
+        Setting("Request limits", "max request elements", bound(limits.max_elements), "--max_request_elements"),
+        Setting(
+            "Request limits",
+            "NaN and infinity inputs",
+            "allowed" if options.allow_non_finite_inputs else "refused",
+            "--allow_non_finite_inputs",
+        ),
+        Setting("Connections", "max header bytes", f"{connections.max_header_bytes} bytes", "--max_header_bytes"),
+        Setting("Connections", "header timeout", seconds(connections.header_timeout_s), "--header_timeout_seconds"),
+        Setting("Connections", "body timeout", seconds(connections.body_timeout_s), "--body_timeout_seconds"),
+        Setting("Connections", "max connections per port", str(connections.max_connections), "--max_connections"),
+        Setting(
+            "Connections", "idle gRPC connection", seconds(connections.idle_connection_s), "--idle_connection_seconds"
+        ),
+        Setting("Connections", "gRPC streams per port", str(connections.grpc_max_streams), "--grpc_max_streams"),
+        Setting(
+            "Timeouts and threads", "REST request timeout", f"{options.rest.timeout_ms} ms", "--rest_api_timeout_in_ms"
+        ),
+        Setting(
+            "Timeouts and threads", "gRPC request timeout", f"{options.grpc_timeout_ms} ms", "--grpc_timeout_in_ms"
+        ),
+        Setting("Timeouts and threads", "REST workers", str(options.rest.workers), "--rest_workers"),
+        Setting("Timeouts and threads", "gRPC workers", str(options.grpc_workers), "--grpc_workers"),
+        Setting("Timeouts and threads", "drain on shutdown", seconds(options.drain_seconds), "--drain_seconds"),
+        Setting("Sessions", "idle session timeout", seconds(sessions.idle_seconds), "--session_idle_seconds"),
+        Setting("Sessions", "max sessions", str(sessions.max_sessions), "--max_sessions"),
+        Setting(
+            "Models",
+            "repository poll",
+            seconds(options.poll_seconds) if options.poll_seconds > 0 else "off",
+            "--file_system_poll_wait_seconds",
+        ),
+    ]
+    return ServerInfo(version or package_version(), tuple(settings))
 
 
 def load_registry(
@@ -197,7 +286,7 @@ class ModelServer:
                 context = rest_ssl_context(self.options.ssl)
                 tls["ssl_context_factory"] = lambda config, default: context
             config = uvicorn.Config(
-                rest_app(self.dispatch, self.options.rest),
+                rest_app(self.dispatch, self.options.rest, server_info(self.options)),
                 host=self.options.host,
                 port=self.options.rest_api_port,
                 log_level="warning",

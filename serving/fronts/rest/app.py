@@ -4,7 +4,8 @@ builds the dispatch too).
 
 :class:`RestFront` routes a request to the TF Serving routes (:mod:`rnnkit_serving.fronts.rest.tfs`) or the
 KServe routes (:mod:`rnnkit_serving.fronts.rest.kserve`), both of which only translate between the wire and
-the :class:`~rnnkit_serving.dispatch.Dispatch`; it answers every exception through
+the :class:`~rnnkit_serving.dispatch.Dispatch`, or to the read-only discovery routes (``/``, ``/docs``,
+``/openapi.json``: :mod:`rnnkit_serving.fronts.rest.discovery`); it answers every exception through
 :func:`rnnkit_serving.fronts.rest.http_io.error_response` and records each model request in the metrics.
 Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``,
 never on the event loop (a slow model cannot stall other requests or escape the timeout).
@@ -21,25 +22,41 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from rnnkit_serving.core.metrics import CONTENT_TYPE
+from rnnkit_serving.core.package import package_version
+from rnnkit_serving.core.server_info import ServerInfo, Setting
 from rnnkit_serving.dispatch import Call, Dispatch
 from rnnkit_serving.errors import Code
+from rnnkit_serving.fronts.rest.discovery import DiscoveryRoutes, is_discovery_path
 from rnnkit_serving.fronts.rest.http_io import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
 from rnnkit_serving.fronts.rest.kserve import KServeRoutes
+from rnnkit_serving.fronts.rest.openapi import METRICS_PATH
 from rnnkit_serving.fronts.rest.tfs import TfsRoutes
 
-__all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "rest_app"]
+__all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "rest_app", "rest_info"]
 
-METRICS_PATH = "/monitoring/prometheus/metrics"
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
 _NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
+def rest_info(options: RestOptions = DEFAULT_REST) -> ServerInfo:
+    """What the landing page shows of a REST app built without a server around it (``rnnkit_serving.app``)."""
+    return ServerInfo(
+        package_version(),
+        (
+            Setting("Limits", "max request body", f"{options.max_body_bytes} bytes", "--max_request_bytes"),
+            Setting("Timeouts", "REST request timeout", f"{options.timeout_ms} ms", TIMEOUT_FLAG),
+            Setting("Threads", "REST workers", str(options.workers), "--rest_workers"),
+        ),
+    )
+
+
 class RestFront:
-    def __init__(self, dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> None:
+    def __init__(self, dispatch: Dispatch, options: RestOptions = DEFAULT_REST, info: ServerInfo | None = None) -> None:
         self.options = options
         self.dispatch = dispatch
         self.pool = ThreadPoolExecutor(
@@ -47,6 +64,7 @@ class RestFront:
         )
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
         self.kserve = KServeRoutes(self.dispatch, options, self._in_worker)
+        self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
@@ -54,7 +72,9 @@ class RestFront:
             return Response(self.dispatch.metrics.render(), media_type=CONTENT_TYPE)
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
-            return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
+            if is_discovery_path(path):
+                return self.discovery.handle(request, path)
+            return _not_found()
         call = Call("REST")
         try:
             response = await (self.kserve if v2 else self.tfs).handle(request, path, call)
@@ -71,10 +91,16 @@ class RestFront:
         self.pool.shutdown(wait=True)
 
 
-def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> Starlette:
+def _not_found() -> Response:
+    """TF Serving's answer to a path it has no route for."""
+    return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
+
+
+def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST, info: ServerInfo | None = None) -> Starlette:
     """The REST app over a dispatch shared with other fronts (what
-    :class:`~rnnkit_serving.server.model_server.ModelServer` runs)."""
-    front = RestFront(dispatch, options)
+    :class:`~rnnkit_serving.server.model_server.ModelServer` runs); `info`: the flags the landing
+    page shows (default: those of `options` alone)."""
+    front = RestFront(dispatch, options, info)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -82,5 +108,17 @@ def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> Starlet
         front.close()
 
     application = Starlette(routes=[Route("/{path:path}", front.handle, methods=_METHODS)], lifespan=lifespan)
+    not_matched = application.router.default
+
+    async def unmatched(scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette's path pattern stops at a newline: a path with %0A fell to its plain-text 404 instead of
+        # the routes (found by schemathesis: an undocumented text/plain answer)
+        if scope["type"] != "http" or scope["method"] not in _METHODS:
+            await not_matched(scope, receive, send)
+            return
+        response = await front.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    application.router.default = unmatched
     application.state.front = front
     return application

@@ -98,8 +98,10 @@ def _label(text: str | None) -> str | None:
 
 def _refuse_verb(verb: str, doc: Any, signatures: Mapping[str, Signature]) -> None:
     """TF Serving's answer to ``:classify``/``:regress``: rnnkit models take tensors, not tf.Example."""
-    signature = signatures.get(doc.get("signature_name", "") if isinstance(doc, dict) else "", None)
-    signature = signature or signatures[DEFAULT_SIGNATURE]
+    name = doc.get("signature_name", "") if isinstance(doc, dict) else ""
+    if not isinstance(name, str):  # as :predict answers it (an object here was a 500: unhashable)
+        raise invalid_argument(f"'signature_name' key must be a string value. Received: {tfs_json.dump(name)}")
+    signature = signatures.get(name) or signatures[DEFAULT_SIGNATURE]
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     kind = "classification" if verb == "classify" else "regression"
