@@ -453,3 +453,16 @@ def test_raw_tensors_are_views_of_the_request_bytes_not_copies():
     proto = tfs_grpc.array_to_tensor(x, as_tensor_content=True)
     decoded = tfs_grpc.tensor_to_array(proto, "x")
     assert decoded.tolist() == x.tolist() and decoded.dtype == np.float32 and not decoded.flags.writeable
+
+
+def test_a_binary_answer_with_a_json_output_beside_it_writes_the_json_output_in_c_too():
+    """A binary-extension answer whose JSON header also carries a JSON output (found by the workers' tests:
+    the header was written by the json module, which cannot write the array the C path hands over)."""
+    outputs = {"a": np.array([[0.5, 0.25]], np.float32), "b": np.array([[1, 2]], np.int64)}
+    body, length = codec.encode_binary_infer_response("m", 1, outputs, ["a"])
+    head = json.loads(body[:length])
+    assert head["outputs"] == [
+        {"name": "a", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+        {"name": "b", "datatype": "INT64", "shape": [1, 2], "data": [1, 2]},
+    ]
+    assert np.frombuffer(body[length:], np.float32).tolist() == [0.5, 0.25]

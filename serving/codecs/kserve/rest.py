@@ -371,7 +371,8 @@ def encode_binary_infer_response(
     names = list(outputs) if wanted is None else [name for name in wanted if name in outputs]
     blobs = {name: encode_raw(outputs[name]) for name in names if name in binary}
     doc = _response_doc(model_name, model_version, outputs, wanted, request_id, parameters, blobs)
-    header = json.dumps(doc).encode()
+    text = _dumps(doc)
+    header = text if isinstance(text, bytes) else text.encode()
     return header + b"".join(blobs[name] for name in names if name in blobs), len(header)
 
 
