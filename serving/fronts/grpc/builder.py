@@ -60,6 +60,7 @@ def build_server(
     health: Any = None,
     credentials: Any = None,
     connections: ConnectionLimits = DEFAULT_CONNECTIONS,
+    private_socket: str | None = None,
 ) -> Any:
     """Build a ``grpc.Server`` on `address` ("host:port"), ``register(server, work)`` its services
     (`work`: the pool their requests run in, under the front's timeout), add `health` (a
@@ -72,7 +73,12 @@ def build_server(
     `max_concurrent_rpcs`: RPCs accepted at once (None: no bound); `credentials`
     (``grpc.ssl_server_credentials``, see :mod:`rnnkit_serving.config.tls`) makes the port TLS-only;
     `connections`: metadata size, handshake time, idle connections and open connections, enforced by
-    grpcio's channel arguments."""
+    grpcio's channel arguments.
+
+    With several server workers (``dispatch.workers``, ``--server_workers N``) the port is bound with
+    ``SO_REUSEPORT`` (every worker listens on it; the kernel spreads connections) and, with
+    `private_socket`, also on that Unix socket, plaintext, where the other workers send this one the
+    sequence chunks it owns."""
     import grpc
 
     from rnnkit_serving.fronts.grpc.guard import UndecodableRequests
@@ -84,7 +90,8 @@ def build_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            # one process per port, unless this is one of several server workers sharing it
+            ("grpc.so_reuseport", 1 if dispatch.workers is not None else 0),
             *connections.grpc_channel_args(),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
@@ -97,5 +104,8 @@ def build_server(
     if bound == 0:
         work.shutdown(wait=False)
         raise OSError(f"cannot bind the {port_name} port {address}")
+    if private_socket is not None and server.add_insecure_port(f"unix:{private_socket}") == 0:
+        work.shutdown(wait=False)
+        raise OSError(f"cannot bind the {port_name} worker socket {private_socket}")
     server.start()
     return server

@@ -13,6 +13,7 @@ never on the event loop (a slow model cannot stall other requests or escape the 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from starlette.routing import Route
 from rnnkit_serving.core.metrics import CONTENT_TYPE
 from rnnkit_serving.dispatch import Call, Dispatch
 from rnnkit_serving.errors import Code
+from rnnkit_serving.fronts.rest.forward import STATE_HEADER, Relay, private_request
 from rnnkit_serving.fronts.rest.http_io import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
 from rnnkit_serving.fronts.rest.kserve import KServeRoutes
 from rnnkit_serving.fronts.rest.tfs import TfsRoutes
@@ -45,13 +47,17 @@ class RestFront:
         self.pool = ThreadPoolExecutor(
             max_workers=self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest"
         )
+        # --server_workers N: sequence chunks and metrics travel between the worker processes
+        ring = dispatch.workers
+        timeout_s = options.timeout_ms / 1000 + 1 if options.timeout_ms > 0 else None
+        self.relay = Relay(ring, timeout_s) if ring is not None else None
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
-        self.kserve = KServeRoutes(self.dispatch, options, self._in_worker)
+        self.kserve = KServeRoutes(self.dispatch, options, self._in_worker, self.relay)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
         if request.method == "GET" and path == METRICS_PATH:
-            return Response(self.dispatch.metrics.render(), media_type=CONTENT_TYPE)
+            return await self._metrics(request, path)
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
@@ -63,6 +69,22 @@ class RestFront:
             response, code = error_response(error)
         self.dispatch.record(call, code)
         return response
+
+    async def _metrics(self, request: Request, path: str) -> Response:
+        metrics = self.dispatch.metrics
+        if self.relay is None:
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
+        if private_request(request.scope) and request.headers.get(STATE_HEADER):
+            return Response(json.dumps(metrics.state()), media_type="application/json")  # to the scraped worker
+        relay = self.relay
+        try:
+            body = await self.dispatch.in_worker(
+                self.pool, lambda: metrics.render(relay.states(path)), self.options.timeout_ms, TIMEOUT_FLAG
+            )
+        except Exception as error:
+            response, _ = error_response(error)
+            return response
+        return Response(body, media_type=CONTENT_TYPE)
 
     async def _in_worker(self, job: Callable[[], Response]) -> Response:
         return await self.dispatch.in_worker(self.pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
