@@ -209,8 +209,8 @@ def _families(state: Mapping[str, Any]) -> Iterator[Any]:
         (EVICTED_SESSIONS, "Streaming sessions dropped after their idle timeout.", "evicted_sessions", True),
         (LOADED_VERSIONS, "Model versions serving requests.", "loaded_versions", False),
     ]
-    for name, help_text, key, counter in gauges:
-        values = state.get(key)
+    for name, help_text, field_name, counter in gauges:
+        values = state.get(field_name)
         if values is None:
             continue
         gauge: Any = (

@@ -2,7 +2,7 @@
 
 One Python process runs everything that holds the GIL (HTTP parsing, JSON and protobuf decoding,
 encoding) on one core. With N > 1 the ``rnnkit serve`` process becomes a supervisor that loads no
-model: it starts N worker processes (``python -m rnnkit_serving.server.workers DIR INDEX``), each a
+model: it starts N worker processes (``python -m rnnkit_serving --server_worker_of DIR INDEX``), each a
 complete server with its own models, batcher, session store, runtime sessions and repository
 poller, binding every public port with ``SO_REUSEPORT`` so the kernel spreads connections over them.
 
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rnnkit_serving.core.workers import WorkerRing
@@ -65,7 +66,7 @@ class Supervisor:
         ready = _ready_file(self.directory, index)
         if os.path.exists(ready):
             os.unlink(ready)
-        command = [sys.executable, "-m", "rnnkit_serving.server.workers", self.directory, str(index)]
+        command = [sys.executable, "-m", "rnnkit_serving", "--server_worker_of", self.directory, str(index)]
         process = subprocess.Popen(command)
         self.workers[index] = process
         return process
@@ -203,22 +204,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(directory: str, index: int) -> int:
-    """One worker: the supervisor's flags from `directory`, served as worker `index`."""
-    from rnnkit_serving.server.cli import run
-
+def worker_context(directory: str, index: str) -> tuple[argparse.Namespace, WorkerRing, Callable[[], None]]:
+    """In a worker (``rnnkit serve --server_worker_of DIR INDEX``, as the supervisor starts it): the
+    supervisor's flags, this worker's place among the others, and what to call once serving."""
     _die_with_parent()
     with open(os.path.join(directory, SPEC_FILE)) as spec_file:
         spec = json.load(spec_file)
-    ring = WorkerRing(index, int(spec["count"]), directory)
-    args = argparse.Namespace(**spec["args"])
+    ring = WorkerRing(int(index), int(spec["count"]), directory)
 
     def ready() -> None:
-        with open(_ready_file(directory, index), "w") as out:
+        with open(_ready_file(directory, ring.index), "w") as out:
             out.write(str(os.getpid()))
 
-    return int(run(args, ring=ring, ready=ready))
-
-
-if __name__ == "__main__":
-    raise SystemExit(worker_main(sys.argv[1], int(sys.argv[2])))
+    return argparse.Namespace(**spec["args"]), ring, ready
