@@ -8,6 +8,7 @@ model metadata and readiness read the same from every connection; SIGTERM drains
 SIGKILLed worker is started again. With 1 worker (the default) the server starts no extra process.
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -150,6 +151,13 @@ class Workers:
             str(count),
             "--drain_seconds",
             "5",
+            # one request thread per front: relays between the workers must not wait for each other's threads
+            "--rest_workers",
+            "1",
+            "--grpc_workers",
+            "2",
+            "--grpc_max_streams",
+            "1",
         ]
         self.process = subprocess.Popen(command, stderr=self.log)
         self.pids = self.wait_for(r"ready; 2 server workers \(pids \[(\d+), (\d+)\]\)")
@@ -309,19 +317,36 @@ def grpc_outputs(response):
     }
 
 
+def stream_grpc(server, x, key):
+    ys = []
+    for index, chunk in enumerate(split(x)):
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            out = grpc_outputs(stub.ModelInfer(grpc_request(chunk, key, index), timeout=60))
+        ys.append(out["y"])
+    return np.concatenate(ys, axis=1), out["last"]
+
+
 def test_grpc_sequences_over_fresh_channels_equal_the_full_sequence(server, reference):
     for seed, key in enumerate((21, 22, 23, 24)):
         x = np.random.default_rng(100 + seed).normal(size=(2, STEPS, 3)).astype(np.float32)
-        ys = []
-        for index, chunk in enumerate(split(x)):
-            with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-                out = grpc_outputs(stub.ModelInfer(grpc_request(chunk, key, index), timeout=60))
-            ys.append(out["y"])
+        y, last = stream_grpc(server, x, key)
         full = reference.predict({"x": x})
-        np.testing.assert_allclose(np.concatenate(ys, axis=1), full["y"], atol=TOL)
-        np.testing.assert_allclose(out["last"], full["last"], atol=TOL)
+        np.testing.assert_allclose(y, full["y"], atol=TOL)
+        np.testing.assert_allclose(last, full["last"], atol=TOL)
     assert {sequence_owner(MODEL, key, 2) for key in (21, 22, 23, 24)} == {0, 1}
+
+
+def test_concurrent_sequences_relayed_both_ways_do_not_wait_on_each_other(server, reference):
+    """Many sequences at once on both workers, each worker relaying to the other while serving what the other
+    relays to it, with one request thread per worker: every chunk is answered and exact."""
+    xs = [np.random.default_rng(200 + i).normal(size=(1, STEPS, 3)).astype(np.float32) for i in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        rest_runs = [pool.submit(stream_rest, server, x, f"both-ways-{i}", "parameters") for i, x in enumerate(xs)]
+        grpc_runs = [pool.submit(stream_grpc, server, x, 500 + i) for i, x in enumerate(xs)]
+        for x, run in zip(xs + xs, rest_runs + grpc_runs):
+            y = run.result(timeout=120)[0]
+            np.testing.assert_allclose(y, reference.predict({"x": x})["y"], atol=TOL)
 
 
 def test_a_sequence_continues_across_protocols_and_streams(server, reference):

@@ -13,6 +13,7 @@ never on the event loop (a slow model cannot stall other requests or escape the 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
 _NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+_RELAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("rnnkit_relayed", default=False)
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -51,6 +53,13 @@ class RestFront:
         ring = dispatch.workers
         timeout_s = options.timeout_ms / 1000 + 1 if options.timeout_ms > 0 else None
         self.relay = Relay(ring, timeout_s) if ring is not None else None
+        # requests relayed by the other workers run in their own threads: a worker whose threads all wait on
+        # relays to a peer still serves what that peer relays to it (no deadlock when both relay at once)
+        self.relayed_pool = (
+            ThreadPoolExecutor(self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest-relayed")
+            if ring is not None
+            else None
+        )
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
         self.kserve = KServeRoutes(self.dispatch, options, self._in_worker, self.relay)
 
@@ -58,6 +67,8 @@ class RestFront:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
         if request.method == "GET" and path == METRICS_PATH:
             return await self._metrics(request, path)
+        if self.relayed_pool is not None:
+            _RELAYED.set(private_request(request.scope))
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
             return Response(_NOT_FOUND_HTML, status_code=404, media_type="text/html")
@@ -87,10 +98,13 @@ class RestFront:
         return Response(body, media_type=CONTENT_TYPE)
 
     async def _in_worker(self, job: Callable[[], Response]) -> Response:
-        return await self.dispatch.in_worker(self.pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
+        pool = self.relayed_pool if self.relayed_pool is not None and _RELAYED.get() else self.pool
+        return await self.dispatch.in_worker(pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self.relayed_pool is not None:
+            self.relayed_pool.shutdown(wait=True)
 
 
 def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST) -> Starlette:
