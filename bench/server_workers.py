@@ -2,7 +2,7 @@
 
     flock /tmp/rnnkit-test.lock .venv/bin/python bench/server_workers.py [--workers 1,2] [--batching off]
         [--protocols kserve_json,kserve_binary,kserve_grpc] [--payload 100x64] [--concurrency 32]
-        [--seconds 6] [--rounds 3] [--client_procs 2] [--model_dir DIR]
+        [--seconds 6] [--rounds 3] [--client_procs 2] [--model_dir DIR] [--haproxy 2]
 
 The model, payloads, servers and load generator are ``bench/serve_overhead.py``'s (an LSTM(256) export, one
 sequence of STEPS x 64 float32 per request; ``--client_procs`` processes of threads with one keep-alive connection
@@ -12,6 +12,10 @@ server's processes (the supervisor and its workers) and the client processes use
 second), the server's CPU milliseconds per request, and how busy the host's CPUs were (``/proc/stat``): when the
 host is saturated, more workers cannot add throughput, whatever the server does.
 
+``--haproxy N`` adds the other design: N single-process replicas behind the shipped HAProxy configuration
+(``bench/scale_out.py``, ``deploy/haproxy``), REST cells only (its gRPC frontend serves TF Serving's API); its
+server cores count the replicas and HAProxy.
+
 Note that with ``SO_REUSEPORT`` the kernel spreads *connections*: a gRPC channel is one connection and stays on one
 worker, so the gRPC cells' two channels (one per client process) may land on the same worker.
 """
@@ -19,6 +23,7 @@ worker, so the gRPC cells' two channels (one per client process) may land on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,6 +74,27 @@ def host_ticks() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+@contextlib.contextmanager
+def balanced(replicas: int, model_dir: str, scratch: str) -> Iterator[tuple[Any, list[int]] | None]:
+    """`replicas` single-process servers behind HAProxy (bench/scale_out.py's), or None when 0."""
+    if not replicas:
+        yield None
+        return
+    import scale_out
+
+    started = [scale_out.Replica(f"r{i}", model_dir, scratch) for i in range(replicas)]
+    proxy = scale_out.HAProxy(scratch, [r.backend for r in started])
+    try:
+        for replica in started:
+            replica.start()
+        proxy.start()
+        yield proxy, [r.process.process.pid for r in started] + [proxy.process.pid]
+    finally:
+        proxy.stop()
+        for replica in started:
+            replica.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
@@ -80,6 +107,7 @@ def main() -> int:
     parser.add_argument("--client_procs", type=int, default=2)
     parser.add_argument("--model_dir", default=None, help="an existing export (skips the export)")
     parser.add_argument("--server_args", default="", help="more `rnnkit serve` flags")
+    parser.add_argument("--haproxy", type=int, default=0, help="also N replicas behind HAProxy (REST cells)")
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
     protocols = args.protocols.split(",")
@@ -87,21 +115,39 @@ def main() -> int:
     scratch = tempfile.mkdtemp(prefix="server-workers-")
     model_dir = args.model_dir or so.export(scratch)
     modes = [f"{args.batching} w{count}" for count in counts]
-    cells = [(mode, protocol) for mode in modes for protocol in protocols]
+    if args.haproxy:
+        modes.append(f"{args.batching} haproxy{args.haproxy}")
+    cells = [
+        (mode, protocol)
+        for mode in modes
+        for protocol in protocols
+        if "haproxy" not in mode or protocol not in so.GRPC_PROTOCOLS
+    ]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {cell: [] for cell in cells}
     order = random.Random(0)
     pool = so.ClientPool(max(1, args.client_procs))
     client_pids = [proc.pid for proc in pool.procs]
     began = time.perf_counter()
     try:
-        with so.rnnkit_servers(model_dir, modes, scratch, args.server_args.split()) as servers:
+        with (
+            so.rnnkit_servers(
+                model_dir, [m for m in modes if "haproxy" not in m], scratch, args.server_args.split()
+            ) as servers,
+            balanced(args.haproxy, model_dir, scratch) as balancer,
+        ):
             for _ in range(args.rounds):
                 shuffled = list(cells)
                 order.shuffle(shuffled)
                 for mode, protocol in shuffled:
-                    server = servers[mode]
-                    job = so.Job(protocol, steps, "127.0.0.1", server.rest, server.port_for(protocol), 1)
-                    tree = process_tree(server.proc.pid)
+                    if "haproxy" in mode:
+                        assert balancer is not None
+                        proxy, pids = balancer
+                        job = so.Job(protocol, steps, "127.0.0.1", proxy.rest_port, proxy.grpc_port, 1)
+                        tree = [pid for pid in pids for pid in process_tree(pid)]
+                    else:
+                        server = servers[mode]
+                        job = so.Job(protocol, steps, "127.0.0.1", server.rest, server.port_for(protocol), 1)
+                        tree = process_tree(server.proc.pid)
                     server_before, client_before = cpu_seconds(tree), cpu_seconds(client_pids)
                     busy_before, all_before = host_ticks()
                     wall = time.monotonic()
@@ -122,12 +168,14 @@ def main() -> int:
         f"({time.perf_counter() - began:.0f} s)"
     )
     print(
-        f"{'workers':>7} {'protocol':<14} {'req/s':>7} {'p50 ms':>7} {'server cores':>12} {'server ms/req':>13} "
+        f"{'server':>9} {'protocol':<14} {'req/s':>7} {'p50 ms':>7} {'server cores':>12} {'server ms/req':>13} "
         f"{'client cores':>12} {'host busy':>9}  errors"
     )
     summary = []
     for protocol in protocols:
         for mode in modes:
+            if (mode, protocol) not in runs:
+                continue
             cell = runs[(mode, protocol)]
             seconds = sum(r["seconds"] for r in cell)
             completed = sum(r["completed"] for r in cell)
@@ -138,7 +186,7 @@ def main() -> int:
             busy = statistics.mean(r["host_busy"] for r in cell)
             errors = sum(r["errors"] for r in cell)
             row = {
-                "workers": int(mode.split(" w")[1]),
+                "workers": mode.split(" ", 1)[1],
                 "protocol": protocol,
                 "req_s": req_s,
                 "p50_ms": statistics.median(latencies) if latencies else float("nan"),
@@ -151,7 +199,7 @@ def main() -> int:
             }
             summary.append(row)
             print(
-                f"{row['workers']:>7} {protocol:<14} {req_s:7.0f} {row['p50_ms']:7.2f} {server_cores:12.2f} "
+                f"{row['workers']:>9} {protocol:<14} {req_s:7.0f} {row['p50_ms']:7.2f} {server_cores:12.2f} "
                 f"{row['server_ms_per_request']:13.2f} {client_cores:12.2f} {busy:8.0%}  {errors or ''}"
                 + (f" {next(r['first_error'] for r in cell if r['first_error'])}" if errors else "")
             )

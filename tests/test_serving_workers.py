@@ -448,6 +448,15 @@ def test_status_metadata_and_health_read_the_same_from_every_connection(server):
         assert rest(server, "GET", path)[0] == 200
 
 
+def alive(pid):
+    """Running (not gone, not a zombie left for a parent that does not reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def children(pid):
     with open(f"/proc/{pid}/task/{pid}/children") as listing:
         return [int(child) for child in listing.read().split()]
@@ -466,8 +475,7 @@ def test_a_killed_worker_is_started_again_and_sigterm_drains_all(server, referen
         np.testing.assert_allclose(y, reference.predict({"x": x})["y"], atol=TOL)
     workers = children(server.process.pid)
     assert server.stop() == 0
-    for pid in workers:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not any(alive(pid) for pid in workers)
 
 
 def test_one_worker_is_one_process(repo):
@@ -501,3 +509,32 @@ def test_one_worker_is_one_process(repo):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_whole_server(tmp_path):
+    failed = subprocess.run(
+        [sys.executable, "-m", "rnnkit_serving", "--model_base_path", str(tmp_path), "--port", "0"]
+        + ["--rest_api_port", str(free_port()), "--server_workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert "no model version could be loaded" in failed.stderr
+    assert re.search(r"server worker [01] exited with status 1 before it served; stopping", failed.stderr)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(repo, tmp_path):
+    workers = Workers(repo, tmp_path / "stderr.log")
+    try:
+        os.kill(workers.process.pid, signal.SIGKILL)
+        workers.process.wait(10)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers.pids):
+            assert time.monotonic() < deadline, "the workers outlived their supervisor"
+            time.sleep(0.1)
+    finally:
+        for pid in workers.pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        workers.log.close()
