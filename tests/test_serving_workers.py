@@ -538,3 +538,12 @@ def test_workers_stop_when_the_supervisor_is_killed(repo, tmp_path):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         workers.log.close()
+
+
+def test_sighup_drains_and_stops_every_worker_as_sigterm_does(repo, tmp_path):
+    workers = Workers(repo, tmp_path / "stderr.log")
+    assert rest(workers, "GET", "/v2/health/ready")[0] == 200
+    workers.process.send_signal(signal.SIGHUP)
+    assert workers.process.wait(60) == 0
+    workers.log.close()
+    assert not any(alive(pid) for pid in workers.pids)
