@@ -66,8 +66,6 @@ class Metrics:
         self.live_sessions: Callable[[], Mapping[str, int]] | None = None
         self.evicted_sessions: Callable[[], Mapping[str, int]] | None = None
         self.loaded_versions: Callable[[], Mapping[str, int]] | None = None
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self)
 
     def record(self, model_name: str, api: str, entrypoint: str, code: Code, latency_us: float) -> None:
         with self._lock:

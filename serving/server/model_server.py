@@ -19,6 +19,10 @@ While running, the base paths are polled every ``poll_seconds`` (new versions lo
 unload after their requests), predictions go through a
 :class:`~rnnkit_serving.scheduling.batching.Batcher` when ``batching`` is set, and KServe sequences keep
 their state in a :class:`~rnnkit_serving.scheduling.session_store.SessionStore`.
+
+Several processes on the same ports (``--server_workers N``): :mod:`rnnkit_serving.server.workers`; each runs
+one ModelServer with ``ServerOptions.workers`` set (ports bound with ``SO_REUSEPORT``, a private Unix socket per
+front for the other workers' relays).
 """
 
 from __future__ import annotations
