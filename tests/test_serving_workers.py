@@ -547,3 +547,21 @@ def test_sighup_drains_and_stops_every_worker_as_sigterm_does(repo, tmp_path):
     assert workers.process.wait(60) == 0
     workers.log.close()
     assert not any(alive(pid) for pid in workers.pids)
+
+
+def test_a_port_already_in_use_is_refused_not_shared(repo):
+    """SO_REUSEPORT would let the workers join another listener's group on the port: the supervisor refuses it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, "-m", "rnnkit_serving", "--model_base_path", os.path.join(repo, MODEL), "--port", "0"]
+            + ["--rest_api_port", str(port), "--server_workers", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert refused.returncode == 1
+    assert f"rnnkit serve: cannot bind the port(s) REST 127.0.0.1:{port} (Address already in use)" in refused.stderr

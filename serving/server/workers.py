@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -188,8 +189,34 @@ class Supervisor:
         return 0
 
 
+def ports_in_use(args: argparse.Namespace) -> list[str]:
+    """The public ports something already listens on, each as ``"<name> <host>:<port> (<error>)"``.
+
+    The workers bind with ``SO_REUSEPORT``, which would silently *join* another process's group on the same
+    port (another ``--server_workers`` server of the same user, say): the supervisor first binds each port
+    without it, as one server would, so a port in use is refused as it is with one process."""
+    busy = []
+    for name, port in (("REST", args.rest_api_port), ("gRPC", args.port), ("KServe gRPC", args.grpc_inference_port)):
+        if not port:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                args.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as error:
+            busy.append(f"{name} {args.host}:{port} ({error.strerror or error})")
+    return busy
+
+
 def supervise(args: argparse.Namespace, count: int) -> int:
     """Serve with `count` worker processes (``rnnkit serve --server_workers``); the exit status."""
+    busy = ports_in_use(args)
+    if busy:
+        print(f"rnnkit serve: cannot bind the port(s) {'; '.join(busy)}", file=sys.stderr, flush=True)
+        return 1
     return Supervisor(args, count).run()
 
 
