@@ -526,6 +526,9 @@ def test_a_worker_that_cannot_start_stops_the_whole_server(tmp_path):
 
 def test_workers_stop_when_the_supervisor_is_killed(repo, tmp_path):
     workers = Workers(repo, tmp_path / "stderr.log")
+    with open(f"/proc/{workers.pids[0]}/cmdline", "rb") as cmdline:
+        directory = cmdline.read().split(b"\0")[-3].decode()
+    assert os.path.exists(os.path.join(directory, "spec.json"))
     try:
         os.kill(workers.process.pid, signal.SIGKILL)
         workers.process.wait(10)
@@ -533,6 +536,7 @@ def test_workers_stop_when_the_supervisor_is_killed(repo, tmp_path):
         while any(alive(pid) for pid in workers.pids):
             assert time.monotonic() < deadline, "the workers outlived their supervisor"
             time.sleep(0.1)
+        assert not os.path.exists(directory)  # the workers removed what the supervisor could not
     finally:
         for pid in workers.pids:
             if alive(pid):

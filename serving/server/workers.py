@@ -23,6 +23,7 @@ poller, binding every public port with ``SO_REUSEPORT`` so the kernel spreads co
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -235,6 +236,13 @@ def worker_context(directory: str, index: str) -> tuple[argparse.Namespace, Work
     """In a worker (``rnnkit serve --server_worker_of DIR INDEX``, as the supervisor starts it): the
     supervisor's flags, this worker's place among the others, and what to call once serving."""
     _die_with_parent()
+    supervisor = os.getppid()
+
+    def orphaned_cleanup() -> None:  # the supervisor was killed and could not remove the directory
+        if os.getppid() != supervisor:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(orphaned_cleanup)
     with open(os.path.join(directory, SPEC_FILE)) as spec_file:
         spec = json.load(spec_file)
     ring = WorkerRing(int(index), int(spec["count"]), directory)
