@@ -177,8 +177,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         f"sessions; sequences are routed to the process that holds them and metrics are summed over all; "
         f"auto = the usable CPUs (default {D.SERVER_WORKERS}: one process, as before)",
     )
-    # how the supervisor of --server_workers starts each worker (not for users)
-    own.add_argument("--server_worker_of", nargs=2, metavar=("DIR", "INDEX"), help=argparse.SUPPRESS)
     own.add_argument(
         "--rest_workers",
         type=_positive,
@@ -305,14 +303,14 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``rnnkit serve``. With ``--server_workers N`` > 1 this process supervises N workers instead of serving
-    (:mod:`rnnkit_serving.server.workers`); each of them runs this with ``--server_worker_of DIR INDEX`` and
-    the supervisor's flags."""
-    ring: Any = None
-    ready: Any = None
-    if getattr(args, "server_worker_of", None):
-        from rnnkit_serving.server.workers import worker_context
+    (:mod:`rnnkit_serving.server.workers`); each of them runs :func:`serve` with the supervisor's flags."""
+    return serve(args)
 
-        args, ring, ready = worker_context(*args.server_worker_of)
+
+def serve(args: argparse.Namespace, ring: Any = None, ready: Any = None) -> int:
+    """Serve `args`. `ring` and `ready`: in a worker of ``--server_workers N``
+    (:mod:`rnnkit_serving.server.worker_main`), its :class:`~rnnkit_serving.core.workers.WorkerRing` and what it
+    calls once serving."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     count = getattr(args, "server_workers", D.SERVER_WORKERS)
     if ring is None and count > 1:

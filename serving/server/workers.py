@@ -2,7 +2,7 @@
 
 One Python process runs everything that holds the GIL (HTTP parsing, JSON and protobuf decoding,
 encoding) on one core. With N > 1 the ``rnnkit serve`` process becomes a supervisor that loads no
-model: it starts N worker processes (``python -m rnnkit_serving --server_worker_of DIR INDEX``), each a
+model: it starts N worker processes (``python -m rnnkit_serving.server.worker_main DIR INDEX``), each a
 complete server with its own models, batcher, session store, runtime sessions and repository
 poller, binding every public port with ``SO_REUSEPORT`` so the kernel spreads connections over them.
 
@@ -68,7 +68,7 @@ class Supervisor:
         ready = _ready_file(self.directory, index)
         if os.path.exists(ready):
             os.unlink(ready)
-        command = [sys.executable, "-m", "rnnkit_serving", "--server_worker_of", self.directory, str(index)]
+        command = [sys.executable, "-m", "rnnkit_serving.server.worker_main", self.directory, str(index)]
         process = subprocess.Popen(command)
         self.workers[index] = process
         return process
@@ -233,7 +233,7 @@ def _die_with_parent() -> None:
 
 
 def worker_context(directory: str, index: str) -> tuple[argparse.Namespace, WorkerRing, Callable[[], None]]:
-    """In a worker (``rnnkit serve --server_worker_of DIR INDEX``, as the supervisor starts it): the
+    """In a worker (``python -m rnnkit_serving.server.worker_main DIR INDEX``, as the supervisor starts it): the
     supervisor's flags, this worker's place among the others, and what to call once serving."""
     _die_with_parent()
     supervisor = os.getppid()
