@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve_overhead.py [--quick] [--seconds 5] [--rounds 3]
         [--payloads 100x64,500x64] [--protocols tfs_rows,tfs_cols,kserve_json,kserve_binary,tfs_grpc,kserve_grpc]
-        [--batching off,on] [--client_procs 2] [--model_dir DIR]
+        [--batching off,on] [--server_workers 1,2] [--client_procs 2] [--model_dir DIR]
 
 Hold the shared lock when other suites may run: ``flock /tmp/rnnkit-test.lock .venv/bin/python bench/serve_overhead.py``.
 
@@ -27,6 +27,9 @@ Printed per payload, protocol and batching: c1 p50/p99 and **overhead = c1 p50 -
 ``--rounds`` rounds; the order of the cells is shuffled in each round and both servers stay up, so slow drift of the
 machine spreads over every cell. Results also go to ``bench/out/serve_overhead-<time>.json``. On a 2-core machine
 the client processes and the server share the cores: c32 numbers are what one host serves to a local client.
+
+``--server_workers 1,2``: one server per batching mode and worker count (``rnnkit serve --server_workers N``,
+docs/guides/workers.md); the batching column then reads ``off w2`` and so on.
 
 ``--quick``: 100x64 only, KServe JSON / binary / gRPC and TF Serving gRPC, 1.5 s cells, one round (< 90 s on 2
 cores, most of it the export). Quick numbers are noisy: compare ratios, not absolute values.
@@ -417,11 +420,13 @@ def wait_ready(proc: subprocess.Popen[bytes], host: str, rest: int, grpc_ports: 
 
     deadline = time.monotonic() + 120
     while True:
+        with open(log, errors="replace") as handle:
+            text = handle.read()
         if proc.poll() is not None:
-            with open(log, errors="replace") as handle:
-                tail = handle.read()[-2000:]
-            raise SystemExit(f"the server exited with status {proc.returncode}:\n{tail}")
+            raise SystemExit(f"the server exited with status {proc.returncode}:\n{text[-2000:]}")
         try:
+            if "rnnkit serve: ready" not in text:  # with --server_workers: once every worker serves
+                raise OSError("not ready")
             conn = http.client.HTTPConnection(host, rest, timeout=2)
             conn.request("GET", f"/v2/models/{MODEL}/ready")
             ok = conn.getresponse().status == 200
@@ -442,7 +447,8 @@ def wait_ready(proc: subprocess.Popen[bytes], host: str, rest: int, grpc_ports: 
 def rnnkit_servers(
     model_dir: str, modes: Sequence[str], scratch: str, extra: Sequence[str] = ()
 ) -> Iterator[dict[str, Server]]:
-    """One child ``python -m rnnkit_cli serve`` per batching mode ("off", "on"), all up at once (`extra`: more flags)."""
+    """One child ``python -m rnnkit_cli serve`` per mode, all up at once (`extra`: more flags). A mode is a
+    batching mode ("off", "on"), optionally with a worker count ("off w2": ``--server_workers 2``)."""
     batching_file = os.path.join(scratch, "batching.config")
     with open(batching_file, "w") as handle:
         handle.write(
@@ -457,9 +463,12 @@ def rnnkit_servers(
             flags = ["--model_base_path", model_dir, "--model_name", MODEL, "--host", "127.0.0.1"]
             flags += ["--port", str(tfs_grpc), "--rest_api_port", str(rest), "--grpc_inference_port", str(kserve_grpc)]
             flags += ["--file_system_poll_wait_seconds", "0", *extra]
-            if mode == "on":
+            batching, _, workers = mode.partition(" w")
+            if workers:
+                flags += ["--server_workers", workers]
+            if batching == "on":
                 flags += ["--enable_batching", "--batching_parameters_file", batching_file]
-            log = os.path.join(OUT, f"serve_overhead-server-{mode}.log")
+            log = os.path.join(OUT, f"serve_overhead-server-{mode.replace(' ', '-')}.log")
             with open(log, "wb") as sink:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "rnnkit_cli", "serve", *flags], cwd=ROOT, stdout=sink, stderr=sink
@@ -512,6 +521,9 @@ def main() -> int:
     parser.add_argument("--payloads", default=None, help="comma-separated STEPSx64 (default 100x64,500x64)")
     parser.add_argument("--protocols", default=None, help=f"comma-separated, of {','.join(PROTOCOLS)}")
     parser.add_argument("--batching", default="off,on", help="server modes: off, on or both (default off,on)")
+    parser.add_argument(
+        "--server_workers", default="", help="comma-separated worker counts, e.g. 1,2 (default: the server's default)"
+    )
     parser.add_argument("--concurrency", default="1,32", help="client concurrency levels (default 1,32)")
     parser.add_argument("--client_procs", type=int, default=2, help="client processes for concurrency > 1 (2)")
     parser.add_argument("--model_dir", default=None, help="an existing export of the model (skips the export)")
@@ -528,6 +540,8 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown protocols {unknown}; choose from {PROTOCOLS}")
     modes = args.batching.split(",")
+    if args.server_workers:
+        modes = [f"{mode} w{int(count)}" for mode in modes for count in args.server_workers.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
     steps_of = {name: parse_payload(name) for name in payloads}
     began = time.perf_counter()

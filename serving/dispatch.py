@@ -63,6 +63,7 @@ from rnnkit_serving.core.signature import (
     validate,
 )
 from rnnkit_serving.core.status import VersionStatus
+from rnnkit_serving.core.workers import WorkerRing
 from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import Lease, ModelRegistry
 from rnnkit_serving.runtime.predictor import Predictor
@@ -188,6 +189,8 @@ class Call:
     # the outcome of a request answered normally that still did not succeed (a readiness probe
     # answering "not ready"): recorded instead of OK
     outcome: Code | None = None
+    # relayed to the worker that owns its sequence (``--server_workers``): that worker records it
+    forwarded: bool = False
 
 
 class Dispatch:
@@ -207,8 +210,11 @@ class Dispatch:
         sessions: SessionStore | None = None,
         limits: Limits = DEFAULT_LIMITS,
         allow_non_finite: bool = False,
+        workers: WorkerRing | None = None,
     ) -> None:
         self.registry = registry
+        # this process's place among the server's worker processes (None: the only one)
+        self.workers = workers
         self.metrics = metrics if metrics is not None else Metrics()
         self.batcher = batcher
         self.sessions = sessions if sessions is not None else SessionStore()
@@ -371,7 +377,7 @@ class Dispatch:
         """Count one request (by model label and status) and time it when it succeeded."""
         if code is Code.OK and call.outcome is not None:
             code = call.outcome
-        if call.model:
+        if call.model and not call.forwarded:
             self.metrics.record(call.model, call.api, call.entrypoint, code, (time.perf_counter() - call.started) * 1e6)
 
     # --------------------------------------------------------------------- model queries

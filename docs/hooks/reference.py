@@ -504,6 +504,13 @@ LIMITS: list[LimitRow] = [
         "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread",
     ),
     (
+        "server processes",
+        ("--server_workers",),
+        lambda d, c: f"{d('server_workers')}",
+        "`auto` = the usable CPUs; each worker holds its own models and applies every per-process limit here on "
+        "its own (connections, threads, sessions)",
+    ),
+    (
         "live streaming sessions",
         ("--max_sessions", "--session_idle_seconds"),
         lambda d, c: f"{d('max_sessions')}, idle {_seconds(d('session_idle_seconds'))}",

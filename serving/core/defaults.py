@@ -45,6 +45,8 @@ MAX_REQUEST_ELEMENTS = 8 << 20  # --max_request_elements: all inputs of one requ
 # -------------------------------------------------------------------------- threads, timeouts
 REST_API_TIMEOUT_MS = 30_000  # --rest_api_timeout_in_ms; <= 0 disables
 GRPC_TIMEOUT_MS = 30_000  # --grpc_timeout_in_ms (as REST's); <= 0: the client's deadline only
+# --server_workers: processes sharing every port; 1 = one process (the tests start many servers on 2 cores)
+SERVER_WORKERS = 1
 REST_WORKERS = 4  # --rest_workers: threads running decode + runtime + encode
 GRPC_WORKERS = 8  # --grpc_workers
 GRPC_MAX_CONCURRENT_RPCS = 64  # --grpc_max_concurrent_rpcs: x 16 MiB messages, at most ~1 GiB of requests held

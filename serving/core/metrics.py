@@ -97,8 +97,6 @@ class Metrics:
         self.live_sessions: Callable[[], Mapping[str, int]] | None = None
         self.evicted_sessions: Callable[[], Mapping[str, int]] | None = None
         self.loaded_versions: Callable[[], Mapping[str, int]] | None = None
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self)
 
     def record(self, model_name: str, api: str, entrypoint: str, code: Code, latency_us: float) -> None:
         with self._lock:
@@ -137,69 +135,138 @@ class Metrics:
             for wait in waits_us:
                 _observe(self._queuing, (thread_pool_name,), LATENCY_BUCKETS_US, wait)
 
+    def state(self) -> dict[str, Any]:
+        """Everything this process counted, as JSON-able lists (what a worker sends the worker that is
+        scraped, ``--server_workers``): :func:`merge_states` adds several up."""
+        with self._lock:
+            state: dict[str, Any] = {
+                "counts": [[model, status, count] for (model, status), count in self._counts.items()],
+                "latency": [[list(key), list(cells)] for key, cells in self._latency.items()],
+                "queuing": [[list(key), list(cells)] for key, cells in self._queuing.items()],
+                "batch_sizes": [[list(key), list(cells)] for key, cells in self._batch_sizes.items()],
+            }
+        for name, source in (
+            ("live_sessions", self.live_sessions),
+            ("evicted_sessions", self.evicted_sessions),
+            ("loaded_versions", self.loaded_versions),
+        ):
+            state[name] = None if source is None else {model: int(value) for model, value in source().items()}
+        return state
+
     def collect(self) -> Iterator[Any]:
         """prometheus-client collector protocol: histograms, then the gauges read now."""
-        with self._lock:
-            tables = [
-                (
-                    REQUEST_LATENCY,
-                    "Distribution of wall-time (in microseconds) for Tensorflow Serving request.",
-                    ["model_name", "API", "entrypoint"],
-                    LATENCY_BUCKETS_US,
-                    {key: list(cells) for key, cells in self._latency.items()},
-                ),
-                (
-                    QUEUING_LATENCY,
-                    "Distribution of wall-time (in microseconds) that requests spent queued for batching.",
-                    ["thread_pool_name"],
-                    LATENCY_BUCKETS_US,
-                    {key: list(cells) for key, cells in self._queuing.items()},
-                ),
-                (
-                    BATCH_SIZE,
-                    "Rows per runtime call after dynamic batching.",
-                    ["model_name", "signature_name"],
-                    BATCH_BUCKETS,
-                    {key: list(cells) for key, cells in self._batch_sizes.items()},
-                ),
-            ]
-        for name, help_text, labels, bounds, snapshot in tables:
-            if not snapshot and name != REQUEST_LATENCY:
-                continue
-            family = HistogramMetricFamily(name, help_text, labels=labels)
-            for key, cells in sorted(snapshot.items()):
-                cumulative, buckets = 0.0, []
-                for bound, count in zip((*bounds, float("inf")), cells[:-1]):
-                    cumulative += count
-                    buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
-                family.add_metric(list(key), buckets, cells[-1])
-            yield family
-        gauges: list[tuple[str, str, Callable[[], Mapping[str, int]] | None, bool]] = [
-            (LIVE_SESSIONS, "Streaming sessions (sequences) holding RNN state.", self.live_sessions, False),
-            (EVICTED_SESSIONS, "Streaming sessions dropped after their idle timeout.", self.evicted_sessions, True),
-            (LOADED_VERSIONS, "Model versions serving requests.", self.loaded_versions, False),
-        ]
-        for name, help_text, source, counter in gauges:
-            if source is None:
-                continue
-            gauge: Any = (
-                CounterMetricFamily(name, help_text, labels=["model_name"])
-                if counter
-                else GaugeMetricFamily(name, help_text, labels=["model_name"])
-            )
-            for model, value in sorted(source().items()):
-                gauge.add_metric([model], float(value))
-            yield gauge
+        return _families(self.state())
 
-    def render(self) -> bytes:
-        with self._lock:
-            counts = sorted(self._counts.items())
+    def render(self, others: Sequence[Mapping[str, Any]] = ()) -> bytes:
+        """The exposition text; with `others` (other workers' :meth:`state`), of all of them together."""
+        merged = merge_states([self.state(), *others]) if others else self.state()
+        counts = sorted((model, status, count) for model, status, count in merged["counts"])
         lines = [
             f"# HELP {REQUEST_COUNT} The total number of requests.",
             f"# TYPE {REQUEST_COUNT} counter",
         ]
         lines += [
             f'{REQUEST_COUNT}{{model_name="{_escape(model)}",status="{status}"}} {count}'
-            for (model, status), count in counts
+            for model, status, count in counts
         ]
-        return ("\n".join(lines) + "\n").encode() + generate_latest(self._registry)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_StateCollector(merged))
+        return ("\n".join(lines) + "\n").encode() + generate_latest(registry)
+
+
+class _StateCollector:
+    def __init__(self, state: Mapping[str, Any]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Any]:
+        return _families(self.state)
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several workers' :meth:`Metrics.state` as one: counts and histogram cells added, live and evicted
+    sessions added (each worker holds its own sequences), loaded versions the most any worker serves
+    (each worker loads the same repository)."""
+    counts: dict[tuple[str, str], int] = {}
+    tables: dict[str, dict[tuple[str, ...], list[float]]] = {"latency": {}, "queuing": {}, "batch_sizes": {}}
+    gauges: dict[str, dict[str, int] | None] = {
+        "live_sessions": None,
+        "evicted_sessions": None,
+        "loaded_versions": None,
+    }
+    for state in states:
+        for model, status, count in state["counts"]:
+            counts[(model, status)] = counts.get((model, status), 0) + int(count)
+        for name, table in tables.items():
+            for key, cells in state[name]:
+                into = table.setdefault(tuple(key), [0.0] * len(cells))
+                for index, value in enumerate(cells):
+                    into[index] += value
+        for name in gauges:
+            source = state.get(name)
+            if source is None:
+                continue
+            into_gauge = gauges[name] = gauges[name] or {}
+            for model, value in source.items():
+                if name == "loaded_versions":
+                    into_gauge[model] = max(into_gauge.get(model, 0), int(value))
+                else:
+                    into_gauge[model] = into_gauge.get(model, 0) + int(value)
+    return {
+        "counts": [[model, status, count] for (model, status), count in counts.items()],
+        **{name: [[list(key), cells] for key, cells in table.items()] for name, table in tables.items()},
+        **gauges,
+    }
+
+
+def _families(state: Mapping[str, Any]) -> Iterator[Any]:
+    tables = [
+        (
+            REQUEST_LATENCY,
+            "Distribution of wall-time (in microseconds) for Tensorflow Serving request.",
+            ["model_name", "API", "entrypoint"],
+            LATENCY_BUCKETS_US,
+            {tuple(key): cells for key, cells in state["latency"]},
+        ),
+        (
+            QUEUING_LATENCY,
+            "Distribution of wall-time (in microseconds) that requests spent queued for batching.",
+            ["thread_pool_name"],
+            LATENCY_BUCKETS_US,
+            {tuple(key): cells for key, cells in state["queuing"]},
+        ),
+        (
+            BATCH_SIZE,
+            "Rows per runtime call after dynamic batching.",
+            ["model_name", "signature_name"],
+            BATCH_BUCKETS,
+            {tuple(key): cells for key, cells in state["batch_sizes"]},
+        ),
+    ]
+    for name, help_text, labels, bounds, snapshot in tables:
+        if not snapshot and name != REQUEST_LATENCY:
+            continue
+        family = HistogramMetricFamily(name, help_text, labels=labels)
+        for key, cells in sorted(snapshot.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*bounds, float("inf")), cells[:-1]):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+            family.add_metric(list(key), buckets, cells[-1])
+        yield family
+    gauges: list[tuple[str, str, str, bool]] = [
+        (LIVE_SESSIONS, "Streaming sessions (sequences) holding RNN state.", "live_sessions", False),
+        (EVICTED_SESSIONS, "Streaming sessions dropped after their idle timeout.", "evicted_sessions", True),
+        (LOADED_VERSIONS, "Model versions serving requests.", "loaded_versions", False),
+    ]
+    for name, help_text, field_name, counter in gauges:
+        values = state.get(field_name)
+        if values is None:
+            continue
+        gauge: Any = (
+            CounterMetricFamily(name, help_text, labels=["model_name"])
+            if counter
+            else GaugeMetricFamily(name, help_text, labels=["model_name"])
+        )
+        for model, value in sorted(values.items()):
+            gauge.add_metric([model], float(value))
+        yield gauge

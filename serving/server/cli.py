@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from rnnkit_serving.core import defaults as D
 
@@ -36,6 +37,15 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port 0-65535 (0 = off), received {text}")
     return value
+
+
+def _workers(text: str) -> int:
+    from rnnkit_serving.core.workers import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _flag(text: str) -> bool:
@@ -158,6 +168,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--allow_non_finite_inputs",
         action="store_true",
         help="pass NaN/Infinity inputs to the model (default: refused with 400 / INVALID_ARGUMENT)",
+    )
+    own.add_argument(
+        "--server_workers",
+        type=_workers,
+        default=D.SERVER_WORKERS,
+        help=f"server processes sharing every port (SO_REUSEPORT), each with its own models, batcher and "
+        f"sessions; sequences are routed to the process that holds them and metrics are summed over all; "
+        f"auto = the usable CPUs (default {D.SERVER_WORKERS}: one process, as before)",
     )
     own.add_argument(
         "--rest_workers",
@@ -284,7 +302,26 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``rnnkit serve``. With ``--server_workers N`` > 1 this process supervises N workers instead of serving
+    (:mod:`rnnkit_serving.server.workers`); each of them runs :func:`serve` with the supervisor's flags."""
+    return serve(args)
+
+
+def serve(args: argparse.Namespace, ring: Any = None, ready: Any = None) -> int:
+    """Serve `args`. `ring` and `ready`: in a worker of ``--server_workers N``
+    (:mod:`rnnkit_serving.server.worker_main`), its :class:`~rnnkit_serving.core.workers.WorkerRing` and what it
+    calls once serving."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    count = getattr(args, "server_workers", D.SERVER_WORKERS)
+    if ring is None and count > 1:
+        if args.ssl_config_file:
+            print(
+                "rnnkit serve: --server_workers above 1 cannot be combined with --ssl_config_file yet", file=sys.stderr
+            )
+            return 2
+        from rnnkit_serving.server.workers import supervise
+
+        return supervise(args, count)
     from rnnkit_serving.config.batching_config import BatchingParameters, read_batching_parameters
     from rnnkit_serving.config.connections import ConnectionLimits
     from rnnkit_serving.config.model_config import VersionPolicy
@@ -340,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
         sessions=sessions,
         poll_seconds=args.file_system_poll_wait_seconds,
         ssl=ssl,
+        workers=ring,
         connections=ConnectionLimits(
             max_header_bytes=args.max_header_bytes,
             header_timeout_s=args.header_timeout_seconds,
@@ -351,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     try:
-        return ModelServer(registry, options).serve_forever()
+        return ModelServer(registry, options).serve_forever(ready)
     except (OSError, ValueError, ImportError) as error:
         print(f"rnnkit serve: {error}", file=sys.stderr)
         return 1

@@ -19,17 +19,23 @@ While running, the base paths are polled every ``poll_seconds`` (new versions lo
 unload after their requests), predictions go through a
 :class:`~rnnkit_serving.scheduling.batching.Batcher` when ``batching`` is set, and KServe sequences keep
 their state in a :class:`~rnnkit_serving.scheduling.session_store.SessionStore`.
+
+Several processes on the same ports (``--server_workers N``): :mod:`rnnkit_serving.server.workers`; each runs
+one ModelServer with ``ServerOptions.workers`` set (ports bound with ``SO_REUSEPORT``, a private Unix socket per
+front for the other workers' relays).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +50,7 @@ from rnnkit_serving.core.metrics import Metrics
 from rnnkit_serving.core.package import package_version
 from rnnkit_serving.core.server_info import ServerInfo, Setting
 from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
+from rnnkit_serving.core.workers import WorkerRing
 from rnnkit_serving.dispatch import Dispatch
 from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
 from rnnkit_serving.fronts.rest.connections import guarded_protocol
@@ -79,6 +86,8 @@ class ServerOptions:
     sessions: SessionOptions = field(default_factory=SessionOptions)
     poll_seconds: float = defaults.POLL_SECONDS  # --file_system_poll_wait_seconds; <= 0: read the base paths once
     ssl: SSLConfig | None = None  # --ssl_config_file: TLS on both fronts (None = plaintext)
+    # --server_workers N > 1: this process is one of N sharing the ports (rnnkit_serving.server.workers)
+    workers: WorkerRing | None = None
 
 
 def server_info(options: ServerOptions, version: str | None = None) -> ServerInfo:
@@ -155,6 +164,12 @@ def server_info(options: ServerOptions, version: str | None = None) -> ServerInf
         ),
         Setting("Timeouts and threads", "REST workers", str(options.rest.workers), "--rest_workers"),
         Setting("Timeouts and threads", "gRPC workers", str(options.grpc_workers), "--grpc_workers"),
+        Setting(
+            "Timeouts and threads",
+            "server processes",
+            "1" if options.workers is None else f"{options.workers.count} (this page: worker {options.workers.index})",
+            "--server_workers",
+        ),
         Setting("Timeouts and threads", "drain on shutdown", seconds(options.drain_seconds), "--drain_seconds"),
         Setting("Sessions", "idle session timeout", seconds(sessions.idle_seconds), "--session_idle_seconds"),
         Setting("Sessions", "max sessions", str(sessions.max_sessions), "--max_sessions"),
@@ -203,13 +218,21 @@ class ModelServer:
     def __init__(self, registry: ModelRegistry, options: ServerOptions = ServerOptions()) -> None:
         if not options.rest_api_port and not options.port and not options.grpc_inference_port:
             raise ValueError("at least one of --rest_api_port, --port and --grpc_inference_port must be non-zero")
+        if options.workers is not None and options.ssl is not None:
+            raise ValueError("--server_workers above 1 cannot be combined with --ssl_config_file yet")
         self.registry = registry
         self.options = options
         self.metrics = Metrics()
         self.batcher = Batcher(options.batching, self.metrics) if options.batching is not None else None
         self.sessions = SessionStore(options.sessions)
         self.dispatch = Dispatch(
-            registry, self.metrics, self.batcher, self.sessions, options.limits, options.allow_non_finite_inputs
+            registry,
+            self.metrics,
+            self.batcher,
+            self.sessions,
+            options.limits,
+            options.allow_non_finite_inputs,
+            options.workers,
         )
         self.metrics.live_sessions = self.sessions.live
         self.metrics.evicted_sessions = lambda: dict(self.sessions.evicted)
@@ -298,7 +321,9 @@ class ModelServer:
                 **tls,
             )
             self._uvicorn = uvicorn.Server(config)
-            self._thread = threading.Thread(target=self._uvicorn.run, name="rnnkit-rest", daemon=True)
+            sockets = self._worker_sockets() if self.options.workers is not None else None
+            server = self._uvicorn
+            self._thread = threading.Thread(target=lambda: server.run(sockets), name="rnnkit-rest", daemon=True)
             self._thread.start()
             deadline = time.monotonic() + timeout
             while not self._uvicorn.started:
@@ -315,6 +340,30 @@ class ModelServer:
             self.grpc_inference_target,
         )
         return self
+
+    def _worker_sockets(self) -> list[socket.socket]:
+        """One of several server workers: the REST port bound with ``SO_REUSEPORT`` (the kernel spreads
+        connections over the workers), and this worker's private Unix socket for the others' hops."""
+        assert self.options.workers is not None
+        host, port = self.options.host, self.options.rest_api_port
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        public = socket.socket(family, kind, proto)
+        private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = self.options.workers.rest_socket(self.options.workers.index)
+        try:
+            public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            public.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            public.bind(address)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by a worker that died
+            private.bind(path)
+        except OSError as error:
+            public.close()
+            private.close()
+            raise OSError(f"cannot bind the REST port {host}:{port} or the worker socket {path}: {error}") from None
+        return [public, private]
 
     def stop(self) -> None:
         """Stop accepting on both fronts at once, drain requests in flight, close the models. Safe to call twice."""
@@ -336,8 +385,11 @@ class ModelServer:
         self.sessions.close()
         self.registry.close()
 
-    def serve_forever(self) -> int:
-        """Start, wait for SIGTERM/SIGINT/SIGHUP, drain and stop; the exit status (0)."""
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> int:
+        """Start, wait for SIGTERM/SIGINT/SIGHUP, drain and stop; the exit status (0).
+
+        `ready`: called once serving instead of printing the ready line (a server worker tells its
+        supervisor, :mod:`rnnkit_serving.server.workers`, which prints one line for all)."""
         received = threading.Event()
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -349,12 +401,15 @@ class ModelServer:
         previous = {sig: signal.signal(sig, on_signal) for sig in stopping}
         try:
             self.start()
-            print(
-                f"rnnkit serve: ready; models {self.registry.names}; REST {self.rest_url or 'off'}; "
-                f"gRPC {self.grpc_target or 'off'}; KServe gRPC {self.grpc_inference_target or 'off'}",
-                file=sys.stderr,
-                flush=True,
-            )
+            if ready is not None:
+                ready()
+            else:
+                print(
+                    f"rnnkit serve: ready; models {self.registry.names}; REST {self.rest_url or 'off'}; "
+                    f"gRPC {self.grpc_target or 'off'}; KServe gRPC {self.grpc_inference_target or 'off'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             while not received.wait(0.5):
                 if self._thread is not None and not self._thread.is_alive():
                     log.error("the REST server stopped unexpectedly")

@@ -60,6 +60,7 @@ def build_server(
     health: Any = None,
     credentials: Any = None,
     connections: ConnectionLimits = DEFAULT_CONNECTIONS,
+    private_socket: str | None = None,
 ) -> Any:
     """Build a ``grpc.Server`` on `address` ("host:port"), ``register(server, work)`` its services
     (`work`: the pool their requests run in, under the front's timeout), add `health` (a
@@ -72,30 +73,68 @@ def build_server(
     `max_concurrent_rpcs`: RPCs accepted at once (None: no bound); `credentials`
     (``grpc.ssl_server_credentials``, see :mod:`rnnkit_serving.config.tls`) makes the port TLS-only;
     `connections`: metadata size, handshake time, idle connections and open connections, enforced by
-    grpcio's channel arguments."""
+    grpcio's channel arguments.
+
+    With several server workers (``dispatch.workers``, ``--server_workers N``) the port is bound with
+    ``SO_REUSEPORT`` (every worker listens on it; the kernel spreads connections) and, with
+    `private_socket`, a second server with its own threads listens on that Unix socket, plaintext, where
+    the other workers send this one the sequence chunks it owns: a request relayed there never waits for
+    a thread busy relaying the other way (both workers relaying to each other at once cannot deadlock).
+    The two are returned as one (:class:`ServerPair`)."""
     import grpc
 
     from rnnkit_serving.fronts.grpc.guard import UndecodableRequests
 
-    threads = dispatch.worker_threads(workers)
-    work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{thread_prefix}-work")
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=thread_prefix),
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-            *connections.grpc_channel_args(),
-        ],
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
-        interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
-    )
-    register(server, work)
-    if health is not None:
-        health.add_to(server)
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    if bound == 0:
-        work.shutdown(wait=False)
-        raise OSError(f"cannot bind the {port_name} port {address}")
-    server.start()
-    return server
+    def one(bind: str, secure: Any, reuse_port: bool, prefix: str) -> Any:
+        threads = dispatch.worker_threads(workers)
+        work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{prefix}-work")
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=prefix),
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+                # one process per port, unless this is one of several server workers sharing it
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                *connections.grpc_channel_args(),
+            ],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
+        )
+        register(server, work)
+        if health is not None and not prefix.endswith("-relayed"):  # probes ask the public port
+            health.add_to(server)
+        bound = server.add_secure_port(bind, secure) if secure else server.add_insecure_port(bind)
+        if bound == 0:
+            work.shutdown(wait=False)
+            raise OSError(f"cannot bind the {port_name} port {bind}")
+        server.start()
+        return server
+
+    public = one(address, credentials, dispatch.workers is not None, thread_prefix)
+    if private_socket is None:
+        return public
+    try:
+        private = one(f"unix:{private_socket}", None, False, f"{thread_prefix}-relayed")
+    except OSError:
+        public.stop(None)
+        raise
+    return ServerPair(public, private)
+
+
+class ServerPair:
+    """A worker's public gRPC server and its private one (``--server_workers``), stopped together."""
+
+    def __init__(self, public: Any, private: Any) -> None:
+        self.public = public
+        self.private = private
+
+    def stop(self, grace: float | None) -> _BothStopped:
+        return _BothStopped([self.public.stop(grace), self.private.stop(grace)])
+
+
+class _BothStopped:
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return all(event.wait(timeout) for event in self.events)

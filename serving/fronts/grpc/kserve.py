@@ -30,6 +30,7 @@ from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Prediction, Target
 from rnnkit_serving.errors import Code, grpc_message, wire_error
 from rnnkit_serving.fronts.grpc.builder import TIMEOUT_FLAG, build_server, recorded_call
+from rnnkit_serving.fronts.grpc.forward import GrpcRelay
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -46,12 +47,28 @@ def _sequence_header(context: Any) -> str | None:
     return None
 
 
-def infer(dispatch: Dispatch, request: Any, sequence_header: str | None) -> Any:
-    """One ModelInferRequest through the dispatch's KServe infer -> its ModelInferResponse."""
+def infer(
+    dispatch: Dispatch,
+    request: Any,
+    sequence_header: str | None,
+    relay: GrpcRelay | None = None,
+    call: Call | None = None,
+) -> Any:
+    """One ModelInferRequest through the dispatch's KServe infer -> its ModelInferResponse.
+
+    `relay` (``--server_workers N``): a chunk of a sequence another worker owns is answered by that
+    worker (and `call` marked forwarded: the owner records it)."""
     target = Target(request.model_name, kserve_grpc_codec.model_version(request.model_version))
     sequence = kserve_sequence.sequence_control(
         {"parameters": kserve_grpc_codec.parameters_dict(request.parameters)}, sequence_header
     )
+    if sequence is not None and relay is not None:
+        owner = relay.owner_elsewhere(target.name, sequence.id)
+        if owner is not None:
+            if call is not None:
+                call.forwarded = True
+            what = f"sequence {sequence.id!r} of model {target.name!r}"
+            return relay.model_infer(owner, request, sequence_header, what)
 
     def decode(model: ModelView, partial: bool) -> kserve_grpc_codec.GrpcInferRequest:
         budget = dispatch.element_budget(model)
@@ -82,6 +99,9 @@ class InferenceServicer(_InferenceServiceBase):
         self.work = work
         self.timeout_ms = timeout_ms
         self.connections = connections
+        # --server_workers N: chunks of another worker's sequence go to it
+        ring = dispatch.workers
+        self.relay = GrpcRelay(ring, timeout_ms / 1000 + 1 if timeout_ms > 0 else None) if ring is not None else None
         self._streams = threading.BoundedSemaphore(connections.grpc_max_streams)
 
     def _bounded(self, job: Callable[[], T], client_s: float | None) -> T:
@@ -122,12 +142,16 @@ class InferenceServicer(_InferenceServiceBase):
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
         header = _sequence_header(context)
+        call = Call("GRPC", self.dispatch.metric_name(request.model_name), "ModelInfer")
         return recorded_call(
             context,
             self.dispatch,
             request.model_name,
             "ModelInfer",
-            lambda: self._bounded(lambda: infer(self.dispatch, request, header), context.time_remaining()),
+            lambda: self._bounded(
+                lambda: infer(self.dispatch, request, header, self.relay, call), context.time_remaining()
+            ),
+            call,
         )
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
@@ -155,7 +179,7 @@ class InferenceServicer(_InferenceServiceBase):
             idle.stop()
             call = Call("GRPC", dispatch.metric_name(request.model_name), "ModelStreamInfer")
             try:
-                response = self._bounded(functools.partial(infer, dispatch, request, header), None)
+                response = self._bounded(functools.partial(infer, dispatch, request, header, self.relay, call), None)
             except Exception as error:
                 code, message, _ = wire_error(error)
                 dispatch.record(call, code)
@@ -250,4 +274,5 @@ def start_inference_server(
         health=health,
         credentials=credentials,
         connections=connections,
+        private_socket=dispatch.workers.grpc_socket(dispatch.workers.index) if dispatch.workers is not None else None,
     )

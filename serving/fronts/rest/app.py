@@ -14,6 +14,8 @@ never on the event loop (a slow model cannot stall other requests or escape the 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from rnnkit_serving.core.server_info import ServerInfo, Setting
 from rnnkit_serving.dispatch import Call, Dispatch
 from rnnkit_serving.errors import Code
 from rnnkit_serving.fronts.rest.discovery import DiscoveryRoutes, is_discovery_path
+from rnnkit_serving.fronts.rest.forward import STATE_HEADER, Relay, private_request
 from rnnkit_serving.fronts.rest.http_io import DEFAULT_REST, TIMEOUT_FLAG, RestOptions, error_response
 from rnnkit_serving.fronts.rest.kserve import KServeRoutes
 from rnnkit_serving.fronts.rest.openapi import METRICS_PATH
@@ -40,6 +43,7 @@ __all__ = ["DEFAULT_REST", "METRICS_PATH", "RestFront", "RestOptions", "rest_app
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _V2 = re.compile(r"/v2(?:/.*)?", re.DOTALL)
 _NOT_FOUND_HTML = "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>"
+_RELAYED: contextvars.ContextVar[bool] = contextvars.ContextVar("rnnkit_relayed", default=False)
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 
 
@@ -62,14 +66,27 @@ class RestFront:
         self.pool = ThreadPoolExecutor(
             max_workers=self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest"
         )
+        # --server_workers N: sequence chunks and metrics travel between the worker processes
+        ring = dispatch.workers
+        timeout_s = options.timeout_ms / 1000 + 1 if options.timeout_ms > 0 else None
+        self.relay = Relay(ring, timeout_s) if ring is not None else None
+        # requests relayed by the other workers run in their own threads: a worker whose threads all wait on
+        # relays to a peer still serves what that peer relays to it (no deadlock when both relay at once)
+        self.relayed_pool = (
+            ThreadPoolExecutor(self.dispatch.worker_threads(options.workers), thread_name_prefix="rnnkit-rest-relayed")
+            if ring is not None
+            else None
+        )
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
-        self.kserve = KServeRoutes(self.dispatch, options, self._in_worker)
+        self.kserve = KServeRoutes(self.dispatch, options, self._in_worker, self.relay)
         self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
         if request.method == "GET" and path == METRICS_PATH:
-            return Response(self.dispatch.metrics.render(), media_type=CONTENT_TYPE)
+            return await self._metrics(request, path)
+        if self.relayed_pool is not None:
+            _RELAYED.set(private_request(request.scope))
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
             if is_discovery_path(path):
@@ -84,11 +101,30 @@ class RestFront:
         self.dispatch.record(call, code)
         return response
 
+    async def _metrics(self, request: Request, path: str) -> Response:
+        metrics = self.dispatch.metrics
+        if self.relay is None:
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
+        if private_request(request.scope) and request.headers.get(STATE_HEADER):
+            return Response(json.dumps(metrics.state()), media_type="application/json")  # to the scraped worker
+        relay = self.relay
+        try:
+            body = await self.dispatch.in_worker(
+                self.pool, lambda: metrics.render(relay.states(path)), self.options.timeout_ms, TIMEOUT_FLAG
+            )
+        except Exception as error:
+            response, _ = error_response(error)
+            return response
+        return Response(body, media_type=CONTENT_TYPE)
+
     async def _in_worker(self, job: Callable[[], Response]) -> Response:
-        return await self.dispatch.in_worker(self.pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
+        pool = self.relayed_pool if self.relayed_pool is not None and _RELAYED.get() else self.pool
+        return await self.dispatch.in_worker(pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self.relayed_pool is not None:
+            self.relayed_pool.shutdown(wait=True)
 
 
 def _not_found() -> Response:

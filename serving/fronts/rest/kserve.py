@@ -8,9 +8,10 @@ Bodies are decoded by :mod:`rnnkit_serving.codecs.kserve.rest` and run through t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from rnnkit_serving.core.identifiers import parse_version
 from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import Code, invalid_argument, not_found
+from rnnkit_serving.fronts.rest.forward import Relay
 from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
 
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
@@ -33,10 +35,12 @@ class KServeRoutes:
         dispatch: Dispatch,
         options: RestOptions,
         in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
+        relay: Relay | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.options = options
         self.in_worker = in_worker
+        self.relay = relay  # --server_workers N: chunks of another worker's sequence go there
 
     async def handle(self, request: Request, path: str, call: Call) -> Response:
         method = request.method
@@ -66,6 +70,10 @@ class KServeRoutes:
             header_length = request.headers.get(kserve_codec.HEADER_LENGTH)
             sequence_header = request.headers.get(kserve_sequence.SEQUENCE_HEADER)
             body = await read_body(request, self.options.max_body_bytes)
+            if self.relay is not None:
+                raw_path = request.scope.get("raw_path") or path.encode()
+                relayed = functools.partial(self._relayed, call, raw_path.decode("latin-1"), request.headers)
+                return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header, relayed))
             return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header))
         raise invalid_argument(f"Malformed request: {method} {path}")
 
@@ -77,7 +85,27 @@ class KServeRoutes:
 
         return json_response(self.dispatch.inspect(target, render))
 
-    def _infer(self, target: Target, body: bytes, header_length: str | None, sequence_header: str | None) -> Response:
+    def _relayed(
+        self, call: Call, path: str, headers: Mapping[str, str], target: Target, sequence_id: int | str, body: bytes
+    ) -> Response | None:
+        """With several server workers: the owner's answer when another worker holds this sequence, else None."""
+        ring, relay = self.dispatch.workers, self.relay
+        if ring is None or relay is None:
+            return None
+        owner = ring.owner(target.name, sequence_id)
+        if owner == ring.index:
+            return None
+        call.forwarded = True  # the owner counts it
+        return relay.forward(owner, path, body, headers, f"sequence {sequence_id!r} of model {target.name!r}")
+
+    def _infer(
+        self,
+        target: Target,
+        body: bytes,
+        header_length: str | None,
+        sequence_header: str | None,
+        relayed: Callable[[Target, int | str, bytes], Response | None] | None = None,
+    ) -> Response:
         binary: memoryview | None = None
         if header_length is None:
             doc = kserve_codec.parse_body(body)
@@ -86,6 +114,10 @@ class KServeRoutes:
             doc, binary = kserve_codec.split_binary_body(body, header_length)
             numbers_only = kserve_codec.holds_no_bools(body[: len(body) - len(binary)])
         sequence = kserve_sequence.sequence_control(doc, sequence_header)
+        if sequence is not None and relayed is not None:
+            answer_elsewhere = relayed(target, sequence.id, body)
+            if answer_elsewhere is not None:
+                return answer_elsewhere
 
         def decode(model: ModelView, partial: bool) -> kserve_codec.InferRequest:
             budget = self.dispatch.element_budget(model)
