@@ -54,7 +54,7 @@ RUNNERS = ("ORT CPU", "ORT CUDA fp32", "ORT CUDA fp32 IO binding", "ORT CUDA fp1
 TOLERANCE = {"ORT CPU": 1e-4, "ORT CUDA fp32": 5e-3, "ORT CUDA fp32 IO binding": 5e-3, "torch fp32": 5e-3,
              "ORT CUDA fp16": 3e-2, "torch fp16": 3e-2}
 CPU_THREADS = min(16, os.cpu_count() or 1)
-SERVED = "lstm"
+SERVED = os.environ.get("GPU_CHECK_SERVED", "lstm")  # the served model (run sets it; spawned clients inherit it)
 # (label, --device, --variant, --intra_op_threads, batch threads, --server_workers); batching merges up to 32 rows.
 # The multi-worker servers run only where the checkout's server has --server_workers.
 WORKERS = 8
@@ -424,10 +424,11 @@ def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any],
                 continue
             server = start_server(label, device, variant, threads, batch_threads, workers, folder, out, env, grpc_ok)
             if "error" in server and grpc_ok:  # once more without the gRPC front: its packages may be what failed
+                notes.append(f"{label}: did not start with its gRPC front ({server['error'][-400:]}); trying REST only")
                 server = start_server(label, device, variant, threads, batch_threads, workers, folder, out, env, False)
             if "error" in server:
                 loud(notes, server["error"])
-                results["served"][label] = server
+                results["served"].setdefault(SERVED, {})[label] = server
                 continue
             record: dict[str, Any] = {"facts": server["facts"]}
             clients = {"REST": lambda x: rest_client(server["rest"], x)}
@@ -452,22 +453,23 @@ def serve_rows(folder: Path, out: Path, seconds: float, results: dict[str, Any],
                     cells.setdefault(f"{proto} c{conc}: req/s, p50 ms", {})[label] = text
                     print(f"served {label} {proto} c{conc}: {text}", flush=True)
             stop_server(server["proc"])
-            results["served"][label] = record
+            results["served"].setdefault(SERVED, {})[label] = record
     rows = []
     ratios = (("GPU fp32", "CPU"), (f"GPU fp32 x{WORKERS}", f"CPU x{WORKERS}"), (f"GPU fp32 x{WORKERS}", "CPU"))
     for case, by_server in cells.items():
         speeds = []
         for top, bottom in ratios:
-            gpu, cpu = (results["served"].get(s, {}).get(case.split(":")[0]) for s in (top, bottom))
+            gpu, cpu = (results["served"].get(SERVED, {}).get(s, {}).get(case.split(":")[0]) for s in (top, bottom))
             ok = isinstance(cpu, dict) and isinstance(gpu, dict) and cpu["rps"] > 0
             speeds.append(f"{gpu['rps'] / cpu['rps']:.1f}x" if ok else "")
         rows.append([case, *(by_server.get(s[0], "-") for s in SERVERS), *speeds])
-    header = ["served `lstm`", *(s[0] for s in SERVERS), *(f"{top} / {bottom}" for top, bottom in ratios)]
+    header = [f"served `{SERVED}`", *(s[0] for s in SERVERS), *(f"{top} / {bottom}" for top, bottom in ratios)]
     return [header, ["---"] * len(header), *rows]
 
 
 # ------------------------------------------------------------------------------------------- run
-def run(folder: Path, cell_seconds: float, serve_seconds: float, batches: list[int], serve: bool) -> int:
+def run(folder: Path, cell_seconds: float, serve_seconds: float, batches: list[int], serve: bool,
+        served_models: list[str]) -> int:
     out = Path(os.environ.get("OUT") or folder)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -540,15 +542,19 @@ def run(folder: Path, cell_seconds: float, serve_seconds: float, batches: list[i
         runners.clear()
     if torch is not None:
         torch.cuda.empty_cache()
-    served = serve_rows(folder, out, serve_seconds, results, notes, failures) if serve else []
+    global SERVED
+    served: list[list[str]] = []
+    for model in served_models if serve else []:
+        SERVED = os.environ["GPU_CHECK_SERVED"] = model
+        served += ([] if not served else [[]]) + serve_rows(folder, out, serve_seconds, results, notes, failures)
     header = ["model", "case", *RUNNERS, "CUDA fp32 speed-up vs CPU", "ORT CUDA fp32 speed-up vs torch fp32"]
     table = "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *rows])
     if served:
-        table += "\n\n" + "\n".join("| " + " | ".join(r) + " |" for r in served)
+        table += "\n\n" + "\n".join("| " + " | ".join(r) + " |" if r else "" for r in served)
     legend = (f"In process: p50 ms of one call, host numpy array in and out; T={STEPS}, F={FEATURES}, H={UNITS}; ORT CPU "
               f"the faster of {CPU_THREADS} and 1 intra-op threads, ORT CUDA default provider options. Speed-ups are time ratios (>1: CUDA, "
               f"resp. ORT, faster); IO binding: input copied to the device as an OrtValue, output bound on the device. "
-              f"Served: `{SERVED}`, one row per request (KServe v2 REST binary / gRPC raw), load from {CLIENT_PROCESSES} "
+              f"Served: {served_models}, one row per request (KServe v2 REST binary / gRPC raw), load from {CLIENT_PROCESSES} "
               f"client processes; servers {SERVERS}: label, device, variant, intra-op threads, batch threads, "
               f"--server_workers; --enable_batching, max 32 rows; ratios of req/s. Parity tolerances, x max(1, max|Keras|): {TOLERANCE}.")
     lines = [f"# rnnkit GPU check, {facts['date']}", "", *(f"- {k}: {v}" for k, v in facts.items() if k != "date"),
@@ -569,12 +575,17 @@ def main() -> int:
     parser.add_argument("--serve_seconds", type=float, default=3.0, help="load per served cell (3)")
     parser.add_argument("--batches", default="1,32,256", help="in-process batch sizes (1,32,256)")
     parser.add_argument("--skip_serve", action="store_true", help="the in-process part only")
+    parser.add_argument("--served", default="lstm", help="models served, one table each (lstm)")
+    parser.add_argument("--concurrency", default="1,32", help="client connections per served cell (1,32)")
     args = parser.parse_args()
     if args.stage == "prepare":
         prepare(args.outdir.resolve())
         return 0
     batches = [int(b) for b in args.batches.split(",")]
-    return run(args.outdir.resolve(), args.cell_seconds, args.serve_seconds, batches, not args.skip_serve)
+    global CONCURRENCY
+    CONCURRENCY = tuple(int(c) for c in args.concurrency.split(","))
+    served = [m for m in args.served.split(",") if m]
+    return run(args.outdir.resolve(), args.cell_seconds, args.serve_seconds, batches, not args.skip_serve, served)
 
 
 if __name__ == "__main__":
