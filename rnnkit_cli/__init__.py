@@ -44,7 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="rnnkit", description="Recurrent networks on Keras 3: build, train, export, serve."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="the main job on a built-in default (see README)")
+    demo = sub.add_parser("demo", help="the main job on a built-in default (see docs/getting-started.md)")
     demo.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     demo.add_argument("--out", default="demo_out", help="output directory, replaced on each run (default demo_out)")
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")

@@ -5,8 +5,8 @@ The cases of Triton Inference Server's ``qa/`` folder (``L0_http``, ``L0_input_v
 ``tensorflow_serving/util/json_tensor_test.cc``, rewritten in our own words against what
 ``rnnkit serve`` runs: a :class:`ModelServer` (REST + KServe v2 gRPC on 127.0.0.1) over fake
 backends, so no export is needed. Each test's docstring names the peer file and test it adapts; where
-our answer differs from the peer's on purpose, the test asserts ours and says why. The README's
-"Reliability and security" section has the tally.
+our answer differs from the peer's on purpose, the test asserts ours and says why. The tally is in
+docs/operations/reliability.md.
 """
 
 import base64
@@ -1001,7 +1001,7 @@ def test_floats_beyond_float32(http):
     float32's smallest value becomes 0 as in TF Serving. Intentionally different for ±DBL_MAX: TF Serving
     turns it into ±inf and runs the model; we refuse a value that becomes non-finite in the input's dtype
     (400 naming --allow_non_finite_inputs), because ONNX Runtime answers non-finite inputs with plausible
-    numbers (README, "Non-finite inputs")."""
+    numbers (docs/operations/reliability.md, "Non-finite inputs")."""
     for tiny in (2.2250738585072014e-308, -2.2250738585072014e-308):
         assert predict(http, "echo_float32", {"instances": [tiny]}).json()["predictions"] == [0.0]
     for huge in ("1.7976931348623157e+308", "-1.7976931348623157e+308"):

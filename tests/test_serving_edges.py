@@ -2,7 +2,7 @@
 client-chosen numbers and ids, version directories with odd names, a base path that cannot be read,
 one served name for every key, failed sequence starts, readiness in the metrics.
 
-Each test fails on the code before the fix (the defect's row in the README's reliability table)."""
+Each test fails on the code before the fix (the defect's row in the reliability table, docs/operations/reliability.md)."""
 
 import errno
 import json

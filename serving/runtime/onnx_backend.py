@@ -5,7 +5,7 @@ has none (or drops it while building the session) the backend runs on CPU, logs 
 and reports the fallback in :meth:`describe` (hence in the status and metadata endpoints),
 unless ``strict_device`` makes that an error.
 
-Thread defaults come from measurements on a 2-core CPU (README, Performance): one intra-op
+Thread defaults come from measurements on a 2-core CPU (docs/benchmarks/performance.md): one intra-op
 thread is the best default for batch-1 recurrent work, where the time loop is sequential and a
 second thread mostly adds synchronisation; raise ``intra_op_threads`` for large batches.
 """
