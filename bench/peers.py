@@ -254,7 +254,7 @@ def peers(
                     started.append(kserve(pythons["kserve"], onnx))
             for peer, log in started:
                 assert peer.proc is not None
-                so.wait_ready(peer.proc, "127.0.0.1", peer.rest, (peer.grpc,), log)
+                so.wait_ready(peer.proc, "127.0.0.1", peer.rest, (peer.grpc,), log, ready_line=None)
                 out[peer.label] = peer
             yield {name: out[name] for name in names}
         finally:

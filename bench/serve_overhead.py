@@ -415,7 +415,16 @@ class Server:
         return self.kserve_grpc if protocol == "kserve_grpc" else self.tfs_grpc
 
 
-def wait_ready(proc: subprocess.Popen[bytes], host: str, rest: int, grpc_ports: Sequence[int], log: str) -> None:
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    host: str,
+    rest: int,
+    grpc_ports: Sequence[int],
+    log: str,
+    ready_line: str | None = "rnnkit serve: ready",
+) -> None:
+    """Until the server answers readiness (and, for rnnkit, logged `ready_line`: with --server_workers, once every
+    worker serves); `ready_line` None for servers that print no such line (the peers of bench/peers.py)."""
     import socket
 
     deadline = time.monotonic() + 120
@@ -425,7 +434,7 @@ def wait_ready(proc: subprocess.Popen[bytes], host: str, rest: int, grpc_ports: 
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with status {proc.returncode}:\n{text[-2000:]}")
         try:
-            if "rnnkit serve: ready" not in text:  # with --server_workers: once every worker serves
+            if ready_line is not None and ready_line not in text:
                 raise OSError("not ready")
             conn = http.client.HTTPConnection(host, rest, timeout=2)
             conn.request("GET", f"/v2/models/{MODEL}/ready")
