@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from json_values import mixed_scalar
 
 from rnnkit_serving.codecs.tfs.json_tensor import encode_tensor, parse_json
 from rnnkit_serving.codecs.tfs.rest import decode_predict_request, encode_predict_response, metadata_json, status_json
@@ -405,13 +406,10 @@ def test_tfs_numeric_json_converted_in_c_equals_the_checked_path_value_for_value
     rng = random.Random(11)
     dtypes = ("float32", "float64", "int64", "int8", "uint8", "int32")
 
+    odd = [2**60, -(2**70), 2**64, 1e39, "a", None, [1], 2**54 + 1, 0.5, {"b64": "YQ=="}]
+
     def value():
-        roll = rng.random()
-        if roll < 0.45:
-            return rng.uniform(-1e3, 1e3)
-        if roll < 0.8:
-            return rng.randint(-300, 300)
-        return rng.choice([2**60, -(2**70), 2**64, 1e39, "a", None, [1], 2**54 + 1, 0.5, {"b64": "YQ=="}])
+        return mixed_scalar(rng, odd)
 
     def tensor(shape):
         if not shape:

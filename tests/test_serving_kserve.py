@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import serving_repo
+from json_values import mixed_scalar
 from serving_repo import assert_error
 
 from rnnkit_serving import Predictor, ServingError
@@ -403,12 +404,7 @@ def test_numeric_data_converted_in_c_equals_the_checked_path_value_for_value_and
              (("FP32", "float32"), ("FP64", "float64"), ("INT64", "int64"), ("INT8", "int8"), ("UINT8", "uint8"))}
 
     def value():
-        roll = rng.random()
-        if roll < 0.45:
-            return rng.uniform(-1e3, 1e3)
-        if roll < 0.8:
-            return rng.randint(-300, 300)
-        return rng.choice([2**60, -(2**70), 1e39, "a", None, [1], 2**54 + 1, 0.5])
+        return mixed_scalar(rng, [2**60, -(2**70), 1e39, "a", None, [1], 2**54 + 1, 0.5])
 
     def outcome(item, spec, fast):
         try:
