@@ -39,6 +39,7 @@ import os
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -176,8 +177,17 @@ class Peer:
 
 
 def launch(command: list[str], log: str, cwd: str) -> subprocess.Popen[bytes]:
+    """A peer server in a process group of its own: MLServer's model workers are its children, and the group is
+    what gets stopped (a peer that never became ready used to leave them running)."""
     with open(log, "wb") as sink:
-        return subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=sink)
+        return subprocess.Popen(command, cwd=cwd, stdout=sink, stderr=sink, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # the group is gone already
+        pass
 
 
 def mlserver(python: str, onnx: str, batching: bool, parallel_workers: int) -> tuple[Peer, str]:
@@ -260,13 +270,14 @@ def peers(
         finally:
             for peer, _ in started:
                 assert peer.proc is not None
-                peer.proc.terminate()
+                stop_group(peer.proc, signal.SIGTERM)
             for peer, _ in started:
                 assert peer.proc is not None
                 try:
                     peer.proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    peer.proc.kill()
+                    pass
+                stop_group(peer.proc, signal.SIGKILL)  # the group's stragglers too
 
 
 def check_answers(servers: dict[str, Peer], steps: int, expected: np.ndarray) -> None:
