@@ -244,3 +244,41 @@ def test_the_live_servers_page_shows_its_own_flags(tmp_path):
         assert "repository poll off" in text
     finally:
         server.stop()
+
+
+def test_the_document_is_built_off_the_event_loop_and_kept_until_the_served_versions_change(tmp_path, monkeypatch):
+    """An attacker asking for /openapi.json in a loop: with 20 models it takes ~19 ms to build and write, which
+    on the event loop every other connection would wait for. It is built in a worker thread, and only again
+    when the served (model, versions) change or it is OPENAPI_MAX_AGE_S old."""
+    import threading
+
+    from rnnkit_serving.fronts.rest import discovery
+
+    builders = []
+    real = discovery.openapi_document
+
+    def spy(*args, **kwargs):
+        builders.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(discovery, "openapi_document", spy)
+    base = str(tmp_path)
+    tiny_repo.publish(tiny_repo.write_half, os.path.join(base, "half"), 1)
+    registry = load_registry([ModelConfig("half", os.path.join(base, "half"))])
+    try:
+        with client_for(registry) as client:
+            routes = client.app.state.front.discovery
+            first = [client.get("/openapi.json").json() for _ in range(5)]
+            assert routes.openapi_builds == 1 and all(doc == first[0] for doc in first)
+            assert builders and all(name.startswith("rnnkit-rest") for name in builders)  # a worker, not the loop
+            assert "/v2/models/half/versions/2/infer" not in first[0]["paths"]
+            tiny_repo.publish(tiny_repo.write_half, os.path.join(base, "half"), 2)
+            registry.poll()
+            assert 2 in registry.versions("half")
+            assert "/v2/models/half/versions/2/infer" in client.get("/openapi.json").json()["paths"]
+            assert routes.openapi_builds == 2
+            monkeypatch.setattr(discovery, "OPENAPI_MAX_AGE_S", 0.0)
+            client.get("/openapi.json")
+            assert routes.openapi_builds == 3  # the backstop age
+    finally:
+        registry.close()

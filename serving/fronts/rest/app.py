@@ -79,7 +79,7 @@ class RestFront:
         )
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
         self.kserve = KServeRoutes(self.dispatch, options, self._in_worker, self.relay)
-        self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found)
+        self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found, self._in_worker)
 
     async def handle(self, request: Request) -> Response:
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
@@ -90,7 +90,7 @@ class RestFront:
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
             if is_discovery_path(path):
-                return self.discovery.handle(request, path)
+                return await self.discovery.handle(request, path)
             return _not_found()
         call = Call("REST")
         try:
