@@ -441,7 +441,7 @@ def test_tfs_numeric_json_converted_in_c_equals_the_checked_path_value_for_value
 
 
 def test_tfs_a_bool_among_numbers_is_still_refused_on_the_fast_path():
-    from rnnkit_serving.codecs.tfs.rest import holds_no_bools
+    from rnnkit_serving.codecs.json_depth import holds_no_bools
 
     assert not holds_no_bools(b'{"instances": [1.0, true]}') and holds_no_bools(b'{"instances": [1.0, 2]}')
     signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, (TensorSpec("x", "float32", (None, 2)),), ())}

@@ -13,6 +13,7 @@ from json_values import mixed_scalar
 from serving_repo import assert_error
 
 from rnnkit_serving import Predictor, ServingError
+from rnnkit_serving.codecs.json_depth import holds_no_bools
 from rnnkit_serving.codecs.kserve import rest as codec
 from rnnkit_serving.codecs.kserve import sequence, tensors
 from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec
@@ -425,7 +426,7 @@ def test_numeric_data_converted_in_c_equals_the_checked_path_value_for_value_and
 
 def test_a_bool_among_numbers_is_still_refused(client):
     """The fast path runs only for bodies without true/false: numpy would read True as 1."""
-    assert not codec.holds_no_bools(b'{"data": [1.0, true]}') and codec.holds_no_bools(b'{"data": [1.0, 2]}')
+    assert not holds_no_bools(b'{"data": [1.0, true]}') and holds_no_bools(b'{"data": [1.0, 2]}')
     body = {"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1.0, True]}]}
     assert_error(client.post("/v2/models/half/infer", json=body), 400, "FP32 expects JSON numbers")
 

@@ -1,4 +1,5 @@
-"""JSON bodies before the codecs see them: their nesting depth, measured on the bytes, and the fast parser.
+"""JSON bodies before and around the codecs: their nesting depth, measured on the bytes, the fast parser and
+writer, and the C path for numeric tensors that both JSON codecs (TF Serving's and KServe's) take.
 
 Parsers recurse per nesting level: Python's ``json`` raises RecursionError around depth 1000 and
 orjson refuses beyond 1024, and the codecs walk the parsed value recursively too. A body nested
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from rnnkit_serving.core.signature import numpy_dtype
 
 # orjson parses request bodies ~4-5x faster than the standard library (the `serve` extra installs it); it refuses
 # NaN/Infinity tokens and integers beyond 64 bits, which the codecs then leave to `json` (same objects otherwise)
@@ -83,3 +86,34 @@ def exceeds_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
     return json_depth(body) > limit
+
+
+def holds_no_bools(json_text: bytes) -> bool:
+    """Whether a JSON text holds no true/false literal (a scan in C; a string that spells one only costs
+    the fast path)."""
+    return b"true" not in json_text and b"false" not in json_text
+
+
+def numbers_in_c(value: Any, dtype: str) -> np.ndarray | None:
+    """`value` (nested lists of JSON numbers) as an array of the numeric `dtype` (a numpy name), in its own
+    nesting's shape, converted by numpy in C with no Python step per value; None when anything in it needs a
+    codec's checked path (a string, null, a ragged list, a float for an integer input, an integer out of range
+    or too large to be an exact double), which then refuses it with its own message or builds the same array.
+    Only for a body that :func:`holds_no_bools`: numpy reads a bool among numbers as 1 or 0."""
+    try:
+        raw = np.array(value)
+    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
+        return None
+    if raw.size == 0:
+        return None
+    target = numpy_dtype(dtype)
+    kind = raw.dtype.kind
+    if np.dtype(target).kind in "iu":
+        info = np.iinfo(target)
+        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:
+            return None
+        return raw.astype(target, copy=False)
+    if kind == "f" or (kind in "iu" and np.abs(raw).max() <= 1 << 53):  # integers are exact doubles
+        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
+            return raw.astype(target, copy=False)
+    return None

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_dumps, fast_loads
+from rnnkit_serving.codecs.json_depth import (
+    MAX_JSON_DEPTH,
+    exceeds_depth,
+    fast_dumps,
+    fast_loads,
+    numbers_in_c,
+)
 from rnnkit_serving.codecs.kserve.tensors import (
     check_header,
     datatype_of,
@@ -72,12 +78,6 @@ def parse_body(body: bytes) -> Any:
         raise invalid_argument(f"failed to parse the request JSON buffer: {error}") from None
 
 
-def holds_no_bools(json_text: bytes) -> bool:
-    """Whether a JSON text holds no true/false literal (a scan in C; a string that spells one only costs
-    the fast path)."""
-    return b"true" not in json_text and b"false" not in json_text
-
-
 def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
@@ -111,27 +111,6 @@ def _check_values(values: list[Any], datatype: str, name: str, dtype: str) -> No
         raise invalid_argument(f"input '{name}': datatype {datatype} expects JSON numbers")
 
 
-def _numbers_in_c(data: Any, datatype: str, count: int, dtype: str) -> np.ndarray | None:
-    """`data` (nested lists of JSON numbers) as a flat array of `dtype`, converted by numpy in C; None
-    when it is anything else, for the checked path to refuse with its message. Only called when the body
-    holds no JSON true/false (numpy would take a bool among numbers for 1 or 0)."""
-    try:
-        raw = np.array(data)
-    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
-        return None
-    if raw.size != count or raw.size == 0:
-        return None
-    kind = raw.dtype.kind
-    if datatype.startswith(("INT", "UINT")):
-        info = np.iinfo(numpy_dtype(dtype))
-        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:
-            return None
-    elif kind not in "if" or (kind in "iu" and np.abs(raw).max() > 1 << 53):  # floats from exact integers only
-        return None
-    with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
-        return raw.reshape(-1).astype(numpy_dtype(dtype))
-
-
 def decode_tensor(
     item: Any,
     spec: TensorSpec,
@@ -156,8 +135,8 @@ def decode_tensor(
         return decode_raw(name, datatype, shape, binary, budget)
     count = declared_count(name, shape, budget)
     if bools_absent and datatype not in ("BYTES", "BOOL"):
-        fast = _numbers_in_c(item["data"], datatype, count, spec.dtype)
-        if fast is not None:
+        fast = numbers_in_c(item["data"], spec.dtype)
+        if fast is not None and fast.size == count:
             return fast.reshape(shape)
     values = _flatten(item["data"])
     if len(values) != count:
@@ -212,7 +191,8 @@ def decode_infer_request(
     `budget`: the request's element budget, shared by its inputs; `partial`: the inputs may be
     a subset of the signature's (a request of an encoder-decoder sequence carries the source, a
     target chunk or both; the session says which it needs); `bools_absent`: the JSON text holds no
-    true/false (see :func:`holds_no_bools`), which lets numeric data skip the per-value type checks."""
+    true/false (:func:`~rnnkit_serving.codecs.json_depth.holds_no_bools`), which lets numeric data skip the
+    per-value type checks."""
     if not isinstance(doc, Mapping):
         raise invalid_argument(f"the inference request must be a JSON object; received {type(doc).__name__}")
     items = doc.get("inputs")

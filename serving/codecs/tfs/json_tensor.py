@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_loads
+from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, exceeds_depth, fast_loads, numbers_in_c
 from rnnkit_serving.core.signature import DATA_TYPES, ElementBudget, TensorSpec, numpy_dtype
 from rnnkit_serving.errors import Code, ServingError, invalid_argument
 
@@ -203,28 +203,13 @@ def _checked_shape(value: Any, spec: TensorSpec, budget: ElementBudget | None = 
 
 
 def _numbers_in_c(value: Any, shape: Sequence[int], dtype: str) -> np.ndarray | None:
-    """`value` (nested lists of JSON numbers, already sized by the budget) as an array of `dtype`, built
-    by numpy in C with no per-element Python; None when anything in it needs the checked path, which then
-    refuses it with TF Serving's message or builds the same array. Only called when the body holds no JSON
-    true/false: numpy would read a bool among numbers as 1 or 0, where TF Serving refuses it."""
+    """:func:`~rnnkit_serving.codecs.json_depth.numbers_in_c` for a tensor whose nesting must have `shape`
+    (that of the first element at each level, already taken from the budget): a list where a number belongs,
+    or the reverse, leaves it to the checked path and TF Serving's message."""
     if dtype not in _NUMERIC or not shape:
         return None
-    try:
-        raw = np.array(value)
-    except (ValueError, OverflowError, TypeError):  # ragged nesting, integers beyond 64 bits
-        return None
-    if raw.shape != tuple(shape) or raw.size == 0:  # a list where a number belongs (or the reverse)
-        return None
-    kind = raw.dtype.kind
-    if dtype.startswith(("int", "uint")):
-        info = np.iinfo(numpy_dtype(dtype))
-        if kind not in "iu" or raw.min() < info.min or raw.max() > info.max:  # a float, or out of range
-            return None
-        return raw.astype(numpy_dtype(dtype), copy=False)
-    if kind == "f" or (kind in "iu" and np.abs(raw).max() <= 1 << 53):  # integers are exact doubles
-        with np.errstate(over="ignore"):  # a float beyond the dtype becomes inf: the non-finite check refuses it
-            return raw.astype(numpy_dtype(dtype), copy=False)
-    return None
+    fast = numbers_in_c(value, dtype)
+    return fast if fast is not None and fast.shape == tuple(shape) else None
 
 
 def decode_tensor(

@@ -59,7 +59,8 @@ def decode_predict_request(
 ) -> RestPredictRequest:
     """A parsed ``:predict`` body -> signature name, input arrays, and which form it used; each
     input's shape is taken from `budget` before its array is built. `numbers_only`: the body holds no
-    JSON true/false (:func:`holds_no_bools`), so numeric tensors are converted in C without per-value checks."""
+    JSON true/false (:func:`~rnnkit_serving.codecs.json_depth.holds_no_bools`), so numeric tensors are converted
+    in C without per-value checks."""
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {dump(doc)} Is not object")
     signature = _signature_for(doc, signatures)
@@ -126,12 +127,6 @@ def _decode_inputs(
             f"tensorinfo_map (inputs: {','.join(s.name for s in specs)})"
         )
     return {specs[0].name: decode_tensor(inputs, specs[0], budget, numbers_only)}
-
-
-def holds_no_bools(json_text: bytes) -> bool:
-    """Whether a JSON text holds no true/false literal (a scan in C; a string that spells one only costs
-    the fast path)."""
-    return b"true" not in json_text and b"false" not in json_text
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:

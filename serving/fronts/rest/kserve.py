@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rnnkit_serving.codecs.json_depth import holds_no_bools
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
 from rnnkit_serving.codecs.kserve import sequence as kserve_sequence
 from rnnkit_serving.core.identifiers import parse_version
@@ -109,10 +110,10 @@ class KServeRoutes:
         binary: memoryview | None = None
         if header_length is None:
             doc = kserve_codec.parse_body(body)
-            numbers_only = kserve_codec.holds_no_bools(body)
+            numbers_only = holds_no_bools(body)
         else:
             doc, binary = kserve_codec.split_binary_body(body, header_length)
-            numbers_only = kserve_codec.holds_no_bools(body[: len(body) - len(binary)])
+            numbers_only = holds_no_bools(body[: len(body) - len(binary)])
         sequence = kserve_sequence.sequence_control(doc, sequence_header)
         if sequence is not None and relayed is not None:
             answer_elsewhere = relayed(target, sequence.id, body)

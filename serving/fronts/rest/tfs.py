@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rnnkit_serving.codecs.json_depth import holds_no_bools
 from rnnkit_serving.codecs.tfs import json_tensor as tfs_json
 from rnnkit_serving.codecs.tfs import rest as rest_codec
 from rnnkit_serving.core.identifiers import parse_version
@@ -82,7 +83,7 @@ class TfsRoutes:
             if verb != "predict":
                 _refuse_verb(verb, doc, model.signatures)
             budget = self.dispatch.element_budget(model)
-            return rest_codec.decode_predict_request(doc, model.signatures, budget, rest_codec.holds_no_bools(body))
+            return rest_codec.decode_predict_request(doc, model.signatures, budget, holds_no_bools(body))
 
         answer = self.dispatch.predict(target, decode)
         return json_response(rest_codec.encode_predict_response(answer.outputs, answer.request.row_format))
