@@ -32,30 +32,67 @@ import serve_overhead as so  # noqa: E402
 PROTOCOLS = ("kserve_binary", "kserve_json", "kserve_grpc")
 
 
-def serve_null(rest_port: int, grpc_port: int) -> None:
-    """The null servers (run as a child: `python bench/transport_floor.py --serve_null REST GRPC`)."""
+def serve_null(rest_port: int, grpc_port: int, model_file: str = "") -> None:
+    """The null servers (run as a child: `python bench/transport_floor.py --serve_null REST GRPC [MODEL]`).
+
+    With `MODEL` (an .onnx file) they are the *ideal* servers instead: each request is decoded (orjson for JSON,
+    ``np.frombuffer`` for binary and raw gRPC contents), run by the ONNX session right where it arrived (on the
+    event loop, in the gRPC handler's thread) and answered with the real output; no routing, no validation, no
+    limits, no metrics, no batcher, no thread hand-off. What is left over the null server is the model plus the
+    least decode and encode any server must do.
+    """
     from concurrent import futures
 
     import grpc
     import numpy as np
+    import orjson
     import uvicorn
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+    session = so.ort_session(model_file) if model_file else None
+
+    def ideal_rest(body: bytes, header_length: int) -> bytes:
+        assert session is not None
+        if header_length:
+            header = orjson.loads(body[:header_length])
+            shape = header["inputs"][0]["shape"]
+            x = np.frombuffer(body, "<f4", offset=header_length).reshape(shape)
+        else:
+            tensor = orjson.loads(body)["inputs"][0]
+            x = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+        y = session.run(None, {so.INPUT: x})[0]
+        return orjson.dumps(
+            {
+                "model_name": so.MODEL,
+                "model_version": "1",
+                "outputs": [{"name": so.OUTPUT, "datatype": "FP32", "shape": list(y.shape), "data": y.ravel()}],
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+
     head = json.dumps(
-        {"model_name": so.MODEL, "model_version": "1",
-         "outputs": [{"name": so.OUTPUT, "datatype": "FP32", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]}]}
+        {
+            "model_name": so.MODEL,
+            "model_version": "1",
+            "outputs": [{"name": so.OUTPUT, "datatype": "FP32", "shape": [1, 4], "data": [0.0, 0.0, 0.0, 0.0]}],
+        }
     ).encode()
 
     async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
             return
-        more = True
+        more, parts = True, []
         while more:
             message = await receive()
+            parts.append(message.get("body", b""))
             more = message.get("more_body", False)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(head)).encode())]
+        answer = head
+        if session is not None and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"inference-header-content-length", b"0")
+            answer = ideal_rest(b"".join(parts), int(length))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": head})
+        await send({"type": "http.response.body", "body": answer})
 
     reply = service_pb2.ModelInferResponse(model_name=so.MODEL, model_version="1")
     reply.outputs.add(name=so.OUTPUT, datatype="FP32", shape=[1, 4])
@@ -63,7 +100,14 @@ def serve_null(rest_port: int, grpc_port: int) -> None:
 
     class Null(service_pb2_grpc.GRPCInferenceServiceServicer):
         def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802 (the proto's name)
-            return reply
+            if session is None:
+                return reply
+            x = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(tuple(request.inputs[0].shape))
+            y = session.run(None, {so.INPUT: x})[0]
+            answer = service_pb2.ModelInferResponse(model_name=so.MODEL, model_version="1")
+            answer.outputs.add(name=so.OUTPUT, datatype="FP32", shape=list(y.shape))
+            answer.raw_output_contents.append(y.tobytes())
+            return answer
 
     limit = 64 * 1024 * 1024
     server = grpc.server(
@@ -89,45 +133,69 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per cell over all rounds (6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--payload", default="100x64", help="STEPSx64 (100x64)")
-    parser.add_argument("--serve_null", nargs=2, type=int, metavar=("REST", "GRPC"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve_null", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_null:
-        serve_null(*args.serve_null)
+        serve_null(int(args.serve_null[0]), int(args.serve_null[1]), *args.serve_null[2:])
         return 0
     steps, share = so.parse_payload(args.payload), args.seconds / args.rounds
+    children: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = so.export(scratch)
-        session = so.ort_session(so.onnx_file(model_dir))
-        null_rest, null_grpc = so.free_port(), so.free_port()
-        null = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve_null", str(null_rest),
-                                 str(null_grpc)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        model_file = so.onnx_file(model_dir)
+        session = so.ort_session(model_file)
+        ports: dict[str, tuple[int, int]] = {}
+        for who, extra in (("null", []), ("ideal", [model_file])):
+            ports[who] = (so.free_port(), so.free_port())
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, os.path.abspath(__file__), "--serve_null", *map(str, ports[who]), *extra],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         try:
             with so.rnnkit_servers(model_dir, ["off"], scratch) as servers:
-                so.wait_ready(null, "127.0.0.1", null_rest, (null_grpc,), os.devnull, ready_line=None)
+                for child, who in zip(children, ("null", "ideal")):
+                    so.wait_ready(child, "127.0.0.1", ports[who][0], (ports[who][1],), os.devnull, ready_line=None)
                 server = servers["off"]
                 cells: dict[tuple[str, str], list[float]] = {}
                 for _ in range(args.rounds):
                     cells.setdefault(("model", ""), []).extend(so.in_process(session, steps, share)[0])
                     for protocol in PROTOCOLS:
-                        for who, rest, grpc_port in (
-                            ("null", null_rest, null_grpc),
-                            ("rnnkit", server.rest, server.port_for(protocol)),
+                        for who, (rest, grpc_port) in (
+                            ("null", ports["null"]),
+                            ("ideal", ports["ideal"]),
+                            ("rnnkit", (server.rest, server.port_for(protocol))),
                         ):
                             job = so.Job(protocol, steps, "127.0.0.1", rest, grpc_port, 1)
                             cells.setdefault((who, protocol), []).extend(p50(job, share))
         finally:
-            null.terminate()
-            null.wait(10)
+            for child in children:
+                child.terminate()
+                child.wait(10)
     model = statistics.median(cells[("model", "")])
-    print(f"\n{args.payload}, concurrency 1, p50 ms; model in process {model:.3f} ms ({args.rounds} rounds, "
-          f"{args.seconds:g} s per cell)")
-    print(f"{'protocol':14} {'null server':>11} {'rnnkit':>8} {'overhead':>9} {'rnnkit own':>11}")
+    print(
+        f"\n{args.payload}, concurrency 1, p50 ms; model in process {model:.3f} ms ({args.rounds} rounds, "
+        f"{args.seconds:g} s per cell)"
+    )
+    print(
+        f"{'protocol':14} {'null':>7} {'ideal':>7} {'rnnkit':>7} {'overhead':>9} {'ideal ovh':>9} "
+        f"{'rnnkit own':>10} {'over ideal':>10}"
+    )
     for protocol in PROTOCOLS:
         floor = statistics.median(cells[("null", protocol)])
+        ideal = statistics.median(cells[("ideal", protocol)])
         ours = statistics.median(cells[("rnnkit", protocol)])
-        print(f"{protocol:14} {floor:11.3f} {ours:8.3f} {ours - model:9.3f} {ours - model - floor:11.3f}")
-    print("overhead = rnnkit - model (serve_overhead's column); rnnkit own = overhead - the null server's p50 "
-          "(client + loopback transport on the same stacks)")
+        print(
+            f"{protocol:14} {floor:7.3f} {ideal:7.3f} {ours:7.3f} {ours - model:9.3f} {ideal - model:9.3f} "
+            f"{ours - model - floor:10.3f} {ours - ideal:10.3f}"
+        )
+    print(
+        "overhead = rnnkit - model (serve_overhead's column); ideal ovh = the ideal server - model; "
+        "rnnkit own = overhead - the null server's p50 (client + loopback transport on the same stacks); "
+        "over ideal = rnnkit - the ideal server"
+    )
     return 0
 
 

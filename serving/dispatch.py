@@ -19,7 +19,9 @@ Fronts decode the wire and encode the answer; everything between runs here, in t
 5. **timeout** — :meth:`Dispatch.in_worker` (asyncio fronts) and :meth:`Dispatch.in_worker_sync`
    (threaded fronts: gRPC) run a request in a worker thread and answer DEADLINE_EXCEEDED when it
    takes longer than the front's timeout; a request whose deadline passed before a worker took it
-   is not run at all;
+   is not run at all. An asyncio front may hand :meth:`Dispatch.in_worker` its
+   :class:`~rnnkit_serving.scheduling.inline.InlineRuns` (:meth:`Dispatch.inline_runs`): a small job
+   with nothing else in flight then runs on the loop, skipping the two thread wake-ups;
 6. **metrics** — :meth:`Dispatch.record` counts every model request by model and status and
    times the successful ones (TF Serving's metric names).
 
@@ -68,6 +70,7 @@ from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import Lease, ModelRegistry
 from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.scheduling.inline import InlineRuns
 from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
@@ -335,15 +338,63 @@ class Dispatch:
 
     # ------------------------------------------------------------------------ 5. timeout
 
-    async def in_worker(self, executor: Executor, job: Callable[[], T], timeout_ms: int, flag: str) -> T:
+    def inline_runs(self, budget_ms: float) -> InlineRuns | None:
+        """The inline policy an asyncio front passes to :meth:`in_worker` (``--rest_inline_ms``); None when
+        nothing may run on its loop: a budget <= 0, a batcher (a request waits for its batch) or several
+        server processes (a sequence chunk may wait on a relay to another process)."""
+        if not budget_ms > 0 or self.batcher is not None or self.workers is not None:
+            return None
+        return InlineRuns(budget_ms)
+
+    async def in_worker(
+        self,
+        executor: Executor,
+        job: Callable[[], T],
+        timeout_ms: int,
+        flag: str,
+        inline: InlineRuns | None = None,
+        key: tuple[str, int] | None = None,
+    ) -> T:
         """Run `job` in a worker thread of `executor`; DEADLINE_EXCEEDED (naming `flag`, the setting
-        that sets it) after `timeout_ms` (<= 0: no timeout). The job itself is not interrupted."""
-        future = asyncio.get_running_loop().run_in_executor(executor, job)
+        that sets it) after `timeout_ms` (<= 0: no timeout). The job itself is not interrupted.
+
+        With `inline` (the front's :class:`~rnnkit_serving.scheduling.inline.InlineRuns`) and `key`
+        ((model name, body bytes) of a model request), `job` runs right here on the loop when the policy
+        allows it, and otherwise its time in the thread teaches the policy."""
+        if inline is not None and key is not None and inline.may_inline(*key):
+            return inline.run(*key, job)
+        loop = asyncio.get_running_loop()
         timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        if inline is None:
+            future = loop.run_in_executor(executor, job)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise self._timed_out(timeout_ms, flag) from None
+        elapsed: list[float] = []
+
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return job()
+            finally:
+                elapsed.append((time.perf_counter() - started) * 1e3)
+
+        inline.busy += 1
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(loop.run_in_executor(executor, timed), timeout)
         except asyncio.TimeoutError:
-            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})") from None
+            if key is not None:
+                inline.forget(key[0])
+            raise self._timed_out(timeout_ms, flag) from None
+        finally:
+            inline.busy -= 1
+            if key is not None and elapsed:
+                inline.observed(key[0], key[1], elapsed[0])
+
+    @staticmethod
+    def _timed_out(timeout_ms: int, flag: str) -> ServingError:
+        return ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})")
 
     def in_worker_sync(
         self, executor: Executor, job: Callable[[], T], timeout_ms: int, flag: str, client_s: float | None = None
@@ -369,7 +420,7 @@ class Dispatch:
             future.cancel()
             if client_s is not None and wait == client_s and (timeout_ms <= 0 or client_s < timeout_ms / 1000):
                 raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded (the client's deadline)") from None
-            raise ServingError(Code.DEADLINE_EXCEEDED, f"Request timed out after {timeout_ms} ms ({flag})") from None
+            raise self._timed_out(timeout_ms, flag) from None
 
     # ------------------------------------------------------------------------ 6. metrics
 

@@ -13,10 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from rnnkit_serving import FakeBackend, Limits, Predictor, Signature, TensorSpec
 from rnnkit_serving.config.batching_config import BatchingParameters
 from rnnkit_serving.core.metrics import Metrics
+from rnnkit_serving.core.workers import WorkerRing
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.scheduling.batching import Batcher
+from rnnkit_serving.scheduling.inline import InlineRuns
 
 X = TensorSpec("x", "float32", (None, None, 1))
 Y = TensorSpec("y", "float32", (None, None, 1))
@@ -170,7 +172,9 @@ def test_stream_chunks_get_the_servers_limits_as_predictions_do():
             for run in (
                 lambda inputs=inputs: dispatch.predict(Target("m"), decode(Request(inputs))),
                 lambda inputs=inputs: dispatch.stream(Target("m"), "s", True, False, decode(Request(inputs))),
-                lambda inputs=inputs: dispatch.infer(Target("m"), Sequence("s", True, False), lambda *_: Request(inputs)),
+                lambda inputs=inputs: dispatch.infer(
+                    Target("m"), Sequence("s", True, False), lambda *_: Request(inputs)
+                ),
             ):
                 with pytest.raises(ServingError) as caught:
                     run()
@@ -221,6 +225,56 @@ def test_timeout_answers_deadline_exceeded_and_fast_jobs_return():
         assert caught.value.code is Code.DEADLINE_EXCEEDED
         release.set()
         assert asyncio.run(dispatch.in_worker(pool, lambda: 42, 0, "--some_timeout")) == 42  # 0: no timeout
+
+
+def test_a_timed_out_job_makes_its_model_run_in_threads_again():
+    dispatch = Dispatch(ModelRegistry())
+    inline = dispatch.inline_runs(5.0)
+    inline.observed("m", 100, 1.0)
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ServingError, match=r"Request timed out after 50 ms"):
+            # a job that may not run inline (larger than seen) times out in its thread: its time is unknown
+            asyncio.run(dispatch.in_worker(pool, lambda: release.wait(30), 50, "--t", inline, ("m", 200)))
+        release.set()
+        assert inline.busy == 0 and not inline.may_inline("m", 100)
+        # a threaded job teaches the policy on the loop; the next one of that size runs on the loop's thread
+        assert asyncio.run(dispatch.in_worker(pool, threading.current_thread, 0, "--t", inline, ("m", 100))) is not (
+            threading.current_thread()
+        )
+        assert asyncio.run(dispatch.in_worker(pool, threading.current_thread, 0, "--t", inline, ("m", 100))) is (
+            threading.current_thread()
+        )
+        assert inline.inline == 1
+
+
+def test_the_inline_policy_learns_per_model_and_size_and_yields_to_requests_in_flight():
+    inline = InlineRuns(5.0)
+    assert not inline.may_inline("m", 10)  # nothing seen
+    inline.observed("m", 1000, 4.9)
+    assert inline.may_inline("m", 1000) and inline.may_inline("m", 10) and not inline.may_inline("m", 1001)
+    assert not inline.may_inline("other", 10)  # per model
+    inline.observed("m", 2000, 6.0)  # over the budget: everything learned of m is forgotten
+    assert not inline.may_inline("m", 10)
+    inline.observed("m", 1000, 1.0)
+    inline.busy = 1  # another request is in a worker thread
+    assert not inline.may_inline("m", 10)
+    inline.busy = 0
+    assert inline.run("m", 10, lambda: 7) == 7 and inline.inline == 1
+    with pytest.raises(ValueError, match=r"the inline budget must be > 0 ms, got 0"):
+        InlineRuns(0)
+
+
+def test_nothing_may_run_inline_with_a_batcher_several_processes_or_no_budget():
+    assert isinstance(Dispatch(ModelRegistry()).inline_runs(5.0), InlineRuns)
+    assert Dispatch(ModelRegistry()).inline_runs(0) is None
+    batcher = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=1), Metrics())
+    try:
+        assert Dispatch(ModelRegistry(), batcher=batcher).inline_runs(5.0) is None
+    finally:
+        batcher.close()
+    ring = WorkerRing(index=0, count=2, directory="/nonexistent")
+    assert Dispatch(ModelRegistry(), workers=ring).inline_runs(5.0) is None
 
 
 # ----------------------------------------------------------------------------- 6. metrics

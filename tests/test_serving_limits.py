@@ -1,7 +1,8 @@
 """The server's defences, in-process with fake backends: the element budget on declared shapes
 (gRPC, TF Serving JSON, KServe v2) refusing before any allocation, declared shape vs content,
-default limits, non-finite inputs, JSON nesting depth, REST never running a model on the event
-loop, and state keyed by client input staying bounded."""
+default limits, non-finite inputs, JSON nesting depth, REST running a model on the event loop
+only when its like was fast and nothing else is in flight, and state keyed by client input staying
+bounded."""
 
 import gc
 import json
@@ -41,7 +42,9 @@ SIGNATURE = Signature("serving_default", (X,), (Y,))
 
 
 def fake(name="m", fn=None, limits=None):
-    return Predictor(name, 1, {"serving_default": FakeBackend(SIGNATURE, fn or (lambda i: {"y": i["x"] * 2}))}, limits or Limits())
+    return Predictor(
+        name, 1, {"serving_default": FakeBackend(SIGNATURE, fn or (lambda i: {"y": i["x"] * 2}))}, limits or Limits()
+    )
 
 
 def client_for(dispatch, options=None):
@@ -111,8 +114,11 @@ def test_the_issue_grpc_request_is_refused_from_its_declared_shape_without_alloc
 def test_the_budget_is_shared_by_all_inputs_of_a_request():
     budget = ElementBudget(100)
     assert budget.take("a", [2, 30]) == 60
-    with pytest.raises(ServingError, match=r"input 'b' declares shape \[5, 10\]: 50 elements; a request may hold at "
-                       r"most 100 elements in all \(60 taken by the inputs before it\) \(--max_request_elements\)"):
+    with pytest.raises(
+        ServingError,
+        match=r"input 'b' declares shape \[5, 10\]: 50 elements; a request may hold at "
+        r"most 100 elements in all \(60 taken by the inputs before it\) \(--max_request_elements\)",
+    ):
         budget.take("b", [5, 10])
     with pytest.raises(ServingError, match=r"input 'c' declares 33 axes, above the most this server accepts \(32\)"):
         ElementBudget(None).take("c", [1] * 33)
@@ -175,8 +181,11 @@ def test_kserve_declared_shape_is_refused_before_data_is_read():
     # found by bench/fuzz/fuzz_kserve_json.py: a 0 axis makes the count 0, another axis beyond int64
     huge = {"name": "x", "shape": [2 * 10**88, 0, 4], "datatype": "FP32", "data": []}
     for budget in (ElementBudget(None), ElementBudget(DEFAULT_MAX_REQUEST_ELEMENTS)):
-        with pytest.raises(ServingError, match=r"input 'x' declares shape \[2000.*0, 4\]: an axis of 2000.* is above "
-                           r"the most a request may hold \((4611686018427387904|8388608) elements"):
+        with pytest.raises(
+            ServingError,
+            match=r"input 'x' declares shape \[2000.*0, 4\]: an axis of 2000.* is above "
+            r"the most a request may hold \((4611686018427387904|8388608) elements",
+        ):
             kserve_codec.decode_tensor(huge, X, budget=budget)
     with pytest.raises(ServingError, match=r"input 'x': a value is out of the range of FP32"):
         kserve_codec.decode_tensor({"name": "x", "shape": [1, 1, 4], "datatype": "FP32", "data": [10**400] * 4}, X)
@@ -185,8 +194,11 @@ def test_kserve_declared_shape_is_refused_before_data_is_read():
 def test_tfs_json_rows_are_taken_from_the_budget_before_they_are_checked():
     doc = {"instances": [[[0.0] * 4] * 3] * 5}  # 5 rows of [3, 4]: 60 elements
     signatures = {"serving_default": SIGNATURE}
-    with pytest.raises(ServingError, match=r"input 'x' declares shape \[5, 3, 4\]: 60 elements; a request may hold "
-                       r"at most 59 elements in all"):
+    with pytest.raises(
+        ServingError,
+        match=r"input 'x' declares shape \[5, 3, 4\]: 60 elements; a request may hold "
+        r"at most 59 elements in all",
+    ):
         rest_codec.decode_predict_request(doc, signatures, ElementBudget(59))
     assert rest_codec.decode_predict_request(doc, signatures, ElementBudget(60)).inputs["x"].shape == (5, 3, 4)
     with pytest.raises(ServingError, match=r"Failed to process input 'x': input 'x' declares shape \[1, 3, 4\]"):
@@ -196,7 +208,7 @@ def test_tfs_json_rows_are_taken_from_the_budget_before_they_are_checked():
 
 
 def test_integers_too_long_for_python_are_a_parse_error():
-    body = b'{"instances": [[[' + b"1" * 5000 + b', 0, 0, 0]]]}'
+    body = b'{"instances": [[[' + b"1" * 5000 + b", 0, 0, 0]]]}"
     with pytest.raises(ServingError, match=r"^JSON Parse error: Exceeds the limit \(4300 digits\)"):
         tfs_json.parse_json(body)
     with pytest.raises(ServingError, match=r"^failed to parse the request JSON buffer: Exceeds the limit"):
@@ -391,12 +403,12 @@ def test_deep_json_is_a_400_not_a_500_on_both_rest_apis():
         assert reply.status_code == 400 and "declares 99 axes, above the most this server accepts (32)" in reply.text
 
 
-# -------------------------------------------------------------- REST never blocks the event loop
+# ----------------------------------------- REST blocks the event loop only with a job whose like was fast
 
 
 def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
     """Over a real socket: while one model is stuck, requests for another are answered, and the
-    stuck request gets its 504 (no request runs on the event loop, small or not)."""
+    stuck request gets its 504 (a model not yet seen to be fast runs in a worker thread)."""
     release = threading.Event()
 
     def stuck(inputs):
@@ -410,7 +422,9 @@ def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
         body = {"instances": [[[1.0, 2.0, 3.0, 4.0]]]}
         slow_reply = []
         first = threading.Thread(
-            target=lambda: slow_reply.append(httpx.post(f"{server.rest_url}/v1/models/slow:predict", json=body, timeout=30))
+            target=lambda: slow_reply.append(
+                httpx.post(f"{server.rest_url}/v1/models/slow:predict", json=body, timeout=30)
+            )
         )
         first.start()
         fast = httpx.post(f"{server.rest_url}/v1/models/fast:predict", json=body, timeout=30)
@@ -420,6 +434,82 @@ def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
         assert slow_reply[0].json() == {"error": "Request timed out after 300 ms (--rest_api_timeout_in_ms)"}
     finally:
         release.set()
+        server.stop()
+
+
+def _thread_recorder(delays):
+    """A fake model that records the thread each call ran in, sleeping delays.pop(0) s when delays is non-empty."""
+    threads = []
+
+    def model(inputs):
+        threads.append(threading.current_thread().name)
+        if delays:
+            threading.Event().wait(delays.pop(0))
+        return {"y": inputs["x"]}
+
+    return model, threads
+
+
+def test_a_small_request_with_nothing_in_flight_runs_on_the_loop_once_its_like_was_fast():
+    delays = []
+    model, threads = _thread_recorder(delays)
+    dispatch = Dispatch(ModelRegistry.of([fake("m", model)]), Metrics())
+    small = {"instances": [[[1.0, 2.0, 3.0, 4.0]]]}
+    large = {"instances": [[[1.0, 2.0, 3.0, 4.0]] * 50]}
+    with client_for(dispatch) as client:
+        inline = client.app.state.front.inline
+        for body in (small, small, large, large, small):
+            assert client.post("/v1/models/m:predict", json=body).status_code == 200
+        # never seen -> thread; seen fast -> loop; a larger body -> thread, then loop; smaller than seen -> loop
+        assert [t.startswith("rnnkit-rest_") for t in threads] == [True, False, True, False, False]
+        assert inline.inline == 3
+        delays.append(0.05)  # the model turns slow (50 ms > the 5 ms budget) on a run on the loop...
+        assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
+        assert not threads[-1].startswith("rnnkit-rest_")
+        for _ in range(2):  # ... so the next request of any size goes to a thread, and then it is learned again
+            assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
+        assert [t.startswith("rnnkit-rest_") for t in threads[-2:]] == [True, False]
+    with client_for(dispatch, RestOptions(inline_ms=0)) as client:  # --rest_inline_ms 0: always a thread
+        assert client.app.state.front.inline is None
+        for _ in range(3):
+            client.post("/v1/models/m:predict", json=small)
+        assert all(t.startswith("rnnkit-rest_") for t in threads[-3:])
+
+
+def _kserve(tfs_body):
+    values = np.asarray(tfs_body["instances"], np.float32)
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(values.shape), "data": values.ravel().tolist()}]}
+
+
+def test_nothing_runs_on_the_loop_while_another_request_is_in_a_worker():
+    """Over a real socket: with a request stuck in a worker thread, a request that would have run on the loop
+    (its like was fast) goes to a worker too, and is answered while the first is still stuck."""
+    release, entered = threading.Event(), threading.Event()
+    model, threads = _thread_recorder([])
+
+    def stuck(inputs):
+        entered.set()
+        release.wait(30)
+        return {"y": inputs["x"]}
+
+    registry = ModelRegistry.of([fake("slow", stuck), fake("fast", model)])
+    options = ServerOptions(rest_api_port=_free_port(), port=0, poll_seconds=0)
+    server = ModelServer(registry, options).start()
+    first = None
+    try:
+        body = {"instances": [[[1.0, 2.0, 3.0, 4.0]]]}
+        for _ in range(3):  # a first call may be slow (imports, first allocations): it is learned by the third
+            assert httpx.post(f"{server.rest_url}/v1/models/fast:predict", json=body, timeout=30).status_code == 200
+        assert not threads[-1].startswith("rnnkit-rest_")
+        first = threading.Thread(target=lambda: httpx.post(f"{server.rest_url}/v1/models/slow:predict", json=body))
+        first.start()
+        assert entered.wait(10)  # the slow request is in its worker thread
+        assert httpx.post(f"{server.rest_url}/v1/models/fast:predict", json=body, timeout=30).status_code == 200
+        assert threads[-1].startswith("rnnkit-rest_") and first.is_alive()
+    finally:
+        release.set()
+        if first is not None:
+            first.join(30)
         server.stop()
 
 

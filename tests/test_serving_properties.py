@@ -228,3 +228,29 @@ def test_kserve_json_decoder_long(body):
 @given(predict_requests())
 def test_grpc_predict_request_decoder_long(request):
     harness.grpc_request(request)
+
+
+# ------------------------------------------------------------------------- the JSON byte scans
+
+# texts made of the letters of both literals, brackets and filler: literals, near misses ("tru", "fals"), runs of
+# t and f beyond the scan's switch to a substring search, and bracket counts on both sides of the depth limit
+scan_texts = st.lists(
+    st.sampled_from([b"true", b"false", b"tru", b"fals", b"t", b"f", b"e", b"[", b"{", b"]", b"1.5", b" ", b"t" * 70]),
+    max_size=160,
+).map(b"".join)
+
+
+@FAST
+@given(scan_texts)
+def test_the_bool_scan_agrees_with_a_substring_search(text):
+    from rnnkit_serving.codecs.json_depth import holds_no_bools
+
+    assert holds_no_bools(text) == (b"true" not in text and b"false" not in text)
+
+
+@FAST
+@given(scan_texts)
+def test_the_depth_precheck_never_misses_a_deep_text(text):
+    from rnnkit_serving.codecs.json_depth import exceeds_depth, json_depth
+
+    assert exceeds_depth(text, 3) == (json_depth(text) > 3)

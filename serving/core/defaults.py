@@ -48,6 +48,9 @@ GRPC_TIMEOUT_MS = 30_000  # --grpc_timeout_in_ms (as REST's); <= 0: the client's
 # --server_workers: processes sharing every port; 1 = one process (the tests start many servers on 2 cores)
 SERVER_WORKERS = 1
 REST_WORKERS = 4  # --rest_workers: threads running decode + runtime + encode
+# --rest_inline_ms: with nothing else in flight, a REST request whose like ran within this budget skips the
+# worker thread (rnnkit_serving.scheduling.inline); 0 = always a worker thread
+REST_INLINE_MS = 5.0
 GRPC_WORKERS = 8  # --grpc_workers
 GRPC_MAX_CONCURRENT_RPCS = 64  # --grpc_max_concurrent_rpcs: x 16 MiB messages, at most ~1 GiB of requests held
 DRAIN_SECONDS = 30.0  # --drain_seconds: how long SIGTERM waits for requests in flight

@@ -32,6 +32,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds 0-60000, received {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -182,6 +192,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         type=_positive,
         default=D.REST_WORKERS,
         help=f"threads running REST requests (default {D.REST_WORKERS})",
+    )
+    own.add_argument(
+        "--rest_inline_ms",
+        type=_milliseconds,
+        default=D.REST_INLINE_MS,
+        help=f"with nothing else in flight, a REST request whose like ran within this many ms runs on the event "
+        f"loop instead of a worker thread, saving two thread wake-ups (not with batching or several server "
+        f"workers; default {D.REST_INLINE_MS:g}; 0 = always a worker thread)",
     )
     own.add_argument(
         "--grpc_workers",
@@ -365,7 +383,7 @@ def serve(args: argparse.Namespace, ring: Any = None, ready: Any = None) -> int:
         rest_api_port=args.rest_api_port,
         port=args.port,
         grpc_inference_port=args.grpc_inference_port,
-        rest=RestOptions(args.rest_api_timeout_in_ms, args.max_request_bytes, args.rest_workers),
+        rest=RestOptions(args.rest_api_timeout_in_ms, args.max_request_bytes, args.rest_workers, args.rest_inline_ms),
         grpc_workers=args.grpc_workers,
         grpc_timeout_ms=args.grpc_timeout_in_ms,
         grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,

@@ -163,6 +163,7 @@ def server_info(options: ServerOptions, version: str | None = None) -> ServerInf
             "Timeouts and threads", "gRPC request timeout", f"{options.grpc_timeout_ms} ms", "--grpc_timeout_in_ms"
         ),
         Setting("Timeouts and threads", "REST workers", str(options.rest.workers), "--rest_workers"),
+        Setting("Timeouts and threads", "REST inline budget", f"{options.rest.inline_ms:g} ms", "--rest_inline_ms"),
         Setting("Timeouts and threads", "gRPC workers", str(options.grpc_workers), "--grpc_workers"),
         Setting(
             "Timeouts and threads",

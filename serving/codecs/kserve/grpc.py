@@ -139,9 +139,7 @@ def decode_infer_request(
             if output.name in wanted:
                 raise invalid_argument(f"output '{output.name}' already exists in request")
             wanted.append(output.name)
-    return GrpcInferRequest(
-        request.id or None, parameters_dict(request.parameters), inputs, wanted, (), raw
-    )
+    return GrpcInferRequest(request.id or None, parameters_dict(request.parameters), inputs, wanted, (), raw)
 
 
 def _set_parameter(parameter: Any, value: Any) -> None:

@@ -268,8 +268,10 @@ def decode_infer_request(
     return InferRequest(request_id, dict(parameters), inputs, wanted, tuple(binary_outputs))
 
 
-_IN_C = frozenset(np.dtype(t) for t in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                                         "uint32", "uint64", "bool"))
+_IN_C = frozenset(
+    np.dtype(t)
+    for t in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool")
+)
 
 
 def _data(array: np.ndarray) -> list[Any] | np.ndarray:
@@ -375,5 +377,3 @@ def platform(backend_name: str) -> str:
 
 def server_metadata_json(version: str) -> str:
     return json.dumps({"name": "rnnkit", "version": version, "extensions": list(SERVER_EXTENSIONS)})
-
-

@@ -100,8 +100,7 @@ def decode_raw(
             offset += 4
             if offset + size > len(raw):
                 raise invalid_argument(
-                    f"input '{name}': raw BYTES element {len(values)} declares {size} bytes, "
-                    f"{len(raw) - offset} remain"
+                    f"input '{name}': raw BYTES element {len(values)} declares {size} bytes, {len(raw) - offset} remain"
                 )
             values.append(bytes(raw[offset : offset + size]))
             offset += size
@@ -118,8 +117,7 @@ def decode_raw(
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise invalid_argument(
-            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes of raw data, "
-            f"received {len(raw)}"
+            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes of raw data, received {len(raw)}"
         )
     # a read-only view of the request's bytes: nothing downstream writes into inputs (ONNX Runtime reads
     # them in place), so the 26 KB of a 100x64 sequence are not copied again (they are not copied at all

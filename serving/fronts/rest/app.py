@@ -7,8 +7,11 @@ KServe routes (:mod:`rnnkit_serving.fronts.rest.kserve`), both of which only tra
 the :class:`~rnnkit_serving.dispatch.Dispatch`, or to the read-only discovery routes (``/``, ``/docs``,
 ``/openapi.json``: :mod:`rnnkit_serving.fronts.rest.discovery`); it answers every exception through
 :func:`rnnkit_serving.fronts.rest.http_io.error_response` and records each model request in the metrics.
-Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``,
-never on the event loop (a slow model cannot stall other requests or escape the timeout).
+Decoding, the runtime and encoding run in a worker thread under ``--rest_api_timeout_in_ms``, so a
+slow model cannot stall other requests or escape the timeout; the one exception is a model request
+that arrives with nothing else in flight and whose like recently ran within ``--rest_inline_ms``,
+which the loop runs itself (:mod:`rnnkit_serving.scheduling.inline`: the hand-off would cost it two
+thread wake-ups and protect no one).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def rest_info(options: RestOptions = DEFAULT_REST) -> ServerInfo:
             Setting("Limits", "max request body", f"{options.max_body_bytes} bytes", "--max_request_bytes"),
             Setting("Timeouts", "REST request timeout", f"{options.timeout_ms} ms", TIMEOUT_FLAG),
             Setting("Threads", "REST workers", str(options.workers), "--rest_workers"),
+            Setting("Threads", "REST inline budget", f"{options.inline_ms:g} ms", "--rest_inline_ms"),
         ),
     )
 
@@ -77,6 +81,8 @@ class RestFront:
             if ring is not None
             else None
         )
+        # None: every request in a worker thread (--rest_inline_ms 0, batching, several server processes)
+        self.inline = dispatch.inline_runs(options.inline_ms)
         self.tfs = TfsRoutes(self.dispatch, options, self._in_worker)
         self.kserve = KServeRoutes(self.dispatch, options, self._in_worker, self.relay)
         self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found, self._in_worker)
@@ -117,9 +123,11 @@ class RestFront:
             return response
         return Response(body, media_type=CONTENT_TYPE)
 
-    async def _in_worker(self, job: Callable[[], Response]) -> Response:
+    async def _in_worker(self, job: Callable[[], Response], key: tuple[str, int] | None = None) -> Response:
+        """Run `job` under the REST timeout; `key`: (model name, body bytes) of a model request, which
+        may then run on the loop (:attr:`inline`)."""
         pool = self.relayed_pool if self.relayed_pool is not None and _RELAYED.get() else self.pool
-        return await self.dispatch.in_worker(pool, job, self.options.timeout_ms, TIMEOUT_FLAG)
+        return await self.dispatch.in_worker(pool, job, self.options.timeout_ms, TIMEOUT_FLAG, self.inline, key)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib import resources
 
 from starlette.requests import Request
@@ -27,7 +27,7 @@ from rnnkit_serving.core.server_info import ServerInfo
 from rnnkit_serving.core.status import AVAILABLE
 from rnnkit_serving.dispatch import Dispatch, ModelView, Target
 from rnnkit_serving.errors import ServingError
-from rnnkit_serving.fronts.rest.http_io import JSON, RestOptions, json_response
+from rnnkit_serving.fronts.rest.http_io import JSON, InWorker, RestOptions, json_response
 from rnnkit_serving.fronts.rest.landing import (
     CONTENT_SECURITY_POLICY,
     Link,
@@ -120,7 +120,7 @@ class DiscoveryRoutes:
         options: RestOptions,
         info: ServerInfo,
         not_found: Callable[[], Response],
-        in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
+        in_worker: InWorker,
     ) -> None:
         self.dispatch = dispatch
         self.options = options

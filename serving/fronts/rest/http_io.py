@@ -6,7 +6,9 @@ Exceptions become ``{"error": ...}`` replies here only (:func:`error_response`),
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,10 +26,19 @@ TIMEOUT_FLAG = "--rest_api_timeout_in_ms"
 class RestOptions:
     timeout_ms: int = defaults.REST_API_TIMEOUT_MS  # --rest_api_timeout_in_ms; <= 0 disables
     max_body_bytes: int = defaults.MAX_REQUEST_BYTES  # --max_request_bytes
-    workers: int = defaults.REST_WORKERS  # --rest_workers: threads running decode + runtime + encode (never the loop)
+    workers: int = defaults.REST_WORKERS  # --rest_workers: threads running decode + runtime + encode
+    # --rest_inline_ms: the loop runs a request itself when nothing else is in flight and its like took no longer
+    inline_ms: float = defaults.REST_INLINE_MS
 
 
 DEFAULT_REST = RestOptions()
+
+
+class InWorker(Protocol):
+    """How a route runs its job (the front's ``_in_worker``): under the REST timeout, in a worker thread or,
+    for a model request that gives its `key` (model name, body bytes), possibly on the loop."""
+
+    def __call__(self, job: Callable[[], Response], key: tuple[str, int] | None = None) -> Awaitable[Response]: ...
 
 
 def json_response(text: str | bytes, status_code: int = 200) -> Response:

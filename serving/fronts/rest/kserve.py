@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import Code, invalid_argument, not_found
 from rnnkit_serving.fronts.rest.forward import Relay
-from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
+from rnnkit_serving.fronts.rest.http_io import InWorker, RestOptions, json_response, read_body
 
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 
@@ -35,7 +35,7 @@ class KServeRoutes:
         self,
         dispatch: Dispatch,
         options: RestOptions,
-        in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
+        in_worker: InWorker,
         relay: Relay | None = None,
     ) -> None:
         self.dispatch = dispatch
@@ -75,7 +75,9 @@ class KServeRoutes:
                 raw_path = request.scope.get("raw_path") or path.encode()
                 relayed = functools.partial(self._relayed, call, raw_path.decode("latin-1"), request.headers)
                 return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header, relayed))
-            return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header))
+            return await self.in_worker(
+                lambda: self._infer(target, body, header_length, sequence_header), (target.name, len(body))
+            )
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _metadata(self, target: Target) -> Response:

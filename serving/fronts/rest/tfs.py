@@ -10,7 +10,7 @@ error. Bodies are decoded by :mod:`rnnkit_serving.codecs.tfs.rest` and run throu
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,7 +24,7 @@ from rnnkit_serving.core.identifiers import parse_version
 from rnnkit_serving.core.signature import DEFAULT_SIGNATURE, Signature
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import invalid_argument
-from rnnkit_serving.fronts.rest.http_io import RestOptions, json_response, read_body
+from rnnkit_serving.fronts.rest.http_io import InWorker, RestOptions, json_response, read_body
 
 _POST = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
@@ -40,7 +40,7 @@ class TfsRoutes:
         self,
         dispatch: Dispatch,
         options: RestOptions,
-        in_worker: Callable[[Callable[[], Response]], Awaitable[Response]],
+        in_worker: InWorker,
     ) -> None:
         self.dispatch = dispatch
         self.options = options
@@ -57,7 +57,7 @@ class TfsRoutes:
             target = Target(unquote(name), _int(version), _label(label))
             call.model, call.api = self.dispatch.metric_name(target.name), verb
             body = await read_body(request, self.options.max_body_bytes)
-            return await self.in_worker(lambda: self._post(target, verb, body))
+            return await self.in_worker(lambda: self._post(target, verb, body), (target.name, len(body)))
         if get is not None:
             name, version, label, metadata = get.groups()
             if name is None:

@@ -1,0 +1,68 @@
+"""Which REST jobs run on the event loop itself instead of a worker thread (``--rest_inline_ms``).
+
+A REST request's decode, runtime call and encode run in a worker thread, so that a slow model can
+neither stall the other connections nor escape ``--rest_api_timeout_in_ms``. The hand-off has a price
+of its own: the worker thread must be woken, and then the event loop, two cross-thread wake-ups that
+measured ~0.2-0.3 ms per request on a 2-core VM (``bench/transport_floor.py``: the same minimal server
+with and without the hand-off), a quarter of everything rnnkit added around a 100x64 LSTM request.
+
+When nothing else is in flight on the loop, the hand-off protects no one; it only costs. So a job
+runs inline when all of these hold:
+
+- no other request of this front is running or waiting in a worker (:attr:`InlineRuns.busy` is 0):
+  nobody is kept waiting but a request that arrives during the job, for at most the job's time;
+- the same model has recently answered a request at least as large (body bytes) within the budget
+  (``--rest_inline_ms``), timed where it ran: sizes never seen, or that ran slow, go to a thread.
+  One job over the budget, inline or not, forgets what the model had shown, and it is relearned
+  from threaded runs;
+- the server has no batcher and one process (the fronts ask :meth:`Dispatch.inline_runs
+  <rnnkit_serving.dispatch.Dispatch.inline_runs>`): a batched request waits for its batch, and a
+  relayed sequence chunk waits for another process, neither of which may happen on the loop.
+
+A job run inline cannot be cut short by the request timeout; it is by construction one whose like
+recently took no more than the budget (5 ms by default, against a 30 s timeout). The object belongs
+to one event loop and is used from that loop's thread only, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class InlineRuns:
+    def __init__(self, budget_ms: float) -> None:
+        if not budget_ms > 0:
+            raise ValueError(f"the inline budget must be > 0 ms, got {budget_ms!r}")
+        self.budget_ms = budget_ms
+        self.busy = 0  # requests of this front in a worker thread, or queued for one
+        self.inline = 0  # jobs run inline so far (the tests and the metrics read it)
+        self._fast_up_to: dict[str, int] = {}  # model -> the largest body that ran within the budget
+
+    def may_inline(self, key: str, size: int) -> bool:
+        """Whether a job of model `key` on a `size`-byte body may run on the loop now."""
+        return self.busy == 0 and size <= self._fast_up_to.get(key, -1)
+
+    def observed(self, key: str, size: int, elapsed_ms: float) -> None:
+        """Learn from one job of model `key` on a `size`-byte body that ran `elapsed_ms` where it ran."""
+        if elapsed_ms <= self.budget_ms:
+            if size > self._fast_up_to.get(key, -1):
+                self._fast_up_to[key] = size
+        else:
+            self._fast_up_to.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """A job of `key` whose time is unknown (it timed out in its thread): run the next ones in threads."""
+        self._fast_up_to.pop(key, None)
+
+    def run(self, key: str, size: int, job: Callable[[], T]) -> T:
+        """Run `job` here, now (the caller checked :meth:`may_inline`), and learn from its time."""
+        self.inline += 1
+        started = time.perf_counter()
+        try:
+            return job()
+        finally:
+            self.observed(key, size, (time.perf_counter() - started) * 1e3)
