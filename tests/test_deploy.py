@@ -152,7 +152,7 @@ def test_container_command_lines_parse_with_rnnkit_serves_parser():
     docker = parse_serve(dockerfile_command())
     assert (docker.host, docker.rest_api_port, docker.port, docker.grpc_inference_port) == ("0.0.0.0", 8080, 0, 9000)
     assert docker.model_config_file == "/models/models.config"
-    assert "VOLUME [\"/models\"]" in (DEPLOY / "Dockerfile").read_text()
+    assert 'VOLUME ["/models"]' in (DEPLOY / "Dockerfile").read_text()
     for where, argv, container in containers():
         args = parse_serve(argv)
         assert args.host == "0.0.0.0" and args.port == 0, where  # no TF Serving gRPC: the image has no TensorFlow

@@ -237,7 +237,10 @@ def test_parity_failure_is_loud_and_publishes_nothing(tmp_path):
 def test_layer_that_cannot_be_exported_at_all(tmp_path):
     inp = keras.Input((None, F), name="x")
     model = keras.Model(inp, rk.LSTM(4, activation="gelu", name="gelu_lstm")(inp))
-    with pytest.raises(ExportError, match=r"could not be fused and tf2onnx's loop fallback .*\(layer 'gelu_lstm': .*'gelu' has no ONNX equivalent"):
+    with pytest.raises(
+        ExportError,
+        match=r"could not be fused and tf2onnx's loop fallback .*\(layer 'gelu_lstm': .*'gelu' has no ONNX equivalent",
+    ):
         export_model(model, str(tmp_path), "m", formats="onnx")
     assert os.listdir(tmp_path / "m") == []
 
@@ -300,7 +303,9 @@ def test_server_configs_render_without_the_file_system():
     """`configs` renders text from data only: models.config lists each SavedModel model once, sorted."""
     text = configs.models_config(["b", "a", "b"], "/here", serving_base="/models")
     assert text.count("config {") == 2 and text.index('"/models/a"') < text.index('"/models/b"')
-    triton = configs.triton_config("m", [TensorInfo("x", "float32", [None, None, 3])], [TensorInfo("y", "int64", [None])])
+    triton = configs.triton_config(
+        "m", [TensorInfo("x", "float32", [None, None, 3])], [TensorInfo("y", "int64", [None])]
+    )
     assert 'default_model_filename: "model.onnx"' in triton and "dims: [ -1, 3 ]" in triton and "TYPE_INT64" in triton
     with pytest.raises(RepositoryError, match=r"input 'x': dtype complex64 has no Triton type"):
         configs.triton_config("m", [TensorInfo("x", "complex64", [None])], [])

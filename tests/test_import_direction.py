@@ -17,7 +17,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODULE_LEVEL_FORBIDDEN = {
     "serving": {"tensorflow", "keras"},
     "rnnkit_cli/__init__.py": {
-        "rnnkit", "rnnkit_export", "rnnkit_serving", "keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "numpy"
+        "rnnkit",
+        "rnnkit_export",
+        "rnnkit_serving",
+        "keras",
+        "tensorflow",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
     },
 }
 
@@ -70,7 +78,14 @@ def test_importing_rnnkit_registers_the_layers_and_loads_no_onnx_or_serving():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "True"]
-    assert not loaded_after("import rnnkit") & {"onnx", "onnxruntime", "tf2onnx", "rnnkit_export", "rnnkit_serving", "rnnkit_cli"}
+    assert not loaded_after("import rnnkit") & {
+        "onnx",
+        "onnxruntime",
+        "tf2onnx",
+        "rnnkit_export",
+        "rnnkit_serving",
+        "rnnkit_cli",
+    }
 
 
 def test_the_serve_command_loads_no_keras_tensorflow_or_rnnkit():
@@ -128,8 +143,6 @@ def test_importing_rnnkit_layers_loads_no_onnx_or_serving():
     loaded = loaded_after("import rnnkit.layers")
     assert "keras" in loaded  # the check itself works
     assert not loaded & {"onnx", "onnxruntime", "tf2onnx", "rnnkit_export", "rnnkit_serving"}
-
-
 
 
 # ------------------------------------------------------------------ contracts and cycles
@@ -261,7 +274,18 @@ def test_the_wheel_installs_no_top_level_serving_or_export(tmp_path):
     import zipfile
 
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -132,9 +132,7 @@ def test_numbers_in_paths_headers_and_grpc_fields_never_reach_int(tmp_path):
             reply = client.get(path)
             assert reply.status_code in (400, 404), (path, reply.status_code, reply.text)
         body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1, 1], "datatype": "FP32", "data": [1]}]})
-        reply = client.post(
-            "/v2/models/clf/infer", content=body, headers={kserve_codec.HEADER_LENGTH: "²".encode()}
-        )
+        reply = client.post("/v2/models/clf/infer", content=body, headers={kserve_codec.HEADER_LENGTH: "²".encode()})
         assert reply.status_code == 400 and "must be a non-negative integer" in reply.json()["error"]
     registry.close()
     with pytest.raises(ServingError, match="model version must be an integer"):
@@ -219,7 +217,9 @@ def test_sequence_ids_are_bounded_on_every_front():
     store = SessionStore(SessionOptions(max_sequence_id_length=16))
     version = clf(1)
     x = {"x": np.ones((1, 1, 1), np.float32)}
-    with pytest.raises(ServingError, match=r"sequence id is 17 bytes long; the limit is 16 \(--max_sequence_id_length\)"):
+    with pytest.raises(
+        ServingError, match=r"sequence id is 17 bytes long; the limit is 16 \(--max_sequence_id_length\)"
+    ):
         store.step(version, "é" * 8 + "a", x, start=True)
     assert store.live() == {}
     store.step(version, "é" * 8, x, start=True)  # 16 bytes

@@ -240,7 +240,9 @@ def test_json_answers_write_numbers_in_c_and_every_float32_reads_back_bit_for_bi
         True,
         False,
     ]
-    slow = codec.encode_infer_response("m", 1, {"p": np.array([np.nan, 0.5], np.float32), "s": np.array([b"hi"], object)})
+    slow = codec.encode_infer_response(
+        "m", 1, {"p": np.array([np.nan, 0.5], np.float32), "s": np.array([b"hi"], object)}
+    )
     assert slow == (
         '{"model_name":"m","model_version":"1","outputs":[{"name":"p","datatype":"FP32","shape":[2],'
         '"data":[NaN,0.5]},{"name":"s","datatype":"BYTES","shape":[1],"data":["hi"]}]}'
@@ -365,8 +367,11 @@ def test_binary_header_length_past_the_body(client):
 
 def test_raw_codec_checks_the_declared_size_before_building_arrays():
     # the element budget is checked from the declared shape alone: nothing is allocated for it
-    with pytest.raises(ServingError, match=r"input 'x' declares shape \[1000, 1000, 1000\]: 1000000000 elements; "
-                       r"a request may hold at most 1000 elements in all \(--max_request_elements\)"):
+    with pytest.raises(
+        ServingError,
+        match=r"input 'x' declares shape \[1000, 1000, 1000\]: 1000000000 elements; "
+        r"a request may hold at most 1000 elements in all \(--max_request_elements\)",
+    ):
         tensors.decode_raw("x", "FP32", [1000, 1000, 1000], b"", ElementBudget(1000))
     with pytest.raises(ServingError, match=r"needs 4000000000 bytes of raw data, received 4"):
         tensors.decode_raw("x", "FP32", [1000, 1000, 1000], b"\0" * 4)
@@ -387,8 +392,10 @@ def test_sequence_header_and_parameter_must_agree():
     assert control == sequence.SequenceControl(42, True, False)  # digits: Triton's integer ids
     assert sequence.sequence_control({}, "user-7") == sequence.SequenceControl("user-7", False, False)
     assert sequence.sequence_control({"parameters": {"sequence_id": 42}}, "42").id == 42
-    with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' names sequence 43 but parameter "
-                       "'sequence_id' names 42; they must agree"):
+    with pytest.raises(
+        ServingError,
+        match="header 'x-rnnkit-sequence-id' names sequence 43 but parameter 'sequence_id' names 42; they must agree",
+    ):
         sequence.sequence_control({"parameters": {"sequence_id": 42}}, "43")
     with pytest.raises(ServingError, match="header 'x-rnnkit-sequence-id' is empty"):
         sequence.sequence_control({}, " ")
@@ -401,8 +408,16 @@ def test_numeric_data_converted_in_c_equals_the_checked_path_value_for_value_and
     import random
 
     rng = random.Random(7)
-    specs = {dt: TensorSpec("x", np_name, (None, None, None)) for dt, np_name in
-             (("FP32", "float32"), ("FP64", "float64"), ("INT64", "int64"), ("INT8", "int8"), ("UINT8", "uint8"))}
+    specs = {
+        dt: TensorSpec("x", np_name, (None, None, None))
+        for dt, np_name in (
+            ("FP32", "float32"),
+            ("FP64", "float64"),
+            ("INT64", "int64"),
+            ("INT8", "int8"),
+            ("UINT8", "uint8"),
+        )
+    }
 
     def value():
         return mixed_scalar(rng, [2**60, -(2**70), 1e39, "a", None, [1], 2**54 + 1, 0.5])
@@ -437,8 +452,13 @@ def test_raw_tensors_are_views_of_the_request_bytes_not_copies():
     from rnnkit_serving.codecs.tfs import grpc as tfs_grpc
 
     x = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
-    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 4], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 3, 4], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ]
+        }
+    ).encode()
     body = head + x.tobytes()
     doc, raw = codec.split_binary_body(body, str(len(head)))
     spec = Signature("serving_default", (TensorSpec("x", "float32", (None, None, 4)),), ())

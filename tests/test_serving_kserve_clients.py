@@ -290,17 +290,16 @@ def test_sequence_id_in_the_routing_header(client, stub):
     request.inputs.add(name="x", datatype="FP32", shape=[2, 5, 3])
     request.raw_input_contents.append(np.ascontiguousarray(x[:, :5]).tobytes())
     head = stub.ModelInfer(request, timeout=30, metadata=tuple(header.items()))
-    tail = client.infer("lstm", [grpc_input("x", np.ascontiguousarray(x[:, 5:]))], headers=header,
-                        sequence_id=777, sequence_end=True)
+    tail = client.infer(
+        "lstm", [grpc_input("x", np.ascontiguousarray(x[:, 5:]))], headers=header, sequence_id=777, sequence_end=True
+    )
     names = [o.name for o in head.outputs]
     head_y = np.frombuffer(head.raw_output_contents[names.index("y")], "<f4").reshape(2, 5, 2)
     np.testing.assert_allclose(np.concatenate([head_y, tail.as_numpy("y")], axis=1), want_y, atol=1e-5)
     with pytest.raises(InferenceServerException) as error:
         client.infer("lstm", [grpc_input("x", x)], headers=header, sequence_id=778, sequence_start=True)
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "header 'x-rnnkit-sequence-id' names sequence 777 but parameter 'sequence_id' names 778" in str(
-        error.value
-    )
+    assert "header 'x-rnnkit-sequence-id' names sequence 777 but parameter 'sequence_id' names 778" in str(error.value)
 
 
 def test_kserve_grpc_requests_are_counted_in_metrics(server, client):
@@ -325,10 +324,13 @@ def test_http_client_with_binary_data_both_ways(server):
         assert binary_out.get_output("y")["parameters"] == {"binary_data_size": 12}
         json_out = http.infer("half", [item], outputs=[tritonclient_http.InferRequestedOutput("y", binary_data=False)])
         assert json_out.get_output("y")["data"] == [5.0, 6.0, 2.0]
-        everything = http.infer("pair", [
-            _http_input("seq", np.zeros((1, 2, 3), np.float32)),
-            _http_input("extra", np.ones((1, 2), np.float32)),
-        ])  # no outputs named: the client asks binary_data_output for all
+        everything = http.infer(
+            "pair",
+            [
+                _http_input("seq", np.zeros((1, 2, 3), np.float32)),
+                _http_input("extra", np.ones((1, 2), np.float32)),
+            ],
+        )  # no outputs named: the client asks binary_data_output for all
         assert sorted(everything.get_response()["outputs"][i]["name"] for i in range(2)) == ["logits", "probs"]
         np.testing.assert_allclose(everything.as_numpy("probs").sum(), 1.0, atol=1e-5)
         assert http.is_server_ready() and http.is_model_ready("half")
@@ -346,8 +348,13 @@ def test_http_client_sequences_with_binary_data(server):
     with tritonclient_http.InferenceServerClient(url) as http:
         full = http.infer("lstm", [_http_input("x", x)]).as_numpy("y")
         parts = [
-            http.infer("lstm", [_http_input("x", np.ascontiguousarray(x[:, a:b]))], sequence_id="s-1",
-                       sequence_start=a == 0, sequence_end=b == STEPS).as_numpy("y")
+            http.infer(
+                "lstm",
+                [_http_input("x", np.ascontiguousarray(x[:, a:b]))],
+                sequence_id="s-1",
+                sequence_start=a == 0,
+                sequence_end=b == STEPS,
+            ).as_numpy("y")
             for a, b in ((0, 3), (3, STEPS))
         ]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-5)
@@ -359,4 +366,3 @@ def test_every_probe_path_answers_200(server):
 
     for path in ("/v2/health/live", "/v2/health/ready", "/v1/models/half", "/monitoring/prometheus/metrics"):
         assert httpx.get(server.rest_url + path, timeout=30).status_code == 200, path
-

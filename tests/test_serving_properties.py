@@ -56,7 +56,8 @@ def nested_lists(leaf):
 
 
 json_values = st.recursive(
-    scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4))
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
 )
 
 
@@ -77,10 +78,16 @@ def tfs_bodies(draw):
     if kind == "instances":
         doc["instances"] = draw(nested_lists(numbers))
     elif kind == "inputs":
-        doc["inputs"] = draw(st.one_of(nested_lists(numbers), st.dictionaries(st.sampled_from(["x", "ids", "tag", "q"]), nested_lists(scalars))))
+        doc["inputs"] = draw(
+            st.one_of(
+                nested_lists(numbers), st.dictionaries(st.sampled_from(["x", "ids", "tag", "q"]), nested_lists(scalars))
+            )
+        )
     else:
         doc["instances"] = draw(
-            st.lists(st.dictionaries(st.sampled_from(["x", "ids", "tag"]), nested_lists(scalars), max_size=3), max_size=3)
+            st.lists(
+                st.dictionaries(st.sampled_from(["x", "ids", "tag"]), nested_lists(scalars), max_size=3), max_size=3
+            )
         )
     body = dumps(doc)
     if draw(st.integers(0, 4)) == 0:  # a byte flipped, cut or inserted
@@ -111,7 +118,10 @@ def kserve_bodies(draw):
         inputs.append(item)
     doc = {"inputs": inputs}
     for key, value in (
-        ("outputs", st.one_of(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["y", "z"])}), max_size=2), json_values)),
+        (
+            "outputs",
+            st.one_of(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["y", "z"])}), max_size=2), json_values),
+        ),
         ("id", st.one_of(st.text(max_size=4), json_values)),
         (
             "parameters",
@@ -143,7 +153,9 @@ def predict_requests(draw):
     for name in draw(st.lists(st.sampled_from(["x", "ids", "tag", "q"]), max_size=3, unique=True)):
         tensor = request.inputs[name]
         tensor.dtype = draw(st.one_of(st.sampled_from([1, 2, 3, 4, 6, 7, 9, 10, 19]), st.integers(0, 30)))
-        dims = draw(st.lists(st.one_of(st.integers(-2, 6), st.integers(0, 2**40)), max_size=draw(st.sampled_from([4, 40]))))
+        dims = draw(
+            st.lists(st.one_of(st.integers(-2, 6), st.integers(0, 2**40)), max_size=draw(st.sampled_from([4, 40])))
+        )
         for size in dims:
             tensor.tensor_shape.dim.add(size=size)
         tensor.tensor_shape.unknown_rank = draw(st.integers(0, 9)) == 0
@@ -245,7 +257,8 @@ scan_texts = st.lists(
 def test_the_bool_scan_agrees_with_a_substring_search(text):
     from rnnkit_serving.codecs.json_depth import holds_no_bools
 
-    assert holds_no_bools(text) == (b"true" not in text and b"false" not in text)
+    for scanned in (text, b" " * 4096 + text):  # below and above the size where the vector scan takes over
+        assert holds_no_bools(scanned) == (b"true" not in scanned and b"false" not in scanned)
 
 
 @FAST
@@ -253,4 +266,5 @@ def test_the_bool_scan_agrees_with_a_substring_search(text):
 def test_the_depth_precheck_never_misses_a_deep_text(text):
     from rnnkit_serving.codecs.json_depth import exceeds_depth, json_depth
 
-    assert exceeds_depth(text, 3) == (json_depth(text) > 3)
+    for scanned in (text, b" " * 4096 + text):
+        assert exceeds_depth(scanned, 3) == (json_depth(scanned) > 3)

@@ -306,5 +306,3 @@ def test_prometheus_metrics_parse_with_tf_serving_names(client):
     counts = [s for s in latency.samples if s.name.endswith("_count") and s.labels["API"] == "predict"]
     assert counts and counts[0].labels == {"model_name": "half", "API": "predict", "entrypoint": "REST"}
     assert any(s.labels.get("le") == "+Inf" for s in latency.samples)
-
-

@@ -136,11 +136,19 @@ def encode_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=RAW_DTYPES[datatype_of(array)]).tobytes()
 
 
+_BY_DTYPE: dict[np.dtype[Any], str] = {}  # filled on first use: np.dtype.name is a slow property (~5 us)
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The KServe v2 datatype of an output array."""
+    known = _BY_DTYPE.get(array.dtype)
+    if known is not None:
+        return known
     if array.dtype.kind in "OUS":
         return "BYTES"
     name = array.dtype.name
     if name not in DATATYPES:
         raise invalid_argument(f"output dtype {name} has no KServe v2 datatype")
+    if len(_BY_DTYPE) < 64:  # dtypes are few, but a bound costs nothing
+        _BY_DTYPE[array.dtype] = DATATYPES[name]
     return DATATYPES[name]
