@@ -537,7 +537,16 @@ def test_unknown_model_names_add_no_state_and_one_metrics_label():
     with client_for(dispatch) as client:
         client.post("/v1/models/m:predict", json={"instances": [[[1.0] * 4]]})  # one known request first
         front = client.app.state.front
-        watched = (front, front.tfs, front.kserve, dispatch, dispatch.registry, dispatch.metrics, dispatch.sessions)
+        watched = (
+            front,
+            front.inline,
+            front.tfs,
+            front.kserve,
+            dispatch,
+            dispatch.registry,
+            dispatch.metrics,
+            dispatch.sessions,
+        )
 
         def unknown(i):  # every route that names a model, for an unknown name
             client.post(f"/v1/models/unknown-{i}:predict", json={"instances": [[[1.0] * 4]]})

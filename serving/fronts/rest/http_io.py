@@ -36,7 +36,9 @@ DEFAULT_REST = RestOptions()
 
 class InWorker(Protocol):
     """How a route runs its job (the front's ``_in_worker``): under the REST timeout, in a worker thread or,
-    for a model request that gives its `key` (model name, body bytes), possibly on the loop."""
+    for a model request that gives its `key`, possibly on the loop. `key` is (the model's metrics label, body
+    bytes): the label is the name of a served model or one fixed label for every other name, so what the inline
+    policy learns stays bounded whatever names clients send."""
 
     def __call__(self, job: Callable[[], Response], key: tuple[str, int] | None = None) -> Awaitable[Response]: ...
 

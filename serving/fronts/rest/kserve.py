@@ -76,7 +76,7 @@ class KServeRoutes:
                 relayed = functools.partial(self._relayed, call, raw_path.decode("latin-1"), request.headers)
                 return await self.in_worker(lambda: self._infer(target, body, header_length, sequence_header, relayed))
             return await self.in_worker(
-                lambda: self._infer(target, body, header_length, sequence_header), (target.name, len(body))
+                lambda: self._infer(target, body, header_length, sequence_header), (call.model, len(body))
             )
         raise invalid_argument(f"Malformed request: {method} {path}")
 

@@ -57,7 +57,7 @@ class TfsRoutes:
             target = Target(unquote(name), _int(version), _label(label))
             call.model, call.api = self.dispatch.metric_name(target.name), verb
             body = await read_body(request, self.options.max_body_bytes)
-            return await self.in_worker(lambda: self._post(target, verb, body), (target.name, len(body)))
+            return await self.in_worker(lambda: self._post(target, verb, body), (call.model, len(body)))
         if get is not None:
             name, version, label, metadata = get.groups()
             if name is None:
