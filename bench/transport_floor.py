@@ -12,6 +12,11 @@ httptools and uvloop that reads the whole body and answers a fixed KServe v2 rep
 pool, as rnnkit's) whose ``ModelInfer`` answers a fixed reply. In one run, interleaved, it prints per protocol at
 concurrency 1: the null server's p50 (the transport floor), rnnkit's p50 (batching off), the model's in-process
 p50, and rnnkit's own share = rnnkit - model - transport floor.
+
+An *ideal* server on the same stacks runs beside them: it decodes (orjson, ``np.frombuffer``), runs the same ONNX
+session where the request arrived (on the event loop; in the gRPC handler's thread) and answers the real output,
+with no routing, validation, limits, metrics or thread hand-off: ideal - model is the least any server on these
+stacks adds, and rnnkit - ideal what rnnkit's own layers cost beyond it.
 """
 
 from __future__ import annotations
