@@ -70,7 +70,7 @@ from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import Lease, ModelRegistry
 from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.scheduling.inline import InlineRuns
+from rnnkit_serving.scheduling.inline import InlineRuns, running_inline
 from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
@@ -271,8 +271,8 @@ class Dispatch:
 
     def run(self, predictor: Predictor, arrays: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         """Validated arrays through the batcher (when batching is on) or straight to the predictor."""
-        if self.batcher is not None:
-            return self.batcher.run(predictor, arrays, signature_name)
+        if self.batcher is not None:  # a job on the event loop must not wait for a batch
+            return self.batcher.run(predictor, arrays, signature_name, wait=not running_inline())
         return predictor.run(arrays, signature_name)
 
     def predict(self, target: Target, decode: Callable[[ModelView], R]) -> Prediction[R]:
@@ -340,9 +340,9 @@ class Dispatch:
 
     def inline_runs(self, budget_ms: float) -> InlineRuns | None:
         """The inline policy an asyncio front passes to :meth:`in_worker` (``--rest_inline_ms``); None when
-        nothing may run on its loop: a budget <= 0, a batcher (a request waits for its batch) or several
-        server processes (a sequence chunk may wait on a relay to another process)."""
-        if not budget_ms > 0 or self.batcher is not None or self.workers is not None:
+        nothing may run on its loop: a budget <= 0 or several server processes (a sequence chunk may wait on
+        a relay to another process). With a batcher, :meth:`run` never lets an inline job wait for a batch."""
+        if not budget_ms > 0 or self.workers is not None:
             return None
         return InlineRuns(budget_ms)
 

@@ -134,6 +134,26 @@ def test_a_blocking_request_with_a_free_slot_runs_on_its_own_thread_else_queues(
         batcher.close()
 
 
+def test_a_request_that_must_not_wait_runs_at_once_while_every_slot_is_busy():
+    """wait=False (a request the REST front runs on its event loop): no free slot, yet it runs at once on the
+    calling thread as a batch of one, and what queued behind the busy slot is still batched afterwards."""
+    held = Held()
+    predictor = fake(held)
+    batcher = Batcher(BatchingParameters(8, FOREVER_US, 1, 100))
+    try:
+        blocked = batcher.submit(predictor, one(1.0))  # the only slot, held
+        assert held.started.wait(30)
+        queued = batcher.submit(predictor, one(2.0))
+        settle()
+        assert batcher.run(predictor, one(5.0), wait=False)["b"].tolist() == [51.0]
+        assert held.threads[-1] == threading.current_thread().name and held.rows == [[1.0], [5.0]]
+        held.release.set()
+        assert blocked.result(30)["b"].tolist() == [11.0] and queued.result(30)["b"].tolist() == [21.0]
+    finally:
+        held.release.set()
+        batcher.close()
+
+
 def test_single_thread_batcher_runs_what_gathered_after_each_batch(repo):
     """One batch thread, many concurrent callers of random lengths: every answer is its own
     unbatched answer, and later batches hold several requests."""

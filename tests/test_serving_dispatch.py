@@ -248,6 +248,40 @@ def test_a_timed_out_job_makes_its_model_run_in_threads_again():
         assert inline.inline == 1
 
 
+def test_with_batching_a_job_on_the_loop_never_waits_for_a_batch():
+    """The only batch slot is held by another request; a job run inline still answers at once, on the loop's
+    thread, while the same job from a worker thread would queue behind the slot."""
+    release, entered = threading.Event(), threading.Event()
+
+    def model(inputs):
+        if inputs["x"].ravel()[0] == 1.0:
+            entered.set()
+            release.wait(30)
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=1), Metrics())
+    predictor = Predictor("m", 1, {"serving_default": FakeBackend(DEFAULT, model)}, Limits())
+    dispatch = Dispatch(ModelRegistry.of([predictor]), batcher=batcher)
+    inline = dispatch.inline_runs(5.0)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(dispatch.predict, Target("m"), lambda view: Request({"x": x()}))
+            assert entered.wait(10)
+            inline.observed("m", 10, 1.0)
+
+            def job():
+                answer = dispatch.predict(Target("m"), lambda view: Request({"x": x() * 3}))
+                return answer.outputs["y"].ravel().tolist(), threading.current_thread()
+
+            values, thread = asyncio.run(dispatch.in_worker(pool, job, 5000, "--t", inline, ("m", 10)))
+            assert values == [6.0, 6.0] and thread is threading.current_thread() and inline.inline == 1
+            release.set()
+            assert held.result(10).outputs["y"].ravel().tolist() == [2.0, 2.0]
+    finally:
+        release.set()
+        batcher.close()
+
+
 def test_the_inline_policy_learns_per_model_and_size_and_yields_to_requests_in_flight():
     inline = InlineRuns(5.0)
     assert not inline.may_inline("m", 10)  # nothing seen
@@ -265,14 +299,9 @@ def test_the_inline_policy_learns_per_model_and_size_and_yields_to_requests_in_f
         InlineRuns(0)
 
 
-def test_nothing_may_run_inline_with_a_batcher_several_processes_or_no_budget():
+def test_nothing_may_run_inline_with_several_processes_or_no_budget():
     assert isinstance(Dispatch(ModelRegistry()).inline_runs(5.0), InlineRuns)
     assert Dispatch(ModelRegistry()).inline_runs(0) is None
-    batcher = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=0, num_batch_threads=1), Metrics())
-    try:
-        assert Dispatch(ModelRegistry(), batcher=batcher).inline_runs(5.0) is None
-    finally:
-        batcher.close()
     ring = WorkerRing(index=0, count=2, directory="/nonexistent")
     assert Dispatch(ModelRegistry(), workers=ring).inline_runs(5.0) is None
 

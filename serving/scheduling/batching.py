@@ -125,18 +125,27 @@ class Batcher:
         return self.run(predictor, arrays, signature_name)
 
     def run(
-        self, predictor: Predictor, arrays: dict[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE
+        self,
+        predictor: Predictor,
+        arrays: dict[str, np.ndarray],
+        signature_name: str = DEFAULT_SIGNATURE,
+        wait: bool = True,
     ) -> dict[str, np.ndarray]:
         """Validated `arrays` -> this request's outputs, blocking. When nothing is queued and fewer
         than ``num_batch_threads`` batches run, the request runs at once on the calling thread
         (it would be a batch of one anyway; this skips the hand-off to a batch thread and back);
-        otherwise it queues and waits for its batch (:meth:`submit`)."""
+        otherwise it queues and waits for its batch (:meth:`submit`).
+
+        ``wait=False`` (a caller that must not block: a request the REST front runs on its event loop,
+        :mod:`rnnkit_serving.scheduling.inline`): the request runs at once on the calling thread as a batch
+        of one even when batches are running or queued (the answer is the same: rows are independent)."""
         signature_name = signature_name or DEFAULT_SIGNATURE
         rows = _rows(arrays)
         if rows > self.params.max_batch_size:
             raise _too_large(rows, self.params.max_batch_size)
         with self._cond:
-            inline = not self._groups and self._active < self.params.num_batch_threads and not self._closing
+            alone = not self._groups and self._active < self.params.num_batch_threads
+            inline = (alone or not wait) and not self._closing
             if inline:
                 self._active += 1
         if not inline:

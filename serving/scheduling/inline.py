@@ -15,9 +15,12 @@ runs inline when all of these hold:
   (``--rest_inline_ms``), timed where it ran: sizes never seen, or that ran slow, go to a thread.
   One job over the budget, inline or not, forgets what the model had shown, and it is relearned
   from threaded runs;
-- the server has no batcher and one process (the fronts ask :meth:`Dispatch.inline_runs
-  <rnnkit_serving.dispatch.Dispatch.inline_runs>`): a batched request waits for its batch, and a
-  relayed sequence chunk waits for another process, neither of which may happen on the loop.
+- the server runs one process (the fronts ask :meth:`Dispatch.inline_runs
+  <rnnkit_serving.dispatch.Dispatch.inline_runs>`): a sequence chunk may be relayed to another
+  process, and waiting for it may not happen on the loop.
+
+With batching on, a request run inline never waits for a batch (:func:`running_inline`; the batcher
+runs it at once as a batch of one, which it does anyway for a request that finds nothing queued).
 
 A job run inline cannot be cut short by the request timeout; it is by construction one whose like
 recently took no more than the budget (5 ms by default, against a 30 s timeout). The object belongs
@@ -26,11 +29,18 @@ to one event loop and is used from that loop's thread only, so it needs no lock.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+_ON_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar("rnnkit_on_loop", default=False)
+
+
+def running_inline() -> bool:
+    """Whether the current job runs on the event loop (:meth:`InlineRuns.run`): it must not wait for a batch."""
+    return _ON_LOOP.get()
 
 
 class InlineRuns:
@@ -61,8 +71,10 @@ class InlineRuns:
     def run(self, key: str, size: int, job: Callable[[], T]) -> T:
         """Run `job` here, now (the caller checked :meth:`may_inline`), and learn from its time."""
         self.inline += 1
+        token = _ON_LOOP.set(True)
         started = time.perf_counter()
         try:
             return job()
         finally:
             self.observed(key, size, (time.perf_counter() - started) * 1e3)
+            _ON_LOOP.reset(token)

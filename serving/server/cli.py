@@ -198,8 +198,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         type=_milliseconds,
         default=D.REST_INLINE_MS,
         help=f"with nothing else in flight, a REST request whose like ran within this many ms runs on the event "
-        f"loop instead of a worker thread, saving two thread wake-ups (not with batching or several server "
-        f"workers; default {D.REST_INLINE_MS:g}; 0 = always a worker thread)",
+        f"loop instead of a worker thread, saving two thread wake-ups (it never waits for a batch; not with "
+        f"several server workers; default {D.REST_INLINE_MS:g}; 0 = always a worker thread)",
     )
     own.add_argument(
         "--grpc_workers",
