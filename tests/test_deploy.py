@@ -259,6 +259,7 @@ def test_the_image_installs_no_tensorflow():
         "uvloop",
         "prometheus-client",
         "orjson",
+        "pysimdjson",  # KServe JSON float data into arrays without a Python float per value
         "swagger-ui-py",  # /docs: Swagger UI's files, served by the server itself (no CDN)
         "grpcio",
         "grpcio-health-checking",

@@ -440,6 +440,79 @@ def test_tfs_numeric_json_converted_in_c_equals_the_checked_path_value_for_value
     assert fast_hits > 400  # the comparison covered accepted bodies, not only refusals
 
 
+def test_tfs_bodies_parsed_with_numeric_arrays_decode_as_the_general_parse_does():
+    """Float tensors parsed by pysimdjson straight into arrays (parse_numeric_json) decode to the same array
+    bytes, or TF Serving's same error, as parse_json and the checked path, on random bodies: rows, columns and
+    named inputs; ragged rows, a list where a number belongs ([1, [2]]) and the reverse, strings holding "[",
+    escaped strings, a second input, repeated keys, huge, out-of-range and non-numeric values; the element budget
+    applies alike. The numeric parse must take a good share of them."""
+    import random
+
+    from rnnkit_serving.codecs.json_depth import holds_no_bools
+    from rnnkit_serving.codecs.tfs.json_tensor import parse_numeric_json
+    from rnnkit_serving.core.signature import ElementBudget
+
+    rng = random.Random(5)
+    odd = [2**60, -(2**70), 2**54 + 1, 1e39, 1e300, "a", "[", None, True, [1], [], {"b64": "YQ=="}, -0.0]
+
+    def scalar():
+        return mixed_scalar(rng, odd) if rng.random() < 0.08 else rng.uniform(-1e3, 1e3)
+
+    def tensor(shape):
+        if not shape:
+            return scalar()
+        rows = [tensor(shape[1:]) for _ in range(shape[0])]
+        roll = rng.random()
+        if roll < 0.05 and rows:  # a ragged row
+            rows[-1] = tensor([max(0, shape[1] - 1), *shape[2:]]) if len(shape) > 1 else [scalar()]
+        elif roll < 0.15 and len(rows) > 1 and isinstance(rows[-1], list) and rows[-1]:
+            # ragged rows that still hold as many values (and lists) in all
+            moved = rng.randrange(len(rows) - 1)
+            rows[moved] = [*rows[moved], rows[-1].pop()]
+        return rows
+
+    def outcome(doc, signatures, numbers_only):
+        try:
+            request = decode_predict_request(doc, signatures, ElementBudget(40), numbers_only)
+        except ServingError as error:
+            return ("error", error.code, error.message)
+        return ("ok", {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in request.inputs.items()})
+
+    numeric = 0
+    for _ in range(2000):
+        specs = [TensorSpec("x", rng.choice(("float32", "float32", "float64", "int64")), (None,) * 3)]
+        if rng.random() < 0.15:
+            specs.append(TensorSpec("y", "float32", (None, None)))
+        signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, tuple(specs), ())}
+        shape = [rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 3)][: rng.randint(1, 3)]
+        form = rng.choice(("instances", "inputs", "named"))
+        data = tensor(shape)
+        doc = {"instances": data} if form == "instances" else {"inputs": data if form == "inputs" else {"x": data}}
+        if rng.random() < 0.02:  # a key beside the tensor nested deeper than JSON's limit of 100: the depth error
+            deep: list = []
+            for _ in range(100):
+                deep = [deep]
+            doc["note"] = deep
+        if form == "named" and len(specs) == 2:
+            doc["inputs"]["y"] = tensor([1, 2])
+        if rng.random() < 0.1:
+            doc["signature_name"] = rng.choice([DEFAULT_SIGNATURE, "[x]", 3])
+        body = json.dumps(doc)
+        if rng.random() < 0.05:
+            body = body.replace("{", '{"inputs": [1], ', 1)  # a repeated key
+        if rng.random() < 0.05:
+            body = body.replace("{", '{"note": "\\u005b[", ', 1)  # an escaped "[" beside a plain one
+        raw = body.encode()
+        fast = parse_numeric_json(raw, signatures)
+        if fast is None:
+            continue
+        numeric += 1
+        assert outcome(fast, signatures, False) == outcome(parse_json(raw), signatures, holds_no_bools(raw)), body
+    assert numeric > 600
+    nul_key = b'{"a\\u0000b": 1, "instances": [[1.0]]}'  # pysimdjson cannot look this key up: the general parse
+    assert parse_numeric_json(nul_key, signatures) is None and "a\x00b" in parse_json(nul_key)
+
+
 def test_tfs_a_bool_among_numbers_is_still_refused_on_the_fast_path():
     from rnnkit_serving.codecs.json_depth import holds_no_bools
 

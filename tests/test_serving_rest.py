@@ -306,3 +306,30 @@ def test_prometheus_metrics_parse_with_tf_serving_names(client):
     counts = [s for s in latency.samples if s.name.endswith("_count") and s.labels["API"] == "predict"]
     assert counts and counts[0].labels == {"model_name": "half", "API": "predict", "entrypoint": "REST"}
     assert any(s.labels.get("le") == "+Inf" for s in latency.samples)
+
+
+def test_an_exception_that_escapes_the_front_is_a_logged_json_500_and_the_app_serves_on(caplog):
+    """RestApp sends requests straight to the front (no Starlette middleware): what the routes do not answer
+    themselves still gets a JSON 500 with the error's text, logged, and the next request is served."""
+    sig = Signature(
+        "serving_default", (TensorSpec("x", "float32", (None, 1)),), (TensorSpec("y", "float32", (None, 1)),)
+    )
+    registry = ModelRegistry.of([Predictor("m", 1, {"serving_default": FakeBackend(sig, lambda i: {"y": i["x"]})})])
+    with client_for(registry) as client:
+        front = client.app.state.front
+        handle, calls = front.handle, []
+
+        async def fails_once(request):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("the front broke")
+            return await handle(request)
+
+        front.handle = fails_once
+        with caplog.at_level("ERROR"):
+            broken = client.get("/v2/health/live")
+        assert broken.status_code == 500 and broken.headers["content-type"] == "application/json"
+        assert "the front broke" in broken.json()["error"]
+        assert "internal error while handling a request" in caplog.text and "the front broke" in caplog.text
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.request("TRACE", "/v2/health/live").status_code == 405  # other methods: Starlette's answer

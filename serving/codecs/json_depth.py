@@ -37,6 +37,34 @@ try:
 except ImportError:  # pragma: no cover - optional
     fast_loads = fast_dumps = None
 
+# pysimdjson parses in C and copies numeric arrays straight into a buffer (no Python float per value): the codecs'
+# numeric parses (kserve.rest.parse_numeric_body, tfs.json_tensor.parse_numeric_json) use it when it is installed
+simdjson: Any
+try:
+    import simdjson
+except ImportError:  # pragma: no cover - optional: the general parses alone
+    simdjson = None
+EXACT_INTEGERS = float(1 << 53)  # below it every integer is a double exactly: doubles and Python ints agree
+
+
+def simd_fields(obj: Any) -> list[tuple[str, Any]] | None:
+    """A pysimdjson object's (key, value) pairs, values left as proxies (its ``items()`` converts them all);
+    None when a key repeats: ``obj[key]`` reads the first, the general parses keep the last."""
+    keys = list(obj.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    return [(key, obj[key]) for key in keys]
+
+
+def simd_plain(value: Any) -> Any:
+    """A pysimdjson value as Python objects."""
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
 MAX_JSON_DEPTH = 100  # arrays and objects inside each other, as Triton counts them
 _STEP = np.zeros(256, np.int8)
 _STEP[[ord("["), ord("{")]] = 1

@@ -39,8 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.applications import Starlette
-
 from rnnkit_serving.config.batching_config import BatchingParameters
 from rnnkit_serving.config.connections import DEFAULT_CONNECTIONS, ConnectionLimits
 from rnnkit_serving.config.model_config import ModelConfig, VersionPolicy, read_model_config
@@ -52,7 +50,7 @@ from rnnkit_serving.core.server_info import ServerInfo, Setting
 from rnnkit_serving.core.signature import DEFAULT_LIMITS, NO_LIMITS, Limits
 from rnnkit_serving.core.workers import WorkerRing
 from rnnkit_serving.dispatch import Dispatch
-from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestOptions, rest_app
+from rnnkit_serving.fronts.rest.app import DEFAULT_REST, RestApp, RestOptions, rest_app
 from rnnkit_serving.fronts.rest.connections import guarded_protocol
 from rnnkit_serving.registry import LATEST_ONE, ModelRegistry
 from rnnkit_serving.runtime.backend import DEFAULT_RUNTIME, RuntimeOptions
@@ -435,7 +433,7 @@ def app(
     metrics: Metrics | None = None,
     batcher: Batcher | None = None,
     sessions: SessionStore | None = None,
-) -> Starlette:
+) -> RestApp:
     """The REST app (ASGI) over `registry`: ``rnnkit_serving.app``. Run it with uvicorn, or in-process
     with Starlette's TestClient.
 

@@ -79,6 +79,8 @@ def decode_predict_request(
 def _decode_instances(
     instances: Any, specs: Sequence[TensorSpec], budget: ElementBudget | None, numbers_only: bool
 ) -> dict[str, np.ndarray]:
+    if isinstance(instances, np.ndarray):  # parse_numeric_json: the rows of a one-input signature, checked
+        return {specs[0].name: decode_rows(instances, specs[0], budget, numbers_only)}
     if not isinstance(instances, list):
         raise invalid_argument("Expecting 'instances' to be an list/array")
     if not instances:

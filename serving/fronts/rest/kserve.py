@@ -111,8 +111,11 @@ class KServeRoutes:
     ) -> Response:
         binary: memoryview | None = None
         if header_length is None:
-            doc = kserve_codec.parse_body(body)
-            numbers_only = holds_no_bools(body)
+            doc = kserve_codec.parse_numeric_body(body)  # float data as arrays, or None: the general parse
+            numbers_only = False
+            if doc is None:
+                doc = kserve_codec.parse_body(body)
+                numbers_only = holds_no_bools(body)
         else:
             doc, binary = kserve_codec.split_binary_body(body, header_length)
             numbers_only = holds_no_bools(body[: len(body) - len(binary)])

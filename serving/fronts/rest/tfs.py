@@ -79,10 +79,14 @@ class TfsRoutes:
 
     def _post(self, target: Target, verb: str, body: bytes) -> Response:
         def decode(model: ModelView) -> rest_codec.RestPredictRequest:
+            budget = self.dispatch.element_budget(model)
+            if verb == "predict":  # float tensors straight into arrays, or None: the general parse
+                numeric = tfs_json.parse_numeric_json(body, model.signatures)
+                if numeric is not None:
+                    return rest_codec.decode_predict_request(numeric, model.signatures, budget)
             doc = tfs_json.parse_json(body)
             if verb != "predict":
                 _refuse_verb(verb, doc, model.signatures)
-            budget = self.dispatch.element_budget(model)
             return rest_codec.decode_predict_request(doc, model.signatures, budget, holds_no_bools(body))
 
         answer = self.dispatch.predict(target, decode)
