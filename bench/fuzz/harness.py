@@ -79,7 +79,10 @@ def tfs_json_request(body: bytes) -> Code:
     """A TF Serving REST ``:predict`` body, as ``rest_tfs`` decodes, runs and encodes it."""
 
     def decode(model: ModelView) -> rest_codec.RestPredictRequest:
-        doc = tfs_json.parse_json(body)
+        # float tensors straight into arrays when the body allows it, else the general parse (as the server)
+        doc = tfs_json.parse_numeric_json(body, model.signatures)
+        if doc is None:
+            doc = tfs_json.parse_json(body)
         request = rest_codec.decode_predict_request(doc, model.signatures, DISPATCH.element_budget(model))
         _within_budget(request.inputs)
         return request
@@ -95,7 +98,9 @@ def kserve_json_request(body: bytes) -> Code:
     """A KServe v2 REST ``infer`` body, as ``rest_kserve`` decodes, runs and encodes it."""
 
     def job() -> None:
-        doc = kserve_codec.parse_body(body)
+        doc = kserve_codec.parse_numeric_body(body)  # float data as arrays, or None: the general parse
+        if doc is None:
+            doc = kserve_codec.parse_body(body)
         kserve_sequence.sequence_control(doc)
 
         def decode(model: ModelView) -> kserve_codec.InferRequest:
