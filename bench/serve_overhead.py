@@ -454,10 +454,11 @@ def wait_ready(
 
 @contextmanager
 def rnnkit_servers(
-    model_dir: str, modes: Sequence[str], scratch: str, extra: Sequence[str] = ()
+    model_dir: str, modes: Sequence[str], scratch: str, extra: Sequence[str] = (), tag: str = ""
 ) -> Iterator[dict[str, Server]]:
-    """One child ``python -m rnnkit_cli serve`` per mode, all up at once (`extra`: more flags). A mode is a
-    batching mode ("off", "on"), optionally with a worker count ("off w2": ``--server_workers 2``)."""
+    """One child ``python -m rnnkit_cli serve`` per mode, all up at once (`extra`: more flags; `tag`: told apart
+    in the log names). A mode is a batching mode ("off", "on"), optionally with a worker count ("off w2":
+    ``--server_workers 2``)."""
     batching_file = os.path.join(scratch, "batching.config")
     with open(batching_file, "w") as handle:
         handle.write(
@@ -477,7 +478,7 @@ def rnnkit_servers(
                 flags += ["--server_workers", workers]
             if batching == "on":
                 flags += ["--enable_batching", "--batching_parameters_file", batching_file]
-            log = os.path.join(OUT, f"serve_overhead-server-{mode.replace(' ', '-')}.log")
+            log = os.path.join(OUT, f"serve_overhead-server{tag}-{mode.replace(' ', '-')}.log")
             with open(log, "wb") as sink:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "rnnkit_cli", "serve", *flags], cwd=ROOT, stdout=sink, stderr=sink

@@ -1,6 +1,6 @@
 """How much of rnnkit's served latency is the client and the loopback transport, which any server pays.
 
-    .venv/bin/python bench/transport_floor.py [--seconds 6] [--rounds 3] [--payload 100x64]
+    .venv/bin/python bench/transport_floor.py [--seconds 6] [--rounds 3] [--payload 100x64] [--handoff]
 
 Hold the shared lock when other suites may run: ``flock /tmp/rnnkit-test.lock .venv/bin/python bench/transport_floor.py``.
 
@@ -17,11 +17,17 @@ An *ideal* server on the same stacks runs beside them: it decodes (orjson, ``np.
 session where the request arrived (on the event loop; in the gRPC handler's thread) and answers the real output,
 with no routing, validation, limits, metrics or thread hand-off: ideal - model is the least any server on these
 stacks adds, and rnnkit - ideal what rnnkit's own layers cost beyond it.
+
+``--handoff`` adds two REST servers that tell what the event loop -> worker thread hand-off costs: the ideal server
+handing its work to a thread pool (``run_in_executor``), and ``rnnkit serve --rest_inline_ms 0`` (every request
+in a worker thread, as before ``--rest_inline_ms``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -37,14 +43,15 @@ import serve_overhead as so  # noqa: E402
 PROTOCOLS = ("kserve_binary", "kserve_json", "kserve_grpc")
 
 
-def serve_null(rest_port: int, grpc_port: int, model_file: str = "") -> None:
+def serve_null(rest_port: int, grpc_port: int, model_file: str = "", hop: str = "") -> None:
     """The null servers (run as a child: `python bench/transport_floor.py --serve_null REST GRPC [MODEL]`).
 
     With `MODEL` (an .onnx file) they are the *ideal* servers instead: each request is decoded (orjson for JSON,
     ``np.frombuffer`` for binary and raw gRPC contents), run by the ONNX session right where it arrived (on the
     event loop, in the gRPC handler's thread) and answered with the real output; no routing, no validation, no
     limits, no metrics, no batcher, no thread hand-off. What is left over the null server is the model plus the
-    least decode and encode any server must do.
+    least decode and encode any server must do. With `hop` ("hop") the REST work runs in a thread pool instead
+    (``run_in_executor`` under ``asyncio.wait_for``, as rnnkit's front did for every request): the hand-off's cost.
     """
     from concurrent import futures
 
@@ -55,6 +62,7 @@ def serve_null(rest_port: int, grpc_port: int, model_file: str = "") -> None:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     session = so.ort_session(model_file) if model_file else None
+    pool = futures.ThreadPoolExecutor(4) if hop else None
 
     def ideal_rest(body: bytes, header_length: int) -> bytes:
         assert session is not None
@@ -94,7 +102,11 @@ def serve_null(rest_port: int, grpc_port: int, model_file: str = "") -> None:
         answer = head
         if session is not None and scope["method"] == "POST":
             length = dict(scope["headers"]).get(b"inference-header-content-length", b"0")
-            answer = ideal_rest(b"".join(parts), int(length))
+            if pool is None:
+                answer = ideal_rest(b"".join(parts), int(length))
+            else:
+                job = asyncio.get_running_loop().run_in_executor(pool, ideal_rest, b"".join(parts), int(length))
+                answer = await asyncio.wait_for(job, 30)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
@@ -138,47 +150,50 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="seconds per cell over all rounds (6)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--payload", default="100x64", help="STEPSx64 (100x64)")
+    parser.add_argument(
+        "--handoff",
+        action="store_true",
+        help="also the ideal server with a thread hand-off, and rnnkit with --rest_inline_ms 0 (REST rows only)",
+    )
     parser.add_argument("--serve_null", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_null:
         serve_null(int(args.serve_null[0]), int(args.serve_null[1]), *args.serve_null[2:])
         return 0
     steps, share = so.parse_payload(args.payload), args.seconds / args.rounds
-    children: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as scratch:
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         model_dir = so.export(scratch)
         model_file = so.onnx_file(model_dir)
         session = so.ort_session(model_file)
         ports: dict[str, tuple[int, int]] = {}
-        for who, extra in (("null", []), ("ideal", [model_file])):
+        nulls = [("null", []), ("ideal", [model_file])] + ([("ideal+hop", [model_file, "hop"])] if args.handoff else [])
+        for who, extra in nulls:
             ports[who] = (so.free_port(), so.free_port())
-            children.append(
-                subprocess.Popen(
-                    [sys.executable, os.path.abspath(__file__), "--serve_null", *map(str, ports[who]), *extra],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+            children[who] = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--serve_null", *map(str, ports[who]), *extra],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-        try:
-            with so.rnnkit_servers(model_dir, ["off"], scratch) as servers:
-                for child, who in zip(children, ("null", "ideal")):
-                    so.wait_ready(child, "127.0.0.1", ports[who][0], (ports[who][1],), os.devnull, ready_line=None)
-                server = servers["off"]
-                cells: dict[tuple[str, str], list[float]] = {}
-                for _ in range(args.rounds):
-                    cells.setdefault(("model", ""), []).extend(so.in_process(session, steps, share)[0])
-                    for protocol in PROTOCOLS:
-                        for who, (rest, grpc_port) in (
-                            ("null", ports["null"]),
-                            ("ideal", ports["ideal"]),
-                            ("rnnkit", (server.rest, server.port_for(protocol))),
-                        ):
-                            job = so.Job(protocol, steps, "127.0.0.1", rest, grpc_port, 1)
-                            cells.setdefault((who, protocol), []).extend(p50(job, share))
-        finally:
-            for child in children:
-                child.terminate()
-                child.wait(10)
+            stack.callback(children[who].wait, 10)
+            stack.callback(children[who].terminate)
+        ours = {"rnnkit": stack.enter_context(so.rnnkit_servers(model_dir, ["off"], scratch))["off"]}
+        if args.handoff:
+            threads = so.rnnkit_servers(model_dir, ["off"], scratch, ["--rest_inline_ms", "0"], tag="-threads")
+            ours["rnnkit threads"] = stack.enter_context(threads)["off"]
+        for who, child in children.items():
+            so.wait_ready(child, "127.0.0.1", ports[who][0], (ports[who][1],), os.devnull, ready_line=None)
+        for who, server in ours.items():
+            ports[who] = (server.rest, server.kserve_grpc)
+        cells: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.rounds):
+            cells.setdefault(("model", ""), []).extend(so.in_process(session, steps, share)[0])
+            for protocol in PROTOCOLS:
+                for who, (rest, grpc_port) in ports.items():
+                    if who in ("ideal+hop", "rnnkit threads") and protocol in so.GRPC_PROTOCOLS:
+                        continue  # the hand-off variants differ on REST only
+                    job = so.Job(protocol, steps, "127.0.0.1", rest, grpc_port, 1)
+                    cells.setdefault((who, protocol), []).extend(p50(job, share))
     model = statistics.median(cells[("model", "")])
     print(
         f"\n{args.payload}, concurrency 1, p50 ms; model in process {model:.3f} ms ({args.rounds} rounds, "
@@ -191,16 +206,30 @@ def main() -> int:
     for protocol in PROTOCOLS:
         floor = statistics.median(cells[("null", protocol)])
         ideal = statistics.median(cells[("ideal", protocol)])
-        ours = statistics.median(cells[("rnnkit", protocol)])
+        mine = statistics.median(cells[("rnnkit", protocol)])
         print(
-            f"{protocol:14} {floor:7.3f} {ideal:7.3f} {ours:7.3f} {ours - model:9.3f} {ideal - model:9.3f} "
-            f"{ours - model - floor:10.3f} {ours - ideal:10.3f}"
+            f"{protocol:14} {floor:7.3f} {ideal:7.3f} {mine:7.3f} {mine - model:9.3f} {ideal - model:9.3f} "
+            f"{mine - model - floor:10.3f} {mine - ideal:10.3f}"
         )
     print(
         "overhead = rnnkit - model (serve_overhead's column); ideal ovh = the ideal server - model; "
         "rnnkit own = overhead - the null server's p50 (client + loopback transport on the same stacks); "
         "over ideal = rnnkit - the ideal server"
     )
+    if args.handoff:
+        print(
+            f"\nthe thread hand-off, REST, p50 ms over the model\n{'protocol':14} {'ideal':>7} {'ideal+hop':>9} "
+            f"{'rnnkit':>7} {'rnnkit threads':>14}"
+        )
+        for protocol in PROTOCOLS:
+            if protocol in so.GRPC_PROTOCOLS:
+                continue
+            row = [
+                statistics.median(cells[(who, protocol)]) - model
+                for who in ("ideal", "ideal+hop", "rnnkit", "rnnkit threads")
+            ]
+            print(f"{protocol:14} {row[0]:7.3f} {row[1]:9.3f} {row[2]:7.3f} {row[3]:14.3f}")
+        print("ideal+hop: the ideal server with run_in_executor; rnnkit threads: rnnkit serve --rest_inline_ms 0")
     return 0
 
 
