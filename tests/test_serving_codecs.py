@@ -509,6 +509,16 @@ def test_tfs_bodies_parsed_with_numeric_arrays_decode_as_the_general_parse_does(
         numeric += 1
         assert outcome(fast, signatures, False) == outcome(parse_json(raw), signatures, holds_no_bools(raw)), body
     assert numeric > 600
+    from rnnkit_serving.codecs.json_depth import MAX_JSON_DEPTH, json_depth
+
+    one = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, (TensorSpec("x", "float32", (None, None)),), ())}
+    for wraps in (97, 98, 99):  # the depth is taken from the structure: exactly the byte scan's limit
+        deep: list = []
+        for _ in range(wraps):
+            deep = [deep]
+        for doc in ({"instances": [[1.0]], "note": deep}, {"inputs": {"x": [[1.0]], "note": {"a": deep}}}):
+            raw = json.dumps(doc).encode()
+            assert (parse_numeric_json(raw, one) is None) == (json_depth(raw) > MAX_JSON_DEPTH), (wraps, doc.keys())
     nul_key = b'{"a\\u0000b": 1, "instances": [[1.0]]}'  # pysimdjson cannot look this key up: the general parse
     assert parse_numeric_json(nul_key, signatures) is None and "a\x00b" in parse_json(nul_key)
 
