@@ -22,7 +22,8 @@ temporary directory; ``--model_dir`` reuses an export) and compares, in one run 
   the client's own GIL is not the limit; one keep-alive ``http.client`` connection per thread for REST, one channel
   per process shared by its threads for gRPC).
 
-Printed per payload, protocol and batching: c1 p50/p99 and **overhead = c1 p50 - floor** (ms); c32 req/s and
+Printed per payload, protocol and batching: c1 p50/p99 and **overhead = c1 p50 - floor** (ms), with each round's
+overhead against that round's floor (lowest to highest: how far the machine drifted); c32 req/s and
 **served/ceiling** (c32 req/s over the batched ceiling). Each cell runs ``--seconds`` in all, split over
 ``--rounds`` rounds; the order of the cells is shuffled in each round and both servers stay up, so slow drift of the
 machine spreads over every cell. Results also go to ``bench/out/serve_overhead-<time>.json``. On a 2-core machine
@@ -575,6 +576,7 @@ def main() -> int:
     ]
     results: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {cell: [] for cell in cells}
     floor: dict[str, list[float]] = {name: [] for name in payloads}
+    floor_rounds: dict[str, list[float]] = {name: [] for name in payloads}  # each round's floor p50
     ceiling: dict[str, list[float]] = {name: [] for name in payloads}
     order = random.Random(args.seed)
     pool = ClientPool(max(1, args.client_procs))
@@ -584,6 +586,7 @@ def main() -> int:
                 for name in payloads:  # the in-process floor and ceiling, once per round
                     one, many = in_process(session, steps_of[name], 1.0 if quick else 2.0)
                     floor[name].extend(one)
+                    floor_rounds[name].append(statistics.median(one))
                     ceiling[name].extend(many)
                 shuffled = list(cells)
                 order.shuffle(shuffled)
@@ -597,6 +600,11 @@ def main() -> int:
         pool.close()
 
     summary = {cell: summarize(runs) for cell, runs in results.items()}
+    for (_, name, _, _), cell in summary.items():  # each round's cell against the same round's floor: the drift
+        cell["per_round_overhead_ms"] = [
+            None if p50 is None else p50 - floor_p50
+            for p50, floor_p50 in zip(cell["per_round_p50_ms"], floor_rounds[name])
+        ]
     floors = {name: statistics.median(floor[name]) for name in payloads}
     ceilings = {name: CEILING_BATCH * 1e3 / statistics.median(ceiling[name]) for name in payloads}
     print()
@@ -609,21 +617,24 @@ def main() -> int:
     low, high = min(levels), max(levels)
     print(
         f"\n{'payload':<8} {'protocol':<14} {'batching':<8} {f'c{low} p50':>8} {f'c{low} p99':>8} {'overhead':>9} "
-        f"{f'c{high} req/s':>10} {f'c{high} p50':>8} {'/ceiling':>9}  errors"
+        f"{'by round':>13} {f'c{high} req/s':>10} {f'c{high} p50':>8} {'/ceiling':>9}  errors"
     )
     for name in payloads:
         for protocol in protocols:
             for mode in modes:
                 first, last = summary[(mode, name, protocol, low)], summary[(mode, name, protocol, high)]
                 errors = first["errors"] + (last["errors"] if high != low else 0)
+                by_round = [v for v in first["per_round_overhead_ms"] if v is not None]
+                spread = f"{min(by_round):.2f}-{max(by_round):.2f}" if by_round else "-"
                 print(
                     f"{name:<8} {protocol:<14} {mode:<8} {first['p50_ms']:8.3f} {first['p99_ms']:8.3f} "
-                    f"{first['p50_ms'] - floors[name]:9.3f} {last['req_s']:10.0f} {last['p50_ms']:8.2f} "
+                    f"{first['p50_ms'] - floors[name]:9.3f} {spread:>13} {last['req_s']:10.0f} {last['p50_ms']:8.2f} "
                     f"{last['req_s'] / ceilings[name]:8.2f}x  {errors or ''}"
                     + (f" {first['first_error'] or last['first_error']}" if errors else "")
                 )
     print(
-        f"overhead = c{low} p50 - floor (ms); /ceiling = c{high} req/s over the batched ceiling. "
+        f"overhead = c{low} p50 - floor (ms); by round = each round's c{low} p50 less that round's floor, lowest "
+        f"to highest (the machine's drift); /ceiling = c{high} req/s over the batched ceiling. "
         "Targets (issue 22, 100x64): overhead <= 0.5 ms binary/gRPC, <= 1.0 ms JSON; /ceiling >= 0.6 binary/gRPC, "
         ">= 0.3 JSON."
     )
