@@ -1,6 +1,7 @@
-"""The REST front: TF Serving REST v1 and KServe v2 (Open Inference Protocol), a Starlette app
-over a :class:`~rnnkit_serving.dispatch.Dispatch` (:func:`rest_app`; ``rnnkit_serving.app(registry)``
-builds the dispatch too).
+"""The REST front: TF Serving REST v1 and KServe v2 (Open Inference Protocol), an ASGI app
+(:class:`RestApp`: requests straight to the front, lifespan and odd methods to Starlette) over a
+:class:`~rnnkit_serving.dispatch.Dispatch` (:func:`rest_app`; ``rnnkit_serving.app(registry)`` builds the
+dispatch too).
 
 :class:`RestFront` routes a request to the TF Serving routes (:mod:`rnnkit_serving.fronts.rest.tfs`) or the
 KServe routes (:mod:`rnnkit_serving.fronts.rest.kserve`), both of which only translate between the wire and
