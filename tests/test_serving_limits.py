@@ -263,6 +263,20 @@ def test_default_limits_are_finite_and_the_flags_raise_them():
         dispatch.predict(Target("m"), lambda p: _request({"x": np.zeros((1, 8193, 4), np.float32)}))
 
 
+def test_rest_inline_ms_takes_milliseconds_from_0_and_says_what_it_received(capsys):
+    import argparse
+
+    from rnnkit_serving.server.cli import configure_parser
+
+    parser = configure_parser(argparse.ArgumentParser())
+    assert parser.parse_args(["--rest_inline_ms", "0"]).rest_inline_ms == 0.0
+    assert parser.parse_args(["--rest_inline_ms", "2.5"]).rest_inline_ms == 2.5
+    for bad in ("-1", "nan", "ten", "60001"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--rest_inline_ms", bad])
+        assert f"must be a number of milliseconds 0-60000, received {bad}" in capsys.readouterr().err
+
+
 def test_the_cli_and_the_option_classes_read_one_table_of_defaults():
     import argparse
 
@@ -276,6 +290,7 @@ def test_the_cli_and_the_option_classes_read_one_table_of_defaults():
         ("rest_api_timeout_in_ms", rest.timeout_ms, D.REST_API_TIMEOUT_MS),
         ("max_request_bytes", rest.max_body_bytes, D.MAX_REQUEST_BYTES),
         ("rest_workers", rest.workers, D.REST_WORKERS),
+        ("rest_inline_ms", rest.inline_ms, D.REST_INLINE_MS),
         ("session_idle_seconds", sessions.idle_seconds, D.SESSION_IDLE_SECONDS),
         ("max_sessions", sessions.max_sessions, D.MAX_SESSIONS),
         ("intra_op_threads", runtime.intra_op_threads, D.INTRA_OP_THREADS),
