@@ -363,14 +363,7 @@ class Dispatch:
         allows it, and otherwise its time in the thread teaches the policy."""
         if inline is not None and key is not None and inline.may_inline(*key):
             return inline.run(*key, job)
-        loop = asyncio.get_running_loop()
         timeout = timeout_ms / 1000 if timeout_ms > 0 else None
-        if inline is None:
-            future = loop.run_in_executor(executor, job)
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                raise self._timed_out(timeout_ms, flag) from None
         elapsed: list[float] = []
 
         def timed() -> T:
@@ -380,17 +373,19 @@ class Dispatch:
             finally:
                 elapsed.append((time.perf_counter() - started) * 1e3)
 
-        inline.busy += 1
+        if inline is not None:
+            inline.busy += 1
         try:
-            return await asyncio.wait_for(loop.run_in_executor(executor, timed), timeout)
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, timed), timeout)
         except asyncio.TimeoutError:
-            if key is not None:
+            if inline is not None and key is not None:
                 inline.forget(key[0])
             raise self._timed_out(timeout_ms, flag) from None
         finally:
-            inline.busy -= 1
-            if key is not None and elapsed:
-                inline.observed(key[0], key[1], elapsed[0])
+            if inline is not None:
+                inline.busy -= 1
+                if key is not None and elapsed:
+                    inline.observed(key[0], key[1], elapsed[0])
 
     @staticmethod
     def _timed_out(timeout_ms: int, flag: str) -> ServingError:

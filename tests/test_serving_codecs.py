@@ -519,6 +519,11 @@ def test_tfs_bodies_parsed_with_numeric_arrays_decode_as_the_general_parse_does(
         for doc in ({"instances": [[1.0]], "note": deep}, {"inputs": {"x": [[1.0]], "note": {"a": deep}}}):
             raw = json.dumps(doc).encode()
             assert (parse_numeric_json(raw, one) is None) == (json_depth(raw) > MAX_JSON_DEPTH), (wraps, doc.keys())
+    three = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, (TensorSpec("x", "float32", (None, None, None)),), ())}
+    narrow = json.dumps({"instances": [[[0.5]] * 200]}).encode()  # 200 lists of one number each
+    wide = json.dumps({"instances": [[[0.5] * 8] * 200]}).encode()
+    assert parse_numeric_json(narrow, three) is None  # numpy converts it in C; the walk would be a step per number
+    assert parse_numeric_json(wide, three)["instances"].shape == (1, 200, 8)
     nul_key = b'{"a\\u0000b": 1, "instances": [[1.0]]}'  # pysimdjson cannot look this key up: the general parse
     assert parse_numeric_json(nul_key, signatures) is None and "a\x00b" in parse_json(nul_key)
 

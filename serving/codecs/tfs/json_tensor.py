@@ -71,6 +71,9 @@ def parse_json(body: bytes) -> Any:
 
 _FLOATS = frozenset(("float32", "float64"))
 _OPEN_LIST = ord("[")
+# lists of fewer numbers than this, more than _MANY_LISTS of them, are left to numpy's conversion in C (numbers_in_c):
+# checking each list's length would cost a Python step per few numbers
+_FEW_PER_LIST, _MANY_LISTS = 8, 64
 
 
 def parse_numeric_json(body: bytes, signatures: Mapping[str, Signature]) -> dict[str, Any] | None:
@@ -105,7 +108,7 @@ def parse_numeric_json(body: bytes, signatures: Mapping[str, Signature]) -> dict
         out: dict[str, Any] = {}
         for key, value in fields:
             tensor = None
-            if key == "instances" and len(specs) == 1 or key == "inputs" and len(specs) == 1:
+            if key in ("instances", "inputs") and len(specs) == 1:
                 tensor = _regular(value, next(iter(specs.values())))
             if tensor is not None:
                 out[key], count = tensor
@@ -152,6 +155,8 @@ def _regular(value: Any, spec: TensorSpec) -> tuple[np.ndarray, int] | None:
             return None
         shape.append(len(node))
         node = node[0]
+    if shape[-1] < _FEW_PER_LIST and math.prod(shape[:-1]) > _MANY_LISTS:
+        return None  # mostly lists of a few numbers: the walk below would be a Python step per number
     level, lists = [value], 1
     for size in shape[:-1]:  # every list above the last level: its length, and lists inside it only
         below = []

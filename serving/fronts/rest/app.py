@@ -151,7 +151,6 @@ class RestApp:
     def __init__(self, starlette: Starlette, front: RestFront) -> None:
         self.starlette = starlette
         self.state = starlette.state
-        self.router = starlette.router
         self.front = front
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
