@@ -75,6 +75,7 @@ from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
 MAX_BATCH_WAITERS = 512  # most extra request threads a front adds to wait for batches
+_LIMITS_CACHED = 256  # distinct (server, version) limit pairs remembered by Dispatch.limits_for
 
 
 class DecodedRequest(Protocol):
@@ -222,6 +223,7 @@ class Dispatch:
         self.batcher = batcher
         self.sessions = sessions if sessions is not None else SessionStore()
         self.limits = limits
+        self._tighter: dict[tuple[Limits, Limits], Limits] = {}
         self.allow_non_finite = allow_non_finite
 
     # ------------------------------------------------------------------------ 1. resolve
@@ -247,7 +249,13 @@ class Dispatch:
 
     def limits_for(self, model: Predictor | ModelView) -> Limits:
         """The request limits for a version: the server's and those it was loaded with, the tighter of each."""
-        return self.limits.tighter(model.limits)
+        own = model.limits
+        tight = self._tighter.get((self.limits, own))
+        if tight is None:  # a few distinct limits per server (the flags', each config's): three lookups a request
+            tight = self.limits.tighter(own)
+            if len(self._tighter) < _LIMITS_CACHED:
+                self._tighter[(self.limits, own)] = tight
+        return tight
 
     def element_budget(self, model: Predictor | ModelView) -> ElementBudget:
         """A fresh element budget for one request to `model`: every front's codec takes each

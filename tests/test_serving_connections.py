@@ -127,6 +127,28 @@ def test_headers_beyond_the_limit_get_431_naming_the_flag(server):
     assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 5, 40])
+def test_the_header_limit_counts_exactly_up_to_the_blank_line_whatever_the_reads(server, cut):
+    """The header block (request line, headers, the blank line) may be exactly --max_header_bytes, not one byte
+    more, however the reads split it: here `cut` bytes before its end, where the blank line may straddle two
+    reads, and the body follows in the same read as the headers' end."""
+
+    def block(size: int) -> bytes:
+        head = infer_request().partition(b"\r\n\r\n")[0]
+        pad = size - len(head) - len(b"\r\nx-pad: \r\n\r\n")
+        return head + b"\r\nx-pad: " + b"p" * pad + b"\r\n\r\n"
+
+    for size, status in ((LIMITS.max_header_bytes, b"HTTP/1.1 200"), (LIMITS.max_header_bytes + 1, b"HTTP/1.1 431")):
+        raw = block(size)
+        assert len(raw) == size
+        with connect(server) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(raw[:-cut])
+            time.sleep(0.05)  # two reads on the server
+            sock.sendall(raw[-cut:] + INFER)
+            assert read_all(sock).startswith(status), (size, cut)
+
+
 def test_a_header_sent_forever_is_cut_at_the_limit_without_reading_it_all(server):
     with connect(server) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nx-big: ")

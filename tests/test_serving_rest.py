@@ -317,15 +317,15 @@ def test_an_exception_that_escapes_the_front_is_a_logged_json_500_and_the_app_se
     registry = ModelRegistry.of([Predictor("m", 1, {"serving_default": FakeBackend(sig, lambda i: {"y": i["x"]})})])
     with client_for(registry) as client:
         front = client.app.state.front
-        handle, calls = front.handle, []
+        answer, calls = front.answer, []
 
         async def fails_once(request):
             calls.append(1)
             if len(calls) == 1:
                 raise RuntimeError("the front broke")
-            return await handle(request)
+            return await answer(request)
 
-        front.handle = fails_once
+        front.answer = fails_once
         with caplog.at_level("ERROR"):
             broken = client.get("/v2/health/live")
         assert broken.status_code == 500 and broken.headers["content-type"] == "application/json"

@@ -20,6 +20,7 @@ label; labels are bounded by the dispatch: served names and ``(unknown)``).
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,12 +75,7 @@ def _observe(
     table: dict[tuple[str, ...], list[float]], key: tuple[str, ...], bounds: Sequence[float], value: float
 ) -> None:
     cells = table.setdefault(key, [0.0] * (len(bounds) + 2))  # one per bucket, +Inf, then the sum
-    for index, bound in enumerate(bounds):
-        if value <= bound:
-            cells[index] += 1
-            break
-    else:
-        cells[len(bounds)] += 1
+    cells[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value; len(bounds): +Inf
     cells[-1] += value
 
 

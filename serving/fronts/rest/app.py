@@ -90,24 +90,32 @@ class RestFront:
         self.discovery = DiscoveryRoutes(dispatch, options, info or rest_info(options), _not_found, self._in_worker)
 
     async def handle(self, request: Request) -> Response:
+        """The answer to `request`, counted in the metrics."""
+        response, outcome = await self.answer(request)
+        if outcome is not None:
+            self.dispatch.record(*outcome)
+        return response
+
+    async def answer(self, request: Request) -> tuple[Response, tuple[Call, Code] | None]:
+        """The answer to `request`, and what the metrics step records of it (None: not a model request):
+        :class:`RestApp` records it after the answer is sent, the client need not wait for it."""
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
         if request.method == "GET" and path == METRICS_PATH:
-            return await self._metrics(request, path)
+            return await self._metrics(request, path), None
         if self.relayed_pool is not None:
             _RELAYED.set(private_request(request.scope))
         v2 = _V2.fullmatch(path) is not None
         if not v2 and not _V1.fullmatch(path):
             if is_discovery_path(path):
-                return await self.discovery.handle(request, path)
-            return _not_found()
+                return await self.discovery.handle(request, path), None
+            return _not_found(), None
         call = Call("REST")
         try:
             response = await (self.kserve if v2 else self.tfs).handle(request, path, call)
             code = Code.OK
         except Exception as error:
             response, code = error_response(error)
-        self.dispatch.record(call, code)
-        return response
+        return response, (call, code)
 
     async def _metrics(self, request: Request, path: str) -> Response:
         metrics = self.dispatch.metrics
@@ -157,11 +165,16 @@ class RestApp:
         if scope["type"] != "http" or scope["method"] not in _METHOD_SET:
             await self.starlette(scope, receive, send)
             return
+        outcome = None
         try:
-            response = await self.front.handle(Request(scope, receive))
+            response, outcome = await self.front.answer(Request(scope, receive))
         except Exception as error:  # the routes answer their own errors; anything else is a 500 (wire_error logs it)
             response, _ = error_response(error)
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:  # counted once the answer is on its way (its latency includes the send)
+            if outcome is not None:
+                self.front.dispatch.record(*outcome)
 
 
 def rest_app(dispatch: Dispatch, options: RestOptions = DEFAULT_REST, info: ServerInfo | None = None) -> RestApp:

@@ -139,11 +139,17 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     self.transport.close()
                 return
             if self._in_headers:
-                # count up to the end of the headers only: a body that arrives in the same read is not a header
-                window = self._header_tail + data
-                end = window.find(b"\r\n\r\n")
-                self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._header_tail))
-                self._header_tail = window[-3:]
+                # count up to the end of the headers only: a body that arrives in the same read is not a header.
+                # The end is looked for across the previous read's last bytes, then in this read (never joined:
+                # a read holds up to 64 KiB, the body's first part too)
+                tail = self._header_tail
+                across = (tail + data[:3]).find(b"\r\n\r\n") if tail else -1
+                if across >= 0:  # the end straddles the two reads: the header bytes stop inside this one
+                    self._header_bytes += across + 4 - len(tail)
+                else:
+                    end = data.find(b"\r\n\r\n")
+                    self._header_bytes += len(data) if end < 0 else end + 4
+                self._header_tail = data[-3:] if len(data) >= 3 else (tail + data)[-3:]
                 if self._header_bytes > limits.max_header_bytes:
                     self._refuse(
                         b"431 Request Header Fields Too Large",

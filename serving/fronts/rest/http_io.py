@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from rnnkit_serving.codecs.tfs import rest as rest_codec
@@ -53,20 +53,30 @@ def error_response(error: Exception) -> tuple[Response, Code]:
     return json_response(rest_codec.error_json(message), status), code
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    too_big = ServingError(
+def _too_big(limit: int) -> ServingError:
+    return ServingError(
         Code.RESOURCE_EXHAUSTED,
         f"Request body is larger than the server limit of {limit} bytes (--max_request_bytes)",
         http_status=413,
     )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
     if declared and (ascii_uint(declared, limit) is None):
-        raise too_big
+        raise _too_big(limit)
+    # the ASGI messages themselves (Starlette's Request.stream is an async generator around the same loop)
+    receive = request.receive
     chunks, total = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client went away mid-body
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
-            raise too_big
+            raise _too_big(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
