@@ -223,7 +223,7 @@ class Dispatch:
         self.batcher = batcher
         self.sessions = sessions if sessions is not None else SessionStore()
         self.limits = limits
-        self._tighter: dict[tuple[Limits, Limits], Limits] = {}
+        self._tighter: dict[int, tuple[Limits, Limits, Limits]] = {}
         self.allow_non_finite = allow_non_finite
 
     # ------------------------------------------------------------------------ 1. resolve
@@ -249,12 +249,16 @@ class Dispatch:
 
     def limits_for(self, model: Predictor | ModelView) -> Limits:
         """The request limits for a version: the server's and those it was loaded with, the tighter of each."""
-        own = model.limits
-        tight = self._tighter.get((self.limits, own))
-        if tight is None:  # a few distinct limits per server (the flags', each config's): three lookups a request
-            tight = self.limits.tighter(own)
-            if len(self._tighter) < _LIMITS_CACHED:
-                self._tighter[(self.limits, own)] = tight
+        own, server = model.limits, self.limits
+        # three lookups a request, of a few objects (the flags', each loaded version's): remembered by identity
+        # (an entry holds both objects, so their ids stay theirs), without hashing the dataclasses each time
+        known = self._tighter.get(id(own))
+        if known is not None and known[0] is own and known[1] is server:
+            return known[2]
+        tight = server.tighter(own)
+        if len(self._tighter) >= _LIMITS_CACHED:  # versions come and go over a long run: start afresh
+            self._tighter.clear()
+        self._tighter[id(own)] = (own, server, tight)
         return tight
 
     def element_budget(self, model: Predictor | ModelView) -> ElementBudget:

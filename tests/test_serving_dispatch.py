@@ -123,6 +123,30 @@ def test_limits_refuse_batch_size_and_sequence_length(dispatch):
     assert dispatch.limits_for(dispatch.lease(Target("m")).predictor) == Limits(2, 3)
 
 
+def test_limits_for_follows_the_server_limits_and_each_version_and_stays_bounded():
+    """limits_for remembers its answers by the objects' identity: a new server limit or another version's limits
+    are never answered from what was remembered, and the memory is bounded however many versions come and go."""
+    from rnnkit_serving import dispatch as dispatch_module
+
+    server = Dispatch(ModelRegistry.of([]), limits=Limits(8, 100, 1000))
+
+    class Version:
+        def __init__(self, limits: Limits) -> None:
+            self.limits = limits
+
+    a, b = Version(Limits(4, None, 5000)), Version(Limits(None, 50, None))
+    assert server.limits_for(a) == Limits(4, 100, 1000)
+    assert server.limits_for(b) == Limits(8, 50, 1000)
+    assert server.limits_for(a) == Limits(4, 100, 1000)  # remembered, still a's
+    server.limits = Limits(2, None, None)
+    assert server.limits_for(a) == Limits(2, None, 5000)
+    a.limits = Limits(1, 1, 1)
+    assert server.limits_for(a) == Limits(1, 1, 1)
+    for i in range(3 * dispatch_module._LIMITS_CACHED):
+        assert server.limits_for(Version(Limits(None, None, i + 1))) == Limits(2, None, i + 1)
+        assert len(server._tighter) <= dispatch_module._LIMITS_CACHED
+
+
 # ---------------------------------------------------------------------------- 4. schedule
 
 

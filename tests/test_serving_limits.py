@@ -124,6 +124,17 @@ def test_the_budget_is_shared_by_all_inputs_of_a_request():
         ElementBudget(None).take("c", [1] * 33)
 
 
+def test_the_budget_counts_numpy_axes_as_python_integers_so_a_huge_product_cannot_wrap_around():
+    """int64 axes of 2**32 each multiply to 2**64, which numpy wraps to 0: the count must not."""
+    axes = [np.int64(1 << 32), np.int64(1 << 32)]
+    assert np.prod(np.array(axes)) == 0  # what a numpy product would have let through
+    with pytest.raises(ServingError, match=r"declares shape \[4294967296, 4294967296\]: 18446744073709551616 elements"):
+        ElementBudget(1000).take("x", axes)
+    with pytest.raises(ServingError, match=r"an axis of 4294967296 is above the most a request may hold"):
+        ElementBudget(1000).take("x", (np.int64(0), np.int64(1 << 32)))
+    assert ElementBudget(None).take("x", (np.int32(3), np.uint8(4))) == 12
+
+
 def test_grpc_declared_shape_is_checked_against_its_content_before_building():
     p = grpc_codec.protos()
     content = p.tensor.TensorProto(dtype=1, tensor_content=b"\0" * 44)

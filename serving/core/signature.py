@@ -7,6 +7,7 @@ manifest, so inputs are validated here once, before any runtime sees them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -76,13 +77,19 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    @property
+    # computed once per signature (every request reads them); callers must not mutate the lists
+    @functools.cached_property
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
 
-    @property
+    @functools.cached_property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @functools.cached_property
+    def input_specs(self) -> dict[str, TensorSpec]:
+        """The inputs by name."""
+        return {t.name: t for t in self.inputs}
 
     def input(self, name: str) -> TensorSpec:
         for spec in self.inputs:
@@ -253,18 +260,19 @@ class ElementBudget:
             raise ValidationError(
                 f"input '{name}' declares {len(shape)} axes, above the most this server accepts ({MAX_RANK})"
             )
-        count = math.prod(int(d) for d in shape)
+        shape = tuple(map(int, shape))  # Python ints: a product of numpy ints would wrap around silently
+        count = math.prod(shape)
         if self.limit is not None and self.used + count > self.limit:
             others = f" ({self.used} taken by the inputs before it)" if self.used else ""
             raise ValidationError(
-                f"input '{name}' declares shape {[int(d) for d in shape]}: {count} elements; a request may hold "
+                f"input '{name}' declares shape {list(shape)}: {count} elements; a request may hold "
                 f"at most {self.limit} elements in all{others} (--max_request_elements)"
             )
-        widest = max((int(d) for d in shape), default=0)
+        widest = max(shape, default=0)
         cap = self.limit if self.limit is not None else MAX_AXIS
         if widest > cap:  # even with another axis 0 (no elements), numpy cannot hold such a shape
             raise ValidationError(
-                f"input '{name}' declares shape {[int(d) for d in shape]}: an axis of {widest} is above the most "
+                f"input '{name}' declares shape {list(shape)}: an axis of {widest} is above the most "
                 f"a request may hold ({cap} elements; --max_request_elements)"
             )
         self.used += count
@@ -303,6 +311,7 @@ def _kind_ok(received: np.dtype, expected: np.dtype) -> bool:
     return received.kind in "USO"
 
 
+@functools.lru_cache(maxsize=64)  # the dtype names of signatures: a handful
 def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(object) if name == "str" else np.dtype(name)
 
@@ -320,9 +329,9 @@ def validate(signature: Signature, inputs: Mapping[str, Any], limits: Limits = N
             f"received {type(inputs).__name__}"
         )
     expected_names = signature.input_names
-    missing = [n for n in expected_names if n not in inputs]
-    extra = sorted(str(n) for n in inputs if n not in expected_names)
-    if missing or extra:
+    if len(inputs) != len(expected_names) or not all(n in inputs for n in expected_names):
+        missing = [n for n in expected_names if n not in inputs]
+        extra = sorted(str(n) for n in inputs if n not in expected_names)
         raise ValidationError(
             f"signature '{signature.name}' expects inputs {expected_names}; missing {missing}, unexpected {extra}"
         )

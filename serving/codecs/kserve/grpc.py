@@ -25,7 +25,7 @@ import numpy as np
 from rnnkit_serving.codecs.kserve import rest as kserve_codec
 from rnnkit_serving.codecs.kserve import tensors
 from rnnkit_serving.core.identifiers import parse_version
-from rnnkit_serving.core.signature import ElementBudget, Signature, TensorSpec, numpy_dtype
+from rnnkit_serving.core.signature import ElementBudget, Signature, numpy_dtype
 from rnnkit_serving.errors import invalid_argument
 
 SERVICE = "inference.GRPCInferenceService"
@@ -103,7 +103,7 @@ def decode_infer_request(
             f"raw_input_contents has {len(raw_contents)} entries for {len(request.inputs)} inputs; "
             "give one per input, in input order, or use typed contents for all"
         )
-    specs: dict[str, TensorSpec] = {s.name: s for s in signature.inputs}
+    specs = signature.input_specs
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         name = tensor.name

@@ -263,7 +263,7 @@ def decode_infer_request(
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, Mapping):
         raise invalid_argument("'parameters' must be a JSON object")
-    specs = {s.name: s for s in signature.inputs}
+    specs = signature.input_specs
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:

@@ -103,7 +103,7 @@ def parse_numeric_json(body: bytes, signatures: Mapping[str, Signature]) -> dict
         signature = signatures.get(name or DEFAULT_SIGNATURE) if isinstance(name, str) else None
         if signature is None or ("instances" in doc) == ("inputs" in doc):
             return None
-        specs = {spec.name: spec for spec in signature.inputs}
+        specs = signature.input_specs
         lists, converted = 0, 0  # every list of the body, accounted for; those turned into arrays
         out: dict[str, Any] = {}
         for key, value in fields:

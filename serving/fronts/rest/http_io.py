@@ -43,8 +43,24 @@ class InWorker(Protocol):
     def __call__(self, job: Callable[[], Response], key: tuple[str, int] | None = None) -> Awaitable[Response]: ...
 
 
+class JsonResponse(Response):
+    """A JSON answer with its two headers built directly (Starlette's ``Response(...)`` renders and looks up
+    its headers generically, every request): ``content-length``, then ``content-type``, as Starlette orders them."""
+
+    media_type = JSON
+
+    def __init__(self, text: str | bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = text.encode() if isinstance(text, str) else text
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), (b"content-type", _JSON_BYTES)]
+
+
+_JSON_BYTES = JSON.encode()
+
+
 def json_response(text: str | bytes, status_code: int = 200) -> Response:
-    return Response(text, status_code=status_code, media_type=JSON)
+    return JsonResponse(text, status_code)
 
 
 def error_response(error: Exception) -> tuple[Response, Code]:
