@@ -49,7 +49,7 @@ def base_checkout(rev: str, scratch: str):  # type: ignore[no-untyped-def]
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", tree], check=False)
 
 
-def serve(model_dir: str, cwd: str, env: dict[str, str], log: str) -> tuple[subprocess.Popen[bytes], int, int]:
+def serve(model_dir: str, cwd: str, env: dict[str, str], log: str) -> so.Server:
     rest, tfs_grpc, kserve_grpc = so.free_port(), so.free_port(), so.free_port()
     flags = ["--model_base_path", model_dir, "--model_name", so.MODEL, "--host", "127.0.0.1", "--port", str(tfs_grpc)]
     flags += ["--rest_api_port", str(rest), "--grpc_inference_port", str(kserve_grpc)]
@@ -59,7 +59,7 @@ def serve(model_dir: str, cwd: str, env: dict[str, str], log: str) -> tuple[subp
             [sys.executable, "-m", "rnnkit_cli", "serve", *flags], cwd=cwd, env=env, stdout=sink, stderr=sink
         )
     so.wait_ready(proc, "127.0.0.1", rest, (tfs_grpc, kserve_grpc), log)
-    return proc, rest, kserve_grpc
+    return so.Server(log, proc, rest, tfs_grpc, kserve_grpc, log)
 
 
 def main() -> int:
@@ -80,21 +80,21 @@ def main() -> int:
         model_dir = so.export(scratch)
         session = so.ort_session(so.onnx_file(model_dir))
         imports = stack.enter_context(base_checkout(args.base, scratch))
-        servers = {}
+        servers: dict[str, so.Server] = {}
         for who, cwd, env in (
             ("base", scratch, {**os.environ, "PYTHONPATH": imports}),  # not from ROOT: '' would import the tree
             ("new", ROOT, dict(os.environ)),
         ):
-            proc, rest, kserve_grpc = serve(model_dir, cwd, env, os.path.join(so.OUT, f"serve_ab-{who}.log"))
-            stack.callback(proc.wait, 30)
-            stack.callback(proc.terminate)
-            servers[who] = (rest, kserve_grpc)
+            server = serve(model_dir, cwd, env, os.path.join(so.OUT, f"serve_ab-{who}.log"))
+            stack.callback(server.proc.wait, 30)
+            stack.callback(server.proc.terminate)
+            servers[who] = server
         cells: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
             floor = statistics.median(so.in_process(session, steps, args.seconds)[0])
             for protocol in protocols:
-                for who, (rest, kserve_grpc) in servers.items():
-                    job = so.Job(protocol, steps, "127.0.0.1", rest, kserve_grpc, 1)
+                for who, server in servers.items():
+                    job = so.Job(protocol, steps, "127.0.0.1", server.rest, server.port_for(protocol), 1)
                     cells.setdefault((protocol, who), []).append(statistics.median(tf.p50(job, args.seconds)) - floor)
     print(f"\n{args.payload}, concurrency 1, p50 over the model in process, ms ({args.rounds} rounds); base {args.base}")
     print(f"{'protocol':14} {'base':>7} {'new':>7} {'base - new':>11}  per round (base - new)")
