@@ -215,6 +215,69 @@ def test_a_body_shorter_than_its_content_length_gets_408(server):
     assert time.monotonic() - started < 5
 
 
+def _cancelled(server) -> int:
+    text = request(server, b"GET /monitoring/prometheus/metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").decode()
+    line = ':tensorflow:serving:request_count{model_name="m",status="CANCELLED"} '
+    return int(float(text.split(line, 1)[1].split()[0])) if line in text else 0
+
+
+def test_a_client_gone_mid_body_is_counted_cancelled_and_not_logged_as_an_internal_error(server, caplog):
+    """A client that closes its connection before its body arrived made a 500 with a logged traceback: any client
+    could fill the server's log by dropping connections mid-body. It is now CANCELLED (HTTP 499), unlogged."""
+    before = _cancelled(server)
+    with caplog.at_level("ERROR", logger="rnnkit.serving"):
+        for _ in range(3):
+            with connect(server) as sock:
+                sock.sendall(infer_request(length=len(INFER) + 100))  # 100 bytes short of its Content-Length
+                time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while _cancelled(server) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert _cancelled(server) == before + 3
+    assert "internal error" not in caplog.text
+    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_that_keeps_arriving_is_not_cut_however_long_it_takes_in_all(server):
+    """--body_timeout_seconds bounds each pause, not the whole body: four pauses of 0.6 s (1.8 s in all, the
+    limit is 1 s) are served. The pause deadline moves with each read without touching the loop's timer, which
+    must then wake, find the deadline moved, and wait again."""
+    raw = infer_request()
+    head, body = raw[: len(raw) - len(INFER)], INFER
+    with connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head + body[:20])
+        for start in range(20, len(body), 20):
+            time.sleep(0.6)
+            sock.sendall(body[start : start + 20])
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_kept_alive_connection_that_dribbles_its_next_headers_is_closed(server):
+    """After an answer the next request's headers must arrive within max(--header_timeout_seconds, keep-alive);
+    a byte every 0.3 s resets uvicorn's keep-alive timer but not this deadline."""
+    with connect(server) as sock:
+        sock.sendall(infer_request())
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
+        started, closed = time.monotonic(), False
+        for byte in b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.3)
+            if time.monotonic() - started > 9:
+                break
+        if not closed:
+            sock.settimeout(2)
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - started < 9
+
+
 def test_a_port_full_of_idle_connections_still_serves_a_new_one(server):
     """Soak finding: idle and slowloris connections held every slot, so a client that had to reconnect
     (or a probe opening a connection each time) was refused. A new connection now evicts the oldest

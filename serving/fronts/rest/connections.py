@@ -79,22 +79,50 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
         _in_headers = True
         _reserve = False
-        _timer: asyncio.TimerHandle | None = None
         _lingering = 0  # > 0: refused; bytes drained since (the socket closes after LINGER_SECONDS)
+        # One deadline at a time (headers, body pause, linger) and what happens when it passes. Moving or clearing
+        # it is an attribute write: the loop timer behind it is only rescheduled when the deadline comes *sooner*
+        # than the timer, and otherwise fires, finds the deadline moved and re-arms itself for it. A kept-alive
+        # connection thus costs no timer operation per request (it was four: arm and cancel, twice).
+        _deadline: float | None = None
+        _expire: Any = None
+        _timer: asyncio.TimerHandle | None = None
+        _timer_at = 0.0
 
         def _refuse(self, status: bytes, message: str) -> None:
             self._disarm()
             _reply(self.transport, status, message)
             if not self.transport.is_closing():
                 self._lingering = 1
-                self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+                self._arm(LINGER_SECONDS, self.transport.close)
 
         def _arm(self, seconds: float, callback: Any) -> None:
-            self._disarm()
-            if seconds > 0:
-                self._timer = self.loop.call_later(seconds, callback)
+            if not seconds > 0:
+                self._deadline = None
+                return
+            deadline = self.loop.time() + seconds
+            self._deadline, self._expire = deadline, callback
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer, self._timer_at = self.loop.call_at(deadline, self._on_timer), deadline
 
         def _disarm(self) -> None:
+            self._deadline = None  # the timer, if any, fires to nothing and stops
+
+        def _on_timer(self) -> None:
+            self._timer = None
+            deadline = self._deadline
+            if deadline is None:
+                return
+            if self.loop.time() < deadline:  # moved later since the timer was set
+                self._timer, self._timer_at = self.loop.call_at(deadline, self._on_timer), deadline
+                return
+            self._deadline = None
+            self._expire()
+
+        def _stop_timer(self) -> None:
+            self._deadline = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -117,12 +145,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._arm(limits.header_timeout_s, self._headers_too_slow)
 
         def _headers_too_slow(self) -> None:
-            self._timer = None
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.close()  # nothing was asked: no answer owed
 
         def _body_too_slow(self) -> None:
-            self._timer = None
             if self.cycle is not None and not self.cycle.response_complete:
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()
@@ -157,8 +183,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                         f"({FLAGS['max_header_bytes']})",
                     )
                     return
-            elif self._timer is not None:  # the body is arriving: restart its pause timer
-                self._arm(limits.body_timeout_s, self._body_too_slow)
+            elif self._deadline is not None:  # the body is arriving: its pause deadline moves (no timer call)
+                self._deadline = self.loop.time() + limits.body_timeout_s
             super().data_received(data)
 
         def on_message_begin(self) -> None:
@@ -210,7 +236,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 between_requests[self] = None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
+            self._stop_timer()
             fresh.pop(self, None)
             between_requests.pop(self, None)
             if self.transport is not None:

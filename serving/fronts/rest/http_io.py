@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from rnnkit_serving.codecs.tfs import rest as rest_codec
@@ -88,7 +88,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect: the client went away mid-body
-            raise ClientDisconnect()
+            # not a server fault: counted as CANCELLED (HTTP 499) and not logged as an internal error, which
+            # a client dropping connections mid-body could otherwise repeat to fill the log with tracebacks
+            raise ServingError(
+                Code.CANCELLED,
+                f"the client closed the connection after {total} bytes of the request body "
+                f"(Content-Length {declared or 'not given'})",
+            )
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
