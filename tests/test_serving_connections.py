@@ -171,21 +171,29 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(serv
         assert time.monotonic() - started < 5
 
 
+def dribble_until_closed(sock: socket.socket, pause: float, give_up_s: float) -> float:
+    """Send a request's headers a byte every `pause` seconds until the server closes the connection (or
+    `give_up_s` passed); the seconds it took the server to close it."""
+    started = time.monotonic()
+    for byte in b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+        time.sleep(pause)
+        if time.monotonic() - started > give_up_s:
+            break
+    sock.settimeout(5)
+    try:
+        assert sock.recv(1024) == b""
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
 def test_slowloris_is_closed_after_the_header_timeout_whatever_it_sends(server):
     with connect(server) as sock:
-        started = time.monotonic()
-        closed = False
-        for byte in b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            time.sleep(0.1)
-        if not closed:
-            sock.settimeout(5)
-            assert sock.recv(1024) == b""
-        assert time.monotonic() - started < 6
+        assert dribble_until_closed(sock, 0.1, 6) < 6
 
 
 def test_the_rest_of_a_body_answered_early_is_not_counted_as_the_next_headers(server):
@@ -259,23 +267,7 @@ def test_a_kept_alive_connection_that_dribbles_its_next_headers_is_closed(server
     with connect(server) as sock:
         sock.sendall(infer_request())
         assert read_all(sock).startswith(b"HTTP/1.1 200")
-        started, closed = time.monotonic(), False
-        for byte in b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: " + b"a" * 100:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            time.sleep(0.3)
-            if time.monotonic() - started > 9:
-                break
-        if not closed:
-            sock.settimeout(2)
-            try:
-                assert sock.recv(1024) == b""
-            except ConnectionResetError:
-                pass
-        assert time.monotonic() - started < 9
+        assert dribble_until_closed(sock, 0.3, 9) < 9
 
 
 def test_a_port_full_of_idle_connections_still_serves_a_new_one(server):
