@@ -75,7 +75,6 @@ from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
 MAX_BATCH_WAITERS = 512  # most extra request threads a front adds to wait for batches
-_LIMITS_CACHED = 256  # distinct (server, version) limit pairs remembered by Dispatch.limits_for
 
 
 class DecodedRequest(Protocol):
@@ -223,7 +222,6 @@ class Dispatch:
         self.batcher = batcher
         self.sessions = sessions if sessions is not None else SessionStore()
         self.limits = limits
-        self._tighter: dict[int, tuple[Limits, Limits, Limits]] = {}
         self.allow_non_finite = allow_non_finite
 
     # ------------------------------------------------------------------------ 1. resolve
@@ -249,27 +247,21 @@ class Dispatch:
 
     def limits_for(self, model: Predictor | ModelView) -> Limits:
         """The request limits for a version: the server's and those it was loaded with, the tighter of each."""
-        own, server = model.limits, self.limits
-        # three lookups a request, of a few objects (the flags', each loaded version's): remembered by identity
-        # (an entry holds both objects, so their ids stay theirs), without hashing the dataclasses each time
-        known = self._tighter.get(id(own))
-        if known is not None and known[0] is own and known[1] is server:
-            return known[2]
-        tight = server.tighter(own)
-        if len(self._tighter) >= _LIMITS_CACHED:  # versions come and go over a long run: start afresh
-            self._tighter.clear()
-        self._tighter[id(own)] = (own, server, tight)
-        return tight
+        if isinstance(model, ModelView):  # built by view(): its limits are these already, worked out once a request
+            return model.limits
+        return self.limits.tighter(model.limits)
 
     def element_budget(self, model: Predictor | ModelView) -> ElementBudget:
         """A fresh element budget for one request to `model`: every front's codec takes each
         input's declared shape from it before building the input's array."""
         return ElementBudget(self.limits_for(model).max_elements)
 
-    def validate(self, predictor: Predictor, inputs: Mapping[str, Any], signature_name: str) -> dict[str, np.ndarray]:
+    def validate(
+        self, model: Predictor | ModelView, inputs: Mapping[str, Any], signature_name: str
+    ) -> dict[str, np.ndarray]:
         """`inputs` checked against the signature and the limits, as arrays in the signature's dtypes;
         non-finite values refused unless ``allow_non_finite``."""
-        arrays = validate(predictor.signature(signature_name), inputs, self.limits_for(predictor))
+        arrays = validate(model.signature(signature_name), inputs, self.limits_for(model))
         self.check_values(arrays)
         return arrays
 
@@ -291,9 +283,10 @@ class Dispatch:
         """Steps 1-4 for one prediction: lease `target`, ``decode(model)`` (the front's codec),
         validate, run; the outputs of every output of the signature, by name."""
         with self.lease(target) as predictor:
-            request = decode(self.view(predictor))
+            model = self.view(predictor)
+            request = decode(model)
             signature_name = request.signature_name or DEFAULT_SIGNATURE
-            arrays = self.validate(predictor, request.inputs, signature_name)
+            arrays = self.validate(model, request.inputs, signature_name)
             outputs = self.run(predictor, arrays, signature_name)
         return Prediction(predictor.name, predictor.version, request, outputs)
 

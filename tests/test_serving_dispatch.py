@@ -123,28 +123,24 @@ def test_limits_refuse_batch_size_and_sequence_length(dispatch):
     assert dispatch.limits_for(dispatch.lease(Target("m")).predictor) == Limits(2, 3)
 
 
-def test_limits_for_follows_the_server_limits_and_each_version_and_stays_bounded():
-    """limits_for remembers its answers by the objects' identity: a new server limit or another version's limits
-    are never answered from what was remembered, and the memory is bounded however many versions come and go."""
-    from rnnkit_serving import dispatch as dispatch_module
-
+def test_a_request_uses_the_limits_its_view_was_built_with():
+    """The server ⊓ version limits are worked out once a request, in its model view; validation and the element
+    budget read them from the view (a view whose limits say otherwise is obeyed, so nothing recomputes them)."""
     server = Dispatch(ModelRegistry.of([]), limits=Limits(8, 100, 1000))
 
     class Version:
-        def __init__(self, limits: Limits) -> None:
-            self.limits = limits
+        limits = Limits(4, None, 5000)
 
-    a, b = Version(Limits(4, None, 5000)), Version(Limits(None, 50, None))
-    assert server.limits_for(a) == Limits(4, 100, 1000)
-    assert server.limits_for(b) == Limits(8, 50, 1000)
-    assert server.limits_for(a) == Limits(4, 100, 1000)  # remembered, still a's
-    server.limits = Limits(2, None, None)
-    assert server.limits_for(a) == Limits(2, None, 5000)
-    a.limits = Limits(1, 1, 1)
-    assert server.limits_for(a) == Limits(1, 1, 1)
-    for i in range(3 * dispatch_module._LIMITS_CACHED):
-        assert server.limits_for(Version(Limits(None, None, i + 1))) == Limits(2, None, i + 1)
-        assert len(server._tighter) <= dispatch_module._LIMITS_CACHED
+    assert server.limits_for(Version()) == Limits(4, 100, 1000)
+    sig = Signature(
+        "serving_default", (TensorSpec("x", "float32", (None, None, 1)),), (TensorSpec("y", "float32", (None, 1)),)
+    )
+    predictor = Predictor("m", 1, {"serving_default": FakeBackend(sig, lambda i: {"y": i["x"][:, 0]})})
+    view = ModelView(predictor, Limits(16, 200, 2000))  # looser than the server's on purpose: read, not recomputed
+    assert server.limits_for(view) == Limits(16, 200, 2000) and server.element_budget(view).limit == 2000
+    assert server.validate(view, {"x": np.ones((12, 1, 1), np.float32)}, "serving_default")["x"].shape == (12, 1, 1)
+    with pytest.raises(ServingError, match=r"batch size 17, above the server limit 16 \(--max_batch_size\)"):
+        server.validate(view, {"x": np.ones((17, 1, 1), np.float32)}, "serving_default")
 
 
 # ---------------------------------------------------------------------------- 4. schedule
