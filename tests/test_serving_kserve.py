@@ -306,6 +306,12 @@ def test_binary_request_and_binary_response(client):
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 2, 1], "parameters": {"binary_data_size": 8}}],
     }
     assert np.frombuffer(reply.content[length:], "<f4").tolist() == [5.0, 6.0]  # 0.5 x + 3, by hand
+    # exactly these headers, in Starlette's order (the answer builds them itself)
+    assert reply.headers.raw == [
+        (b"inference-header-content-length", str(length).encode()),
+        (b"content-length", str(len(reply.content)).encode()),
+        (b"content-type", b"application/octet-stream"),
+    ]
     # a binary request may ask for JSON outputs (no binary_data): a plain JSON reply
     doc.pop("outputs")
     plain = client.post("/v2/models/half/infer", **binary_request(doc, x.tobytes()))
@@ -319,6 +325,19 @@ def test_binary_request_and_binary_response(client):
     reply = client.post("/v2/models/half/infer", json=json_doc)
     length = int(reply.headers["inference-header-content-length"])
     assert np.frombuffer(reply.content[length:], "<f4").tolist() == [4.0]
+
+
+def test_a_repeated_header_counts_with_its_first_value(client):
+    """As Starlette's ``headers.get`` read them: the first of a repeated header; any case of its name."""
+    x = np.array([4.0], "<f4")
+    args = binary_request({"inputs": [half_binary_input([1, 1, 1], 4)]}, x.tobytes())
+    length = args["headers"]["Inference-Header-Content-Length"]
+    headers = [("INFERENCE-header-content-length", length), ("Inference-Header-Content-Length", "x")]
+    reply = client.post("/v2/models/half/infer", content=args["content"], headers=headers)
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [5.0]
+    headers = [("Inference-Header-Content-Length", "x"), ("Inference-Header-Content-Length", length)]
+    reply = client.post("/v2/models/half/infer", content=args["content"], headers=headers)
+    assert_error(reply, 400, "Inference-Header-Content-Length must be a non-negative integer; received 'x'")
 
 
 @pytest.mark.parametrize(

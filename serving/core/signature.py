@@ -228,15 +228,19 @@ class Limits:
 
     def tighter(self, other: Limits) -> Limits:
         """Each bound as the smaller of this one's and `other`'s (``None`` = no bound on that side)."""
+        return _tighter(self, other)
 
-        def least(a: int | None, b: int | None) -> int | None:
-            return b if a is None else a if b is None else min(a, b)
 
-        return Limits(
-            least(self.max_batch_size, other.max_batch_size),
-            least(self.max_sequence_length, other.max_sequence_length),
-            least(self.max_elements, other.max_elements),
-        )
+@functools.lru_cache(maxsize=64)  # every request asks for server ⊓ version: a handful of distinct pairs
+def _tighter(one: Limits, other: Limits) -> Limits:
+    def least(a: int | None, b: int | None) -> int | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    return Limits(
+        least(one.max_batch_size, other.max_batch_size),
+        least(one.max_sequence_length, other.max_sequence_length),
+        least(one.max_elements, other.max_elements),
+    )
 
 
 NO_LIMITS = Limits()

@@ -19,6 +19,7 @@ from rnnkit_serving.core.identifiers import ascii_uint
 from rnnkit_serving.errors import Code, ServingError, wire_error
 
 JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
 TIMEOUT_FLAG = "--rest_api_timeout_in_ms"
 
 
@@ -56,7 +57,39 @@ class JsonResponse(Response):
         self.raw_headers = [(b"content-length", str(len(self.body)).encode()), (b"content-type", _JSON_BYTES)]
 
 
+class BinaryInferResponse(Response):
+    """A KServe v2 binary-extension answer (`json_length`: the bytes of its JSON header; `header_name`: the
+    lower-case name of the header that carries it), its three headers built directly, in the order Starlette's
+    ``Response(..., headers=...)`` gives them."""
+
+    media_type = OCTET_STREAM
+
+    def __init__(self, body: bytes, json_length: int, header_name: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (header_name, str(json_length).encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", _OCTET_STREAM_BYTES),
+        ]
+
+
 _JSON_BYTES = JSON.encode()
+_OCTET_STREAM_BYTES = OCTET_STREAM.encode()
+
+
+def header_values(request: Request, names: tuple[bytes, ...]) -> list[str | None]:
+    """The first value of each header in `names` (lower case, as ASGI servers give them), None when absent:
+    one pass over the request's raw headers (a Starlette ``request.headers.get`` builds a header map and scans
+    the list once a lookup)."""
+    values: list[str | None] = [None] * len(names)
+    for key, value in request.scope["headers"]:
+        if key in names:
+            index = names.index(key)
+            if values[index] is None:
+                values[index] = value.decode("latin-1")
+    return values
 
 
 def json_response(text: str | bytes, status_code: int = 200) -> Response:
@@ -69,6 +102,9 @@ def error_response(error: Exception) -> tuple[Response, Code]:
     return json_response(rest_codec.error_json(message), status), code
 
 
+_CONTENT_LENGTH = (b"content-length",)
+
+
 def _too_big(limit: int) -> ServingError:
     return ServingError(
         Code.RESOURCE_EXHAUSTED,
@@ -79,7 +115,7 @@ def _too_big(limit: int) -> ServingError:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
+    declared = header_values(request, _CONTENT_LENGTH)[0] or ""
     if declared and (ascii_uint(declared, limit) is None):
         raise _too_big(limit)
     # the ASGI messages themselves (Starlette's Request.stream is an async generator around the same loop)

@@ -25,8 +25,17 @@ from rnnkit_serving.core.package import package_version
 from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import Code, invalid_argument, not_found
 from rnnkit_serving.fronts.rest.forward import Relay
-from rnnkit_serving.fronts.rest.http_io import InWorker, RestOptions, json_response, read_body
+from rnnkit_serving.fronts.rest.http_io import (
+    BinaryInferResponse,
+    InWorker,
+    RestOptions,
+    header_values,
+    json_response,
+    read_body,
+)
 
+# the headers an infer reads: the binary extension's JSON header length, rnnkit's sequence id
+_INFER_HEADERS = (kserve_codec.HEADER_LENGTH.lower().encode(), kserve_sequence.SEQUENCE_HEADER.lower().encode())
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
 
 
@@ -68,8 +77,7 @@ class KServeRoutes:
             return self._metadata(target)
         if method == "POST" and action == "infer":
             call.api = "infer"
-            header_length = request.headers.get(kserve_codec.HEADER_LENGTH)
-            sequence_header = request.headers.get(kserve_sequence.SEQUENCE_HEADER)
+            header_length, sequence_header = header_values(request, _INFER_HEADERS)
             body = await read_body(request, self.options.max_body_bytes)
             if self.relay is not None:
                 raw_path = request.scope.get("raw_path") or path.encode()
@@ -135,9 +143,7 @@ class KServeRoutes:
             content, length = kserve_codec.encode_binary_infer_response(
                 answer.model, answer.version, answer.outputs, request.binary_outputs, request.outputs, request.id
             )
-            return Response(
-                content, media_type="application/octet-stream", headers={kserve_codec.HEADER_LENGTH: str(length)}
-            )
+            return BinaryInferResponse(content, length, _INFER_HEADERS[0])
         text = kserve_codec.encode_infer_response(
             answer.model, answer.version, answer.outputs, request.outputs, request.id
         )
