@@ -208,6 +208,16 @@ def test_http_status_table_matches_tf_serving():
 SIG = ONE["serving_default"]
 
 
+def test_the_sequence_length_limit_holds_for_token_inputs_too():
+    """(batch, time) token ids are sequences as much as (batch, time, features) are: the same limit holds."""
+    tokens = Signature("tokens", (TensorSpec("ids", "int32", (None, None)),), (TensorSpec("y", "float32", (None, 2)),))
+    with pytest.raises(ServingError, match=r"input 'ids' has 9 time steps, above the server limit 8 \(--max_seq"):
+        validate(tokens, {"ids": np.zeros((1, 9), np.int32)}, Limits(max_sequence_length=8))
+    assert validate(tokens, {"ids": np.zeros((1, 8), np.int32)}, Limits(max_sequence_length=8))["ids"].shape == (1, 8)
+    fixed = Signature("fixed", (TensorSpec("f", "float32", (None, 9)),), (TensorSpec("y", "float32", (None, 2)),))
+    assert validate(fixed, {"f": np.zeros((1, 9), np.float32)}, Limits(max_sequence_length=8))["f"].shape == (1, 9)
+
+
 @pytest.mark.parametrize(
     "inputs,limits,message",
     [

@@ -377,7 +377,9 @@ def validate(signature: Signature, inputs: Mapping[str, Any], limits: Limits = N
                     f"input '{spec.name}' has batch size {size}, above the server limit {limits.max_batch_size} "
                     "(--max_batch_size)"
                 )
-        if spec.rank >= 3 and spec.shape[1] is None and limits.max_sequence_length is not None:
+        # axis 1 of a batched input whose length is not fixed is time: (batch, time, features) sequences and
+        # (batch, time) token ids alike
+        if spec.rank >= 2 and spec.shape[1] is None and limits.max_sequence_length is not None:
             steps = int(array.shape[1])
             if steps > limits.max_sequence_length:
                 raise ValidationError(

@@ -165,7 +165,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--max_sequence_length",
         type=_positive,
         default=D.MAX_SEQUENCE_LENGTH,
-        help=f"most time steps a request may hold (default {D.MAX_SEQUENCE_LENGTH})",
+        help=f"most time steps a request may hold: axis 1 of an input whose axis 1 has no fixed length, "
+        f"(batch, time, features) sequences and (batch, time) token ids alike (default {D.MAX_SEQUENCE_LENGTH})",
     )
     own.add_argument(
         "--max_request_elements",
