@@ -70,7 +70,7 @@ from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import Lease, ModelRegistry
 from rnnkit_serving.runtime.predictor import Predictor
 from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.scheduling.inline import InlineRuns, running_inline
+from rnnkit_serving.scheduling.inline import InlineRuns, NotInline, running_inline
 from rnnkit_serving.scheduling.session_store import SequenceId, SessionStore
 
 UNKNOWN_MODEL = "(unknown)"  # the metrics label of a request for a model that is not served
@@ -196,6 +196,14 @@ class Call:
     forwarded: bool = False
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Run `callback` on `loop`'s thread (from any thread); at once when the loop is closed (nothing runs on it)."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed
+        callback()
+
+
 class Dispatch:
     """The data plane behind every front: one registry, batcher, session store and metrics.
 
@@ -297,7 +305,11 @@ class Dispatch:
         `target` names; later chunks stay on the version their sequence started on while it is
         served (a sequence whose version was retired is told to start again). Validation applies
         in the session, against the step graph's chunk signature, with the limits of a prediction
-        (:meth:`limits_for`)."""
+        (:meth:`limits_for`). Never on the event loop: a chunk takes its session's lock, which a thread of
+        another front may hold (:class:`~rnnkit_serving.scheduling.inline.NotInline`, raised before anything
+        changes, sends the job to a worker thread)."""
+        if running_inline():
+            raise NotInline(f"sequence {key!r} of model {target.name!r}")
         with self._sequence_lease(target, key, start) as predictor:
             model = self.view(predictor)
             request = decode(model)
@@ -365,32 +377,53 @@ class Dispatch:
 
         With `inline` (the front's :class:`~rnnkit_serving.scheduling.inline.InlineRuns`) and `key`
         ((model name, body bytes) of a model request), `job` runs right here on the loop when the policy
-        allows it, and otherwise its time in the thread teaches the policy."""
+        allows it, and otherwise its time in the thread, when it succeeded, teaches the policy; the policy
+        counts it busy until it ends, even past its timeout."""
         if inline is not None and key is not None and inline.may_inline(*key):
-            return inline.run(*key, job)
+            try:
+                return inline.run(*key, job)
+            except NotInline:
+                pass  # it changed nothing: run it in a thread
         timeout = timeout_ms / 1000 if timeout_ms > 0 else None
-        elapsed: list[float] = []
+        outcome: list[tuple[float, bool]] = []  # (ms, succeeded), once the job has ended
 
         def timed() -> T:
-            started = time.perf_counter()
+            started, succeeded = time.perf_counter(), False
             try:
-                return job()
+                result = job()
+                succeeded = True
+                return result
             finally:
-                elapsed.append((time.perf_counter() - started) * 1e3)
+                outcome.append(((time.perf_counter() - started) * 1e3, succeeded))
 
+        loop = asyncio.get_running_loop()
         if inline is not None:
             inline.busy += 1
+        timed_out = False
+        future: concurrent.futures.Future[T] | None = None
         try:
-            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, timed), timeout)
+            future = executor.submit(timed)
+            return await asyncio.wait_for(asyncio.wrap_future(future, loop=loop), timeout)
         except asyncio.TimeoutError:
+            timed_out = True
             if inline is not None and key is not None:
                 inline.forget(key[0])
             raise self._timed_out(timeout_ms, flag) from None
         finally:
             if inline is not None:
-                inline.busy -= 1
-                if key is not None and elapsed:
-                    inline.observed(key[0], key[1], elapsed[0])
+                # the front stays busy while the job runs, even when its request no longer waits for it
+                # (timed out, cancelled): nothing may run on the loop beside it
+                policy, learn = inline, None if timed_out else key
+
+                def ended() -> None:
+                    policy.busy -= 1
+                    if learn is not None and outcome:
+                        policy.observed(learn[0], learn[1], *outcome[0])
+
+                if future is None or future.done():
+                    ended()
+                else:
+                    future.add_done_callback(lambda _: _on_loop(loop, ended))
 
     @staticmethod
     def _timed_out(timeout_ms: int, flag: str) -> ServingError:

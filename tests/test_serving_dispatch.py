@@ -18,7 +18,7 @@ from rnnkit_serving.dispatch import Call, Dispatch, ModelView, Target
 from rnnkit_serving.errors import Code, ServingError
 from rnnkit_serving.registry import ModelRegistry
 from rnnkit_serving.scheduling.batching import Batcher
-from rnnkit_serving.scheduling.inline import InlineRuns
+from rnnkit_serving.scheduling.inline import InlineRuns, NotInline
 
 X = TensorSpec("x", "float32", (None, None, 1))
 Y = TensorSpec("y", "float32", (None, None, 1))
@@ -247,25 +247,114 @@ def test_timeout_answers_deadline_exceeded_and_fast_jobs_return():
         assert asyncio.run(dispatch.in_worker(pool, lambda: 42, 0, "--some_timeout")) == 42  # 0: no timeout
 
 
-def test_a_timed_out_job_makes_its_model_run_in_threads_again():
+def test_a_timed_out_job_keeps_the_front_busy_until_it_ends_and_pauses_what_is_learned():
+    now = [100.0]
     dispatch = Dispatch(ModelRegistry())
-    inline = dispatch.inline_runs(5.0)
+    inline = InlineRuns(5.0, clock=lambda: now[0])
     inline.observed("m", 100, 1.0)
     release = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
+
+    async def time_out_then_end() -> None:
         with pytest.raises(ServingError, match=r"Request timed out after 50 ms"):
             # a job that may not run inline (larger than seen) times out in its thread: its time is unknown
-            asyncio.run(dispatch.in_worker(pool, lambda: release.wait(30), 50, "--t", inline, ("m", 200)))
+            await dispatch.in_worker(pool, lambda: release.wait(30), 50, "--t", inline, ("m", 200))
+        # its request gave up, but the job still runs: the front is busy, nothing may run on the loop
+        assert inline.busy == 1 and not inline.may_inline("m", 100)
         release.set()
-        assert inline.busy == 0 and not inline.may_inline("m", 100)
-        # a threaded job teaches the policy on the loop; the next one of that size runs on the loop's thread
-        assert asyncio.run(dispatch.in_worker(pool, threading.current_thread, 0, "--t", inline, ("m", 100))) is not (
-            threading.current_thread()
-        )
-        assert asyncio.run(dispatch.in_worker(pool, threading.current_thread, 0, "--t", inline, ("m", 100))) is (
-            threading.current_thread()
-        )
-        assert inline.inline == 1
+        for _ in range(500):
+            if inline.busy == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert inline.busy == 0
+
+    def ran_on() -> threading.Thread:
+        return asyncio.run(dispatch.in_worker(pool, threading.current_thread, 0, "--t", inline, ("m", 100)))
+
+    with ThreadPoolExecutor(1) as pool:
+        asyncio.run(time_out_then_end())
+        # for a pause after a slow job (1 s at first) threaded jobs of m teach nothing
+        assert ran_on() is not threading.current_thread() and not inline.may_inline("m", 100)
+        now[0] += 1.0
+        # then a threaded job teaches the policy on the loop; the next one of that size runs on the loop's thread
+        assert ran_on() is not threading.current_thread() and inline.may_inline("m", 100)
+        assert ran_on() is threading.current_thread() and inline.inline == 1
+
+
+def test_only_jobs_that_succeeded_teach_the_inline_policy():
+    """A body refused at once (a megabyte of spaces, say) says nothing of what a served body of that size costs."""
+    dispatch = Dispatch(ModelRegistry())
+    inline = InlineRuns(5.0)
+
+    def refused() -> None:
+        raise ServingError(Code.INVALID_ARGUMENT, "no")
+
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(ServingError, match="no"):
+            asyncio.run(dispatch.in_worker(pool, refused, 0, "--t", inline, ("m", 1 << 20)))
+        assert inline.busy == 0 and not inline.may_inline("m", 10)
+        asyncio.run(dispatch.in_worker(pool, lambda: None, 0, "--t", inline, ("m", 1000)))
+        assert inline.may_inline("m", 1000) and not inline.may_inline("m", 1001)
+        with pytest.raises(ServingError, match="no"):  # inline now, and failing: still nothing learned
+            asyncio.run(dispatch.in_worker(pool, refused, 0, "--t", inline, ("m", 1000)))
+        inline.observed("m", 1 << 20, 0.1, succeeded=False)
+        assert inline.inline == 1 and not inline.may_inline("m", 1001)
+
+
+def test_slow_jobs_in_a_row_pause_the_learning_longer_each_time():
+    now = [0.0]
+    inline = InlineRuns(5.0, clock=lambda: now[0])
+
+    def paused_for() -> float:
+        """How long after now a fast job first teaches the policy again (to 0.25 s)."""
+        start = now[0]
+        while True:
+            inline.observed("m", 10, 1.0)
+            if inline.may_inline("m", 10):
+                waited = now[0] - start
+                now[0] = start
+                inline._fast_up_to.clear()
+                return waited
+            now[0] += 0.25
+
+    inline.observed("m", 10, 9.0)  # over the budget
+    assert paused_for() == 1.0
+    inline.forget("m")  # timed out
+    assert paused_for() == 2.0
+    for _ in range(10):
+        inline.forget("m")
+    assert paused_for() == 60.0  # at most
+    now[0] += 601.0  # slow jobs this far apart start over
+    inline.forget("m")
+    assert paused_for() == 1.0
+
+
+def test_a_sequence_chunk_never_runs_on_the_loop():
+    """Its session's lock may be held by another front's thread: Dispatch.stream refuses the loop before it
+    changes anything, and the job runs in a worker thread."""
+    predictor = Predictor("m", 1, {"serving_default": FakeBackend(DEFAULT, lambda inputs: inputs)}, Limits())
+    dispatch = Dispatch(ModelRegistry.of([predictor]))
+    inline = InlineRuns(5.0)
+    inline.observed("m", 10, 1.0)
+    decoded = []
+
+    def chunk() -> threading.Thread:
+        dispatch.stream(Target("m"), "s1", True, False, lambda view: decoded.append(view))
+        return threading.current_thread()
+
+    with pytest.raises(NotInline, match="sequence 's1' of model 'm'"):
+        inline.run("m", 10, chunk)
+    assert decoded == [] and dispatch.live_sessions() == {} and inline.inline == 0
+    assert inline.may_inline("m", 10)  # a job refused on the loop teaches nothing
+
+    def job() -> threading.Thread:
+        try:
+            return chunk()
+        except (ServingError, AttributeError):  # no real chunk here: what matters is where it ran
+            return threading.current_thread()
+
+    with ThreadPoolExecutor(1) as pool:
+        thread = asyncio.run(dispatch.in_worker(pool, job, 0, "--t", inline, ("m", 10)))
+    assert thread is not threading.current_thread() and len(decoded) == 1 and inline.inline == 0
 
 
 def test_with_batching_a_job_on_the_loop_never_waits_for_a_batch():

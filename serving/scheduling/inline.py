@@ -13,14 +13,24 @@ runs inline when all of these hold:
   nobody is kept waiting but a request that arrives during the job, for at most the job's time;
 - the same model has recently answered a request at least as large (body bytes) within the budget
   (``--rest_inline_ms``), timed where it ran: sizes never seen, or that ran slow, go to a thread.
-  One job over the budget, inline or not, forgets what the model had shown, and it is relearned
-  from threaded runs;
+  Only jobs that succeeded teach it (a refused body, however large, says nothing of what a served one
+  costs). One job over the budget, inline or not, or one that timed out, forgets what the model had
+  shown, and nothing is relearned for a pause (``COOL_DOWN_S``: 1 s, doubling with each slow job in
+  a row up to 60 s): a client alternating cheap and costly requests of the same size to one model gets
+  at most one costly job on the loop per pause;
+- the job is not a chunk of a sequence: a chunk takes its session's lock, which a worker thread of
+  another front (gRPC) may hold, so :meth:`Dispatch.stream <rnnkit_serving.dispatch.Dispatch.stream>`
+  raises :class:`NotInline` before it takes anything and the job runs in a thread instead;
 - the server runs one process (the fronts ask :meth:`Dispatch.inline_runs
   <rnnkit_serving.dispatch.Dispatch.inline_runs>`): a sequence chunk may be relayed to another
   process, and waiting for it may not happen on the loop.
 
 With batching on, a request run inline never waits for a batch (:func:`running_inline`; the batcher
 runs it at once as a batch of one, which it does anyway for a request that finds nothing queued).
+
+:attr:`InlineRuns.busy` counts a job handed to a thread until the job has *ended*, not until its request
+stopped waiting for it: a job that timed out (or whose request was cancelled) may still run, and nothing
+runs on the loop beside it.
 
 A job run inline cannot be cut short by the request timeout; it is by construction one whose like
 recently took no more than the budget (5 ms by default, against a 30 s timeout). The object belongs
@@ -43,38 +53,67 @@ def running_inline() -> bool:
     return _ON_LOOP.get()
 
 
+class NotInline(Exception):
+    """Raised by a job that finds it runs on the loop but must not (a sequence chunk): it has changed
+    nothing yet, and :meth:`Dispatch.in_worker <rnnkit_serving.dispatch.Dispatch.in_worker>` runs it again
+    in a worker thread."""
+
+
+COOL_DOWN_S = (1.0, 60.0)  # after a slow job nothing is learned for the first, doubling up to the second
+FORGIVE_S = 600.0  # a slow job this long after the previous one starts the doubling over
+_MOST_DOUBLINGS = 16
+
+
 class InlineRuns:
-    def __init__(self, budget_ms: float) -> None:
+    def __init__(self, budget_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
         if not budget_ms > 0:
             raise ValueError(f"the inline budget must be > 0 ms, got {budget_ms!r}")
         self.budget_ms = budget_ms
-        self.busy = 0  # requests of this front in a worker thread, or queued for one
+        self.busy = 0  # jobs of this front in a worker thread, or queued for one, until they end
         self.inline = 0  # jobs run inline so far (the tests and the metrics read it)
+        self._clock = clock
         self._fast_up_to: dict[str, int] = {}  # model -> the largest body that ran within the budget
+        self._paused_until: dict[str, float] = {}  # model -> nothing is learned before this (after a slow job)
+        self._slow_runs: dict[str, tuple[int, float]] = {}  # model -> (slow jobs in a row, when the last was)
 
     def may_inline(self, key: str, size: int) -> bool:
         """Whether a job of model `key` on a `size`-byte body may run on the loop now."""
         return self.busy == 0 and size <= self._fast_up_to.get(key, -1)
 
-    def observed(self, key: str, size: int, elapsed_ms: float) -> None:
-        """Learn from one job of model `key` on a `size`-byte body that ran `elapsed_ms` where it ran."""
-        if elapsed_ms <= self.budget_ms:
-            if size > self._fast_up_to.get(key, -1):
-                self._fast_up_to[key] = size
-        else:
-            self._fast_up_to.pop(key, None)
+    def observed(self, key: str, size: int, elapsed_ms: float, succeeded: bool = True) -> None:
+        """Learn from one job of model `key` on a `size`-byte body that ran `elapsed_ms` where it ran and
+        `succeeded` or raised."""
+        if elapsed_ms > self.budget_ms:
+            self.forget(key)
+        elif succeeded and size > self._fast_up_to.get(key, -1) and self._clock() >= self._paused_until.get(key, 0):
+            self._fast_up_to[key] = size
 
     def forget(self, key: str) -> None:
-        """A job of `key` whose time is unknown (it timed out in its thread): run the next ones in threads."""
+        """A job of `key` ran slow, or its time is unknown (it timed out in its thread): run the next ones in
+        threads, and learn nothing of `key` for a while."""
         self._fast_up_to.pop(key, None)
+        now = self._clock()
+        count, last = self._slow_runs.get(key, (0, -FORGIVE_S))
+        count = 1 if now - last > FORGIVE_S else min(count + 1, _MOST_DOUBLINGS)
+        self._slow_runs[key] = (count, now)
+        self._paused_until[key] = now + min(COOL_DOWN_S[0] * 2 ** (count - 1), COOL_DOWN_S[1])
 
     def run(self, key: str, size: int, job: Callable[[], T]) -> T:
-        """Run `job` here, now (the caller checked :meth:`may_inline`), and learn from its time."""
+        """Run `job` here, now (the caller checked :meth:`may_inline`), and learn from its time. A job that
+        raises :class:`NotInline` teaches nothing."""
         self.inline += 1
         token = _ON_LOOP.set(True)
         started = time.perf_counter()
+        succeeded, learn = False, True
         try:
-            return job()
+            result = job()
+            succeeded = True
+            return result
+        except NotInline:
+            self.inline -= 1
+            learn = False
+            raise
         finally:
-            self.observed(key, size, (time.perf_counter() - started) * 1e3)
+            if learn:
+                self.observed(key, size, (time.perf_counter() - started) * 1e3, succeeded)
             _ON_LOOP.reset(token)
