@@ -209,13 +209,17 @@ SIG = ONE["serving_default"]
 
 
 def test_the_sequence_length_limit_holds_for_token_inputs_too():
-    """(batch, time) token ids are sequences as much as (batch, time, features) are: the same limit holds."""
+    """(batch, time) integer token ids are sequences as much as (batch, time, features) are: the same limit holds
+    (it held for rank >= 3 only, so an Embedding model's token ids could be as long as the element budget)."""
     tokens = Signature("tokens", (TensorSpec("ids", "int32", (None, None)),), (TensorSpec("y", "float32", (None, 2)),))
     with pytest.raises(ServingError, match=r"input 'ids' has 9 time steps, above the server limit 8 \(--max_seq"):
         validate(tokens, {"ids": np.zeros((1, 9), np.int32)}, Limits(max_sequence_length=8))
     assert validate(tokens, {"ids": np.zeros((1, 8), np.int32)}, Limits(max_sequence_length=8))["ids"].shape == (1, 8)
-    fixed = Signature("fixed", (TensorSpec("f", "float32", (None, 9)),), (TensorSpec("y", "float32", (None, 2)),))
-    assert validate(fixed, {"f": np.zeros((1, 9), np.float32)}, Limits(max_sequence_length=8))["f"].shape == (1, 9)
+    # a fixed axis 1, or (batch, n) floats (a vector, as Triton's identity models take), is not time
+    fixed = Signature("fixed", (TensorSpec("f", "int32", (None, 9)),), (TensorSpec("y", "float32", (None, 2)),))
+    assert validate(fixed, {"f": np.zeros((1, 9), np.int32)}, Limits(max_sequence_length=8))["f"].shape == (1, 9)
+    vector = Signature("vector", (TensorSpec("v", "float32", (None, None)),), (TensorSpec("y", "float32", (None,)),))
+    assert validate(vector, {"v": np.zeros((1, 9), np.float32)}, Limits(max_sequence_length=8))["v"].shape == (1, 9)
 
 
 @pytest.mark.parametrize(

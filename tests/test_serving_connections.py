@@ -1,5 +1,5 @@
 """Connection-level limits over real sockets on 127.0.0.1 (issue 21, D2, D3, D6): header size and time,
-slowloris, a body shorter than its Content-Length, the open-connection bound with its reserve for
+slowloris, a body shorter than its Content-Length or slower than the least rate, pipelining, trailers, the open-connection bound with its reserve for
 health probes, and KServe gRPC streams (a bound below the worker threads, an idle timeout)."""
 
 import socket
@@ -23,6 +23,7 @@ LIMITS = ConnectionLimits(
     max_header_bytes=2048,
     header_timeout_s=1.0,
     body_timeout_s=1.0,
+    min_body_rate=50.0,
     max_connections=4,
     health_reserve=2,
     idle_connection_s=5.0,
@@ -248,7 +249,7 @@ def test_a_client_gone_mid_body_is_counted_cancelled_and_not_logged_as_an_intern
 
 def test_a_body_that_keeps_arriving_is_not_cut_however_long_it_takes_in_all(server):
     """--body_timeout_seconds bounds each pause, not the whole body: four pauses of 0.4 s (1.6 s in all, the
-    limit is 1 s) are served. The pause deadline moves with each read without touching the loop's timer, which
+    limit is 1 s) are served, the body averaging above --min_body_rate (85 bytes: 1 s + 85 / 50 s allowed). The pause deadline moves with each read without touching the loop's timer, which
     must then wake, find the deadline moved, and wait again."""
     raw = infer_request()
     head, body = raw[: len(raw) - len(INFER)], INFER
@@ -259,6 +260,131 @@ def test_a_body_that_keeps_arriving_is_not_cut_however_long_it_takes_in_all(serv
             time.sleep(0.4)
             sock.sendall(body[start : start + 20])
         assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_dripping_within_every_pause_is_cut_at_the_least_rate(server):
+    """A byte every 0.5 s never pauses 1 s (--body_timeout_seconds), so a connection could be held mid-body for
+    ever; the body must also average --min_body_rate after one pause's grace (50 bytes/s here)."""
+    raw = infer_request()
+    with connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.monotonic()
+        sock.sendall(raw[: len(raw) - len(INFER)])
+        reply = b""
+        for byte in INFER:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sock.settimeout(0.5)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                continue
+            break
+        sock.settimeout(5)
+        reply += read_all(sock) if reply and b"}" not in reply else b""
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"the request body arrived slower than 50 bytes a second: " in reply
+    assert b"(limit --min_body_rate, after 1 s of grace)" in reply
+    assert time.monotonic() - started < 4  # about 1.1 s: 1 s + a couple of bytes over 50 bytes/s
+
+
+def test_headers_after_leading_blank_lines_count_against_the_limit(server):
+    """A blank line before the request line (which the parser skips) ended the raw count: a 60 KB header behind
+    one was read in full."""
+    reply = request(server, b"\r\n\r\n" + infer_request(b"x-big: " + b"a" * 60000 + b"\r\n"))
+    assert reply.startswith(b"HTTP/1.1 431") and b"(--max_header_bytes)" in reply
+    assert request(server, b"\r\n" + infer_request()).startswith(b"HTTP/1.1 200")
+
+
+def test_a_pipelined_request_over_the_header_limit_closes_the_connection(server):
+    """The request pipelined behind another was never counted (its headers came in the read that ended the first
+    request's body). It cannot be refused in order while the first answer is owed: the connection closes, and no
+    request of it with a 60 KB header is served."""
+    with connect(server) as sock:
+        sock.sendall(infer_request() + infer_request(b"x-big: " + b"a" * 60000 + b"\r\n"))
+        sock.settimeout(5)
+        got = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            got += chunk
+    assert got.count(b"HTTP/1.1 200") <= 1 and b"431" not in got
+    assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
+
+
+def test_trailers_count_with_the_headers(server):
+    """Trailers after a chunked body were parsed as headers, counted by nothing: 40 MB of them were read."""
+    body = b"%x\r\n%s\r\n0\r\n" % (len(INFER), INFER)
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    small = request(server, head + body + b"x-trailer: 1\r\n\r\n")
+    assert small.startswith(b"HTTP/1.1 200") and b"[2.0,4.0]" in small
+    with connect(server) as sock:
+        sock.sendall(head + body)
+        sent = 0
+        try:
+            for _ in range(256):
+                sock.sendall(b"x-trailer: " + b"t" * 1000 + b"\r\n")
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = read_all(sock)
+    assert sent < 256 or reply.startswith(b"HTTP/1.1 431")
+    assert not reply or (reply.startswith(b"HTTP/1.1 431") and b"(--max_header_bytes)" in reply)
+
+
+def test_a_pipelined_body_is_timed_from_its_turn_and_both_answers_arrive(server):
+    """The second request's body timer ran while the first (1.5 s) was served and the server read nothing more:
+    the client, which had sent everything, got 408 after 1 s and lost the first answer."""
+    slow = infer_request().replace(b"/v2/models/m/infer", b"/v2/models/slow/infer")
+    second = infer_request()
+    with connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(slow)
+        time.sleep(0.2)  # the first request runs
+        sock.sendall(second[:-10])
+        time.sleep(0.05)
+        sock.sendall(second[-10:])
+        sock.settimeout(6)
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got.count(b"HTTP/1.1 200") == 2 and b"408" not in got, got[:400]
+
+
+def test_a_connection_whose_pipelined_request_runs_is_not_evicted(server):
+    """After the first of two pipelined answers the connection was filed as idle while the second request ran,
+    and a new connection on a full port evicted it: the second answer was lost."""
+    slow = infer_request().replace(b"/v2/models/m/infer", b"/v2/models/slow/infer")
+    busy = []
+    with connect(server) as sock:
+        sock.sendall(slow + slow)
+        time.sleep(1.8)  # the first answer is sent; the second request runs (until ~3 s)
+        try:
+            busy = [connect(server) for _ in range(LIMITS.max_connections - 1)]
+            for other in busy:
+                other.sendall(slow)  # in flight: never evicted
+            time.sleep(0.2)
+            assert request(server, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+            sock.settimeout(6)
+            got = b""
+            while got.count(b"HTTP/1.1 200") < 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            assert got.count(b"HTTP/1.1 200") == 2
+        finally:
+            for other in busy:
+                other.close()
 
 
 def test_a_kept_alive_connection_that_dribbles_its_next_headers_is_closed(server):

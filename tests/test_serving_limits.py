@@ -7,6 +7,7 @@ bounded."""
 import gc
 import json
 import threading
+import time
 import tracemalloc
 import warnings
 
@@ -492,7 +493,11 @@ def test_a_small_request_with_nothing_in_flight_runs_on_the_loop_once_its_like_w
         delays.append(0.05)  # the model turns slow (50 ms > the 5 ms budget) on a run on the loop...
         assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
         assert not threads[-1].startswith("rnnkit-rest_")
-        for _ in range(2):  # ... so the next request of any size goes to a thread, and then it is learned again
+        for _ in range(2):  # ... so the next requests of any size go to a thread, and nothing is learned for 1 s
+            assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
+        assert [t.startswith("rnnkit-rest_") for t in threads[-2:]] == [True, True]
+        time.sleep(1.05)
+        for _ in range(2):  # then it is learned again
             assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
         assert [t.startswith("rnnkit-rest_") for t in threads[-2:]] == [True, False]
     with client_for(dispatch, RestOptions(inline_ms=0)) as client:  # --rest_inline_ms 0: always a thread

@@ -17,6 +17,7 @@ class ConnectionLimits:
     max_header_bytes: int = defaults.MAX_HEADER_BYTES  # --max_header_bytes
     header_timeout_s: float = defaults.HEADER_TIMEOUT_SECONDS  # --header_timeout_seconds
     body_timeout_s: float = defaults.BODY_TIMEOUT_SECONDS  # --body_timeout_seconds
+    min_body_rate: float = defaults.MIN_BODY_RATE  # --min_body_rate (bytes a second)
     max_connections: int = defaults.MAX_CONNECTIONS  # --max_connections
     health_reserve: int = defaults.HEALTH_RESERVE_CONNECTIONS  # REST only, not a flag
     idle_connection_s: float = defaults.IDLE_CONNECTION_SECONDS  # --idle_connection_seconds
@@ -44,6 +45,7 @@ FLAGS = {
     "max_header_bytes": "--max_header_bytes",
     "header_timeout_s": "--header_timeout_seconds",
     "body_timeout_s": "--body_timeout_seconds",
+    "min_body_rate": "--min_body_rate",
     "max_connections": "--max_connections",
     "idle_connection_s": "--idle_connection_seconds",
     "grpc_max_streams": "--grpc_max_streams",

@@ -69,6 +69,7 @@ MAX_SEQUENCE_ID_LENGTH = 256  # --max_sequence_id_length
 MAX_HEADER_BYTES = 32 << 10  # --max_header_bytes: a REST request line + headers, a gRPC metadata block
 HEADER_TIMEOUT_SECONDS = 10.0  # --header_timeout_seconds: connect (or last response) -> end of headers
 BODY_TIMEOUT_SECONDS = 30.0  # --body_timeout_seconds: the longest pause while a declared body arrives
+MIN_BODY_RATE = 500  # --min_body_rate: bytes a second a REST body must average (+ one pause's grace)
 MAX_CONNECTIONS = 512  # --max_connections: open connections per port (REST; gRPC per port)
 HEALTH_RESERVE_CONNECTIONS = 16  # REST connections beyond --max_connections that serve health/readiness only
 IDLE_CONNECTION_SECONDS = 60.0  # --idle_connection_seconds: a gRPC connection with no call is closed

@@ -377,9 +377,11 @@ def validate(signature: Signature, inputs: Mapping[str, Any], limits: Limits = N
                     f"input '{spec.name}' has batch size {size}, above the server limit {limits.max_batch_size} "
                     "(--max_batch_size)"
                 )
-        # axis 1 of a batched input whose length is not fixed is time: (batch, time, features) sequences and
-        # (batch, time) token ids alike
-        if spec.rank >= 2 and spec.shape[1] is None and limits.max_sequence_length is not None:
+        # time is axis 1 of a (batch, time, features) input and of (batch, time) integer token ids, when its length
+        # is not fixed (a (batch, n) float input is a vector, not a sequence: the element budget bounds it)
+        if spec.shape[1:2] == (None,) and (spec.rank >= 3 or (spec.rank == 2 and array.dtype.kind in "iu")) and (
+            limits.max_sequence_length is not None
+        ):
             steps = int(array.shape[1])
             if steps > limits.max_sequence_length:
                 raise ValidationError(

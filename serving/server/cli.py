@@ -165,8 +165,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--max_sequence_length",
         type=_positive,
         default=D.MAX_SEQUENCE_LENGTH,
-        help=f"most time steps a request may hold: axis 1 of an input whose axis 1 has no fixed length, "
-        f"(batch, time, features) sequences and (batch, time) token ids alike (default {D.MAX_SEQUENCE_LENGTH})",
+        help="most time steps a request may hold: axis 1, when its length is not fixed, of (batch, time, features) "
+        f"inputs and of (batch, time) integer token ids (default {D.MAX_SEQUENCE_LENGTH})",
     )
     own.add_argument(
         "--max_request_elements",
@@ -279,6 +279,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         type=_positive_float,
         default=D.BODY_TIMEOUT_SECONDS,
         help=f"the longest pause while a REST body arrives (default {D.BODY_TIMEOUT_SECONDS:g}; then 408)",
+    )
+    edges.add_argument(
+        "--min_body_rate",
+        type=_positive_float,
+        default=D.MIN_BODY_RATE,
+        help="bytes a second a REST body must average: it must have arrived within one --body_timeout_seconds "
+        f"plus its size over this rate (default {D.MIN_BODY_RATE:g}; then 408)",
     )
     edges.add_argument(
         "--max_connections",
@@ -401,6 +408,7 @@ def serve(args: argparse.Namespace, ring: Any = None, ready: Any = None) -> int:
             max_header_bytes=args.max_header_bytes,
             header_timeout_s=args.header_timeout_seconds,
             body_timeout_s=args.body_timeout_seconds,
+            min_body_rate=args.min_body_rate,
             max_connections=args.max_connections,
             idle_connection_s=args.idle_connection_seconds,
             grpc_max_streams=args.grpc_max_streams,

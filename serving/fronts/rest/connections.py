@@ -5,17 +5,26 @@ nor the time a client may take to send it, and its keep-alive timer only starts 
 an idle connection that never sends a request, or a slowloris one that sends a byte at a time,
 stays open forever and holds a file descriptor. This protocol subclass adds, per connection:
 
-- ``max_header_bytes``: the request line and headers of one request; beyond it, 431 and close;
+- ``max_header_bytes``: the request line and headers of one request; beyond it, 431 and close. Raw bytes
+  are counted up to the blank line (a header still arriving is held by the parser), and the parsed URL
+  and fields of every message as well: those also see the requests pipelined behind another in one read,
+  a header block after leading blank lines, and trailers after a chunked body, which count with the
+  headers;
 - ``header_timeout_s``: from the connection (or the end of the previous response) to the end of
   the headers; beyond it the connection is closed (this covers idle connections that send nothing);
 - ``body_timeout_s``: the longest pause while a declared body is still arriving (a Content-Length
-  longer than the body sent); beyond it, 408 and close;
+  longer than the body sent), and ``min_body_rate``: the whole body must arrive within one pause plus
+  its bytes over this rate (a slow drip within every pause is not a way to hold a connection forever);
+  beyond either, 408 and close. A pipelined request's body is timed from when its turn comes (the
+  server stops reading while an earlier answer is owed);
 - ``max_connections``: open connections at once; beyond it a new connection is still read, but
   only a health or readiness request (``HEALTH_PATHS``) is served on it, anything else gets 503 and
   the connection closes: liveness and readiness answer while the data traffic saturates the port
   (``health_reserve`` more are accepted for them; beyond that a connection is closed at once).
 
-Keep-alive after a response stays uvicorn's (``timeout_keep_alive``).
+Keep-alive after a response stays uvicorn's (``timeout_keep_alive``). A request refused while an earlier
+answer on the same connection is still owed (pipelined behind it) cannot be answered in order: the connection
+is closed.
 """
 
 from __future__ import annotations
@@ -76,6 +85,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _header_bytes = 0
+        _parsed_bytes = 0  # the URL and header fields (trailers too) of the current message, as parsed
+        _body_started = 0.0
+        _body_bytes = 0
+        _rate_bound = False  # the body's deadline is its rate's (not its pause's)
         _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
         _in_headers = True
         _reserve = False
@@ -91,6 +104,15 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def _refuse(self, status: bytes, message: str) -> None:
             self._disarm()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                if self.pipeline or self._in_headers or cycle.response_started:
+                    # an earlier request's answer is owed (or this one's has begun): no answer fits in order
+                    self._lingering = 1
+                    self.transport.close()
+                    return
+                cycle.disconnected = True  # the app still reads this request's body: it ends now
+                cycle.message_event.set()
             _reply(self.transport, status, message)
             if not self.transport.is_closing():
                 self._lingering = 1
@@ -148,14 +170,41 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.close()  # nothing was asked: no answer owed
 
+        def _arm_body(self) -> None:
+            self._body_started, self._body_bytes, self._rate_bound = self.loop.time(), 0, False
+            self._arm(limits.body_timeout_s, self._body_too_slow)
+
         def _body_too_slow(self) -> None:
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.cycle.disconnected = True
-                self.cycle.message_event.set()
+            if self.cycle is not None and self.cycle.response_complete:  # answered early: nothing more to say
+                self.transport.close()
+                return
+            if self._rate_bound:
+                seconds = self.loop.time() - self._body_started
+                message = (
+                    f"the request body arrived slower than {limits.min_body_rate:g} bytes a second: "
+                    f"{self._body_bytes} bytes in {seconds:.1f} s (limit {FLAGS['min_body_rate']}, after "
+                    f"{limits.body_timeout_s:g} s of grace)"
+                )
+            else:
+                message = (
+                    f"the request body stopped arriving for {limits.body_timeout_s:g} s before its declared "
+                    f"Content-Length (limit {FLAGS['body_timeout_s']})"
+                )
+            self._refuse(b"408 Request Timeout", message)
+
+        def _count_parsed(self, size: int) -> bool:
+            """Count `size` parsed bytes of the message's URL or fields; False when they exceed the limit
+            (the request is refused)."""
+            self._parsed_bytes += size
+            if self._parsed_bytes <= limits.max_header_bytes:
+                return True
+            self._headers_too_large()
+            return False
+
+        def _headers_too_large(self) -> None:
             self._refuse(
-                b"408 Request Timeout",
-                f"the request body stopped arriving for {limits.body_timeout_s:g} s before its declared "
-                f"Content-Length (limit {FLAGS['body_timeout_s']})",
+                b"431 Request Header Fields Too Large",
+                f"the request line and headers exceed {limits.max_header_bytes} bytes ({FLAGS['max_header_bytes']})",
             )
 
         def data_received(self, data: bytes) -> None:
@@ -177,22 +226,35 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     self._header_bytes += len(data) if end < 0 else end + 4
                 self._header_tail = data[-3:] if len(data) >= 3 else (tail + data)[-3:]
                 if self._header_bytes > limits.max_header_bytes:
-                    self._refuse(
-                        b"431 Request Header Fields Too Large",
-                        f"the request line and headers exceed {limits.max_header_bytes} bytes "
-                        f"({FLAGS['max_header_bytes']})",
-                    )
+                    self._headers_too_large()
                     return
-            elif self._deadline is not None:  # the body is arriving: its pause deadline moves (no timer call)
-                self._deadline = self.loop.time() + limits.body_timeout_s
+            elif self._deadline is not None:  # the body is arriving: its deadline moves later (no timer call)
+                self._body_bytes += len(data)
+                pause = self.loop.time() + limits.body_timeout_s
+                rate = self._body_started + limits.body_timeout_s + self._body_bytes / limits.min_body_rate
+                self._deadline, self._rate_bound = (rate, True) if rate < pause else (pause, False)
             super().data_received(data)
 
         def on_message_begin(self) -> None:
+            if self._lingering:  # refused earlier in this read: the rest is drained, not parsed into requests
+                return
             if not self._in_headers:
                 self._start_waiting()
+            self._parsed_bytes = 0
             super().on_message_begin()
 
+        def on_url(self, url: bytes) -> None:
+            if not self._lingering and self._count_parsed(len(url)):
+                super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            # after the body: a trailer of a chunked request, counted with the headers
+            if not self._lingering and self._count_parsed(len(name) + len(value) + 4):  # ": " and CRLF
+                super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
+            if self._lingering:
+                return
             self._in_headers = False
             self._disarm()
             fresh.pop(self, None)
@@ -204,9 +266,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     "connections beyond it serve health and readiness only",
                 )
                 return
+            earlier_owed = self.cycle is not None and not self.cycle.response_complete
             super().on_headers_complete()
-            # until the body is complete (on_message_complete disarms; at once for a request without one)
-            self._arm(limits.body_timeout_s, self._body_too_slow)
+            # until the body is complete (on_message_complete disarms; at once for a request without one). A
+            # request pipelined behind an unanswered one waits, unread, for its turn: its body is timed from then
+            if not earlier_owed:
+                self._arm_body()
 
         def on_body(self, body: bytes) -> None:
             if not self._lingering:  # a refused request's body is drained, not handed on
@@ -225,6 +290,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:  # a pipelined request's turn has come
+                if not self._in_headers and self._deadline is None:  # its body is still to come: timed from now
+                    self._arm_body()
+                return
             if self._in_headers:  # the request was read to its end
                 self._await_next_request()
 
