@@ -530,11 +530,11 @@ LIMITS: list[LimitRow] = [
         "503 / `UNAVAILABLE`",
     ),
     (
-        "request line + headers (REST), metadata block (gRPC)",
+        "request line + headers (REST; trailers of a chunked body count with them), metadata block (gRPC)",
         ("--max_header_bytes",),
         lambda d, c: _size(d("max_header_bytes")),
-        "REST 431 `the request line and headers exceed 32768 bytes (--max_header_bytes)`, connection closed; gRPC: "
-        "grpcio refuses the call",
+        "REST 431 `the request line and headers exceed 32768 bytes (--max_header_bytes)`, connection closed (closed "
+        "without an answer when an earlier pipelined request's answer is still owed); gRPC: grpcio refuses the call",
     ),
     (
         "time to send a request's headers (from connecting or the last answer); gRPC handshake",
@@ -547,6 +547,12 @@ LIMITS: list[LimitRow] = [
         ("--body_timeout_seconds",),
         lambda d, c: _seconds(d("body_timeout_seconds")),
         "408 naming the flag, connection closed",
+    ),
+    (
+        "the whole body: one pause's grace plus its bytes over this rate",
+        ("--min_body_rate",),
+        lambda d, c: f"{d('min_body_rate'):g} bytes a second",
+        "408 naming the rate, the bytes and seconds, and the flag; connection closed",
     ),
     (
         "open connections per port",

@@ -41,6 +41,7 @@ from rnnkit_serving.config.connections import FLAGS, ConnectionLimits
 HEALTH_PATHS = re.compile(rb"^/(v2/health/(live|ready)|v2/models/[^/]+(/versions/[^/]+)?/ready|v1/models/[^/:]+)$")
 
 
+_on_url, _on_header = HttpToolsProtocol.on_url, HttpToolsProtocol.on_header  # called once a field: no super() lookup
 LINGER_SECONDS = 1.0  # after refusing a request, unread bytes are drained this long before closing
 LINGER_BYTES = 64 << 10
 
@@ -192,15 +193,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 )
             self._refuse(b"408 Request Timeout", message)
 
-        def _count_parsed(self, size: int) -> bool:
-            """Count `size` parsed bytes of the message's URL or fields; False when they exceed the limit
-            (the request is refused)."""
-            self._parsed_bytes += size
-            if self._parsed_bytes <= limits.max_header_bytes:
-                return True
-            self._headers_too_large()
-            return False
-
         def _headers_too_large(self) -> None:
             self._refuse(
                 b"431 Request Header Fields Too Large",
@@ -244,13 +236,24 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
-            if not self._lingering and self._count_parsed(len(url)):
-                super().on_url(url)
+            self._parsed_bytes += len(url)
+            if self._parsed_bytes > limits.max_header_bytes or self._lingering:
+                self._over_parsed()
+            else:
+                _on_url(self, url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            # after the body: a trailer of a chunked request, counted with the headers
-            if not self._lingering and self._count_parsed(len(name) + len(value) + 4):  # ": " and CRLF
-                super().on_header(name, value)
+            # after the body: a trailer of a chunked request, counted with the headers. ": " and CRLF: + 4
+            self._parsed_bytes += len(name) + len(value) + 4
+            if self._parsed_bytes > limits.max_header_bytes or self._lingering:
+                self._over_parsed()
+            else:
+                _on_header(self, name, value)
+
+        def _over_parsed(self) -> None:
+            """The message's parsed URL and fields went over the limit (or it was refused already)."""
+            if not self._lingering:
+                self._headers_too_large()
 
         def on_headers_complete(self) -> None:
             if self._lingering:
