@@ -20,6 +20,7 @@ import numpy as np
 
 from rnnkit_serving.codecs.json_depth import (
     EXACT_INTEGERS,
+    FAST_FIELDS,
     MAX_JSON_DEPTH,
     exceeds_depth,
     fast_loads,
@@ -27,6 +28,8 @@ from rnnkit_serving.codecs.json_depth import (
     simd_fields,
     simd_plain,
     simdjson,
+    utf8_problem,
+    utf8_text,
 )
 from rnnkit_serving.core.signature import (
     DATA_TYPES,
@@ -48,10 +51,14 @@ _NUMERIC = frozenset(("float32", "float64", "int8", "int16", "int32", "int64", "
 
 
 def parse_json(body: bytes) -> Any:
-    """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS);
-    bodies nested deeper than ``MAX_JSON_DEPTH`` are refused before parsing."""
+    """The request body as JSON (NaN/Infinity tokens allowed, as RapidJSON is configured in TFS); a body that is
+    not UTF-8 (see :func:`~rnnkit_serving.codecs.json_depth.utf8_problem`; a UTF-8 byte order mark is skipped) and
+    one nested deeper than ``MAX_JSON_DEPTH`` are refused before parsing, by byte scans that assume UTF-8."""
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
+    problem = utf8_problem(body)
+    if problem is not None:
+        raise invalid_argument(f"JSON Parse error: {problem}")
     if exceeds_depth(body):
         raise invalid_argument(f"JSON Parse error: nesting depth exceeds {MAX_JSON_DEPTH}")
     if fast_loads is not None:
@@ -60,9 +67,7 @@ def parse_json(body: bytes) -> Any:
         except ValueError:  # NaN/Infinity tokens, huge integers, errors: the standard parser decides
             pass
     try:
-        return json.loads(body)
-    except UnicodeDecodeError as error:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
+        return json.loads(utf8_text(body))  # a str: json.loads(bytes) would guess UTF-16/32
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
     except (ValueError, RecursionError) as error:  # e.g. an integer of more than 4300 digits
@@ -88,7 +93,8 @@ def parse_numeric_json(body: bytes, signatures: Mapping[str, Signature]) -> dict
     the same array from the parsed lists. pysimdjson checks the types of the values (its buffer refuses a string,
     null, true/false or an object); the lengths are checked level by level; a list hidden where a number belongs
     (``[1, [2]]`` reads as two numbers) is caught by counting the body's ``[`` against the lists accounted for.
-    An object with a repeated key is left to :func:`parse_json`, which keeps the last value."""
+    An object with a repeated key is left to :func:`parse_json`, which keeps the last value, and so is one of more
+    than :data:`~rnnkit_serving.codecs.json_depth.FAST_FIELDS` keys (pysimdjson looks each key up by a scan)."""
     if simdjson is None or not body:
         return None
     try:
@@ -115,7 +121,7 @@ def parse_numeric_json(body: bytes, signatures: Mapping[str, Signature]) -> dict
                 lists, converted = lists + count, converted + 1
                 continue
             if key == "inputs" and isinstance(value, simdjson.Object):
-                named = simd_fields(value)
+                named = simd_fields(value, max(FAST_FIELDS, len(specs)))  # the model's inputs: as many keys
                 if named is None:
                     return None
                 out[key] = {}
