@@ -15,9 +15,10 @@ runs inline when all of these hold:
   (``--rest_inline_ms``), timed where it ran: sizes never seen, or that ran slow, go to a thread.
   Only jobs that succeeded teach it (a refused body, however large, says nothing of what a served one
   costs). One job over the budget, inline or not, or one that timed out, forgets what the model had
-  shown, and nothing is relearned for a pause (``COOL_DOWN_S``: 1 s, doubling with each slow job in
-  a row up to 60 s): a client alternating cheap and costly requests of the same size to one model gets
-  at most one costly job on the loop per pause;
+  shown; one that held the *loop* over the budget also pauses the learning (``COOL_DOWN_S``: 1 s,
+  doubling with each such job in a row up to 60 s): a client alternating cheap and costly requests of
+  the same size to one model gets at most one costly job on the loop per pause. Slow jobs in threads
+  (a burst of load) pause nothing: the next fast threaded one teaches again;
 - the job is not a chunk of a sequence: a chunk takes its session's lock, which a worker thread of
   another front (gRPC) may hold, so :meth:`Dispatch.stream <rnnkit_serving.dispatch.Dispatch.stream>`
   raises :class:`NotInline` before it takes anything and the job runs in a thread instead;
@@ -80,18 +81,22 @@ class InlineRuns:
         """Whether a job of model `key` on a `size`-byte body may run on the loop now."""
         return self.busy == 0 and size <= self._fast_up_to.get(key, -1)
 
-    def observed(self, key: str, size: int, elapsed_ms: float, succeeded: bool = True) -> None:
-        """Learn from one job of model `key` on a `size`-byte body that ran `elapsed_ms` where it ran and
-        `succeeded` or raised."""
+    def observed(self, key: str, size: int, elapsed_ms: float, succeeded: bool = True, on_loop: bool = False) -> None:
+        """Learn from one job of model `key` on a `size`-byte body that ran `elapsed_ms` where it ran (`on_loop`:
+        inline) and `succeeded` or raised."""
         if elapsed_ms > self.budget_ms:
             self.forget(key)
+            if on_loop:  # it held the loop: nothing is learned of `key` for a while
+                self._pause(key)
         elif succeeded and size > self._fast_up_to.get(key, -1) and self._clock() >= self._paused_until.get(key, 0):
             self._fast_up_to[key] = size
 
     def forget(self, key: str) -> None:
         """A job of `key` ran slow, or its time is unknown (it timed out in its thread): run the next ones in
-        threads, and learn nothing of `key` for a while."""
+        threads until a threaded one is fast again (a slow job in a thread, under load say, held no one up)."""
         self._fast_up_to.pop(key, None)
+
+    def _pause(self, key: str) -> None:
         now = self._clock()
         count, last = self._slow_runs.get(key, (0, -FORGIVE_S))
         count = 1 if now - last > FORGIVE_S else min(count + 1, _MOST_DOUBLINGS)
@@ -115,5 +120,5 @@ class InlineRuns:
             raise
         finally:
             if learn:
-                self.observed(key, size, (time.perf_counter() - started) * 1e3, succeeded)
+                self.observed(key, size, (time.perf_counter() - started) * 1e3, succeeded, on_loop=True)
             _ON_LOOP.reset(token)
