@@ -90,10 +90,12 @@ def main() -> int:
             stack.callback(server.proc.terminate)
             servers[who] = server
         cells: dict[tuple[str, str], list[float]] = {}
-        for _ in range(args.rounds):
+        for round_index in range(args.rounds):
             floor = statistics.median(so.in_process(session, steps, args.seconds)[0])
+            # which revision goes first alternates: the second of two back-to-back cells may run warmer or colder
+            order = list(servers.items())[:: -1 if round_index % 2 else 1]
             for protocol in protocols:
-                for who, server in servers.items():
+                for who, server in order:
                     job = so.Job(protocol, steps, "127.0.0.1", server.rest, server.port_for(protocol), 1)
                     cells.setdefault((protocol, who), []).append(statistics.median(tf.p50(job, args.seconds)) - floor)
     print(f"\n{args.payload}, concurrency 1, p50 over the model in process, ms ({args.rounds} rounds); base {args.base}")
