@@ -194,6 +194,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._refuse(b"408 Request Timeout", message)
 
         def _headers_too_large(self) -> None:
+            if not self._in_headers and self.cycle is not None and self.cycle.response_complete:
+                # trailers of a request answered early (a 413 say): a second answer would not be asked for
+                self._lingering = 1
+                self.transport.close()
+                return
             self._refuse(
                 b"431 Request Header Fields Too Large",
                 f"the request line and headers exceed {limits.max_header_bytes} bytes ({FLAGS['max_header_bytes']})",
