@@ -172,10 +172,7 @@ def exceeds_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     if len(body) < _SMALL:
         if body.count(b"[") + body.count(b"{") <= limit:
             return False
-    elif len(body) <= _PASS:
-        if np.count_nonzero((np.frombuffer(body, np.uint8) | 0x20) == _OPEN) <= limit:
-            return False
-    else:  # in passes: the temporary arrays stay small whatever the body
+    else:  # in passes (slices of the view, no copies): the temporary arrays stay small whatever the body
         data = np.frombuffer(body, np.uint8)
         opening = 0
         for start in range(0, data.size, _PASS):

@@ -106,6 +106,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _refuse(self, status: bytes, message: str) -> None:
             self._disarm()
             cycle = self.cycle
+            if cycle is not None and cycle.response_complete and not self._in_headers:
+                # the request refused (its body or trailers too slow or too large) was answered early, a 413 say:
+                # a second answer to it is not owed
+                self._lingering = 1
+                self.transport.close()
+                return
             if cycle is not None and not cycle.response_complete:
                 if self.pipeline or self._in_headers or cycle.response_started:
                     # an earlier request's answer is owed (or this one's has begun): no answer fits in order
@@ -176,9 +182,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._arm(limits.body_timeout_s, self._body_too_slow)
 
         def _body_too_slow(self) -> None:
-            if self.cycle is not None and self.cycle.response_complete:  # answered early: nothing more to say
-                self.transport.close()
-                return
             if self._rate_bound:
                 seconds = self.loop.time() - self._body_started
                 message = (
@@ -194,11 +197,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._refuse(b"408 Request Timeout", message)
 
         def _headers_too_large(self) -> None:
-            if not self._in_headers and self.cycle is not None and self.cycle.response_complete:
-                # trailers of a request answered early (a 413 say): a second answer would not be asked for
-                self._lingering = 1
-                self.transport.close()
-                return
             self._refuse(
                 b"431 Request Header Fields Too Large",
                 f"the request line and headers exceed {limits.max_header_bytes} bytes ({FLAGS['max_header_bytes']})",
@@ -263,17 +261,17 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             if self._lingering:
                 return
-            self._in_headers = False
             self._disarm()
             fresh.pop(self, None)
             between_requests.pop(self, None)
             if self._reserve and not HEALTH_PATHS.match(self.url.split(b"?", 1)[0]):
-                self._refuse(
+                self._refuse(  # still "in headers": the request refused is this one, which no cycle holds yet
                     b"503 Service Unavailable",
                     f"the server holds {limits.max_connections} open connections ({FLAGS['max_connections']}); "
                     "connections beyond it serve health and readiness only",
                 )
                 return
+            self._in_headers = False
             earlier_owed = self.cycle is not None and not self.cycle.response_complete
             super().on_headers_complete()
             # until the body is complete (on_message_complete disarms; at once for a request without one). A
