@@ -250,7 +250,8 @@ def test_timeout_answers_deadline_exceeded_and_fast_jobs_return():
 def test_a_timed_out_job_keeps_the_front_busy_until_it_ends():
     now = [100.0]
     dispatch = Dispatch(ModelRegistry())
-    inline = InlineRuns(5.0, clock=lambda: now[0])
+    # 40 ms: the timed-out job (>= 50 ms) is slow, while a loaded machine (CI) cannot make the others slow
+    inline = InlineRuns(40.0, clock=lambda: now[0])
     inline.observed("m", 100, 1.0)
     release = threading.Event()
 
@@ -281,7 +282,7 @@ def test_a_timed_out_job_keeps_the_front_busy_until_it_ends():
 def test_only_jobs_that_succeeded_teach_the_inline_policy():
     """A body refused at once (a megabyte of spaces, say) says nothing of what a served body of that size costs."""
     dispatch = Dispatch(ModelRegistry())
-    inline = InlineRuns(5.0)
+    inline = InlineRuns(200.0)  # a loaded machine (CI) cannot make a no-op job slow
 
     def refused() -> None:
         raise ServingError(Code.INVALID_ARGUMENT, "no")

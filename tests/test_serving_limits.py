@@ -483,14 +483,15 @@ def test_a_small_request_with_nothing_in_flight_runs_on_the_loop_once_its_like_w
     dispatch = Dispatch(ModelRegistry.of([fake("m", model)]), Metrics())
     small = {"instances": [[[1.0, 2.0, 3.0, 4.0]]]}
     large = {"instances": [[[1.0, 2.0, 3.0, 4.0]] * 50]}
-    with client_for(dispatch) as client:
+    # a 200 ms budget: a loaded machine (CI) must not make a 50-row fake call "slow" by accident
+    with client_for(dispatch, RestOptions(inline_ms=200)) as client:
         inline = client.app.state.front.inline
         for body in (small, small, large, large, small):
             assert client.post("/v1/models/m:predict", json=body).status_code == 200
         # never seen -> thread; seen fast -> loop; a larger body -> thread, then loop; smaller than seen -> loop
         assert [t.startswith("rnnkit-rest_") for t in threads] == [True, False, True, False, False]
         assert inline.inline == 3
-        delays.append(0.05)  # the model turns slow (50 ms > the 5 ms budget) on a run on the loop...
+        delays.append(0.3)  # the model turns slow (300 ms > the 200 ms budget) on a run on the loop...
         assert client.post("/v2/models/m/infer", json=_kserve(small)).status_code == 200
         assert not threads[-1].startswith("rnnkit-rest_")
         for _ in range(2):  # ... so the next requests of any size go to a thread, and nothing is learned for 1 s
@@ -524,7 +525,8 @@ def test_nothing_runs_on_the_loop_while_another_request_is_in_a_worker():
         return {"y": inputs["x"]}
 
     registry = ModelRegistry.of([fake("slow", stuck), fake("fast", model)])
-    options = ServerOptions(rest_api_port=_free_port(), port=0, poll_seconds=0)
+    # a 200 ms inline budget: on a loaded machine (CI) a fake call must not read as slow by accident
+    options = ServerOptions(rest_api_port=_free_port(), port=0, rest=RestOptions(inline_ms=200), poll_seconds=0)
     server = ModelServer(registry, options).start()
     first = None
     try:
