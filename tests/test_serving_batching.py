@@ -30,12 +30,15 @@ def repo():
     return serving_repo.shared_repository()
 
 
-def counting(predictor):
-    """Record the input shapes of every runtime call the batcher makes."""
+def counting(predictor, gate=None):
+    """Record the input shapes of every runtime call the batcher makes; with `gate`, each call first waits for
+    it (so that what is submitted meanwhile queues, however fast the batch threads are)."""
     calls = []
     run = predictor.run
 
     def recorded(arrays, signature_name="serving_default"):
+        if gate is not None:
+            gate.wait(30)
         calls.append({k: v.shape for k, v in arrays.items()})
         return run(arrays, signature_name)
 
@@ -114,11 +117,13 @@ def test_random_lengths_batched_exactly_for_a_zero_padding_invariant_model(repo)
         assert predictor.zero_padding_invariant
         requests = random_requests(rng, 48)
         want = [predictor.predict(r) for r in requests]
-        calls = counting(predictor)
+        gate = threading.Event()
+        calls = counting(predictor, gate)
         metrics = Metrics()
         batcher = Batcher(BatchingParameters(16, 1_000_000, 2, 100), metrics)
         try:
             futures = [batcher.submit(predictor, predictor.validate(r)) for r in requests]
+            gate.set()  # the batch threads took at most one batch each meanwhile; the rest queued
             got = [f.result(timeout=60) for f in futures]
         finally:
             batcher.close()

@@ -123,6 +123,9 @@ def test_a_blocking_request_with_a_free_slot_runs_on_its_own_thread_else_queues(
         answers = []
         caller = threading.Thread(target=lambda: answers.append(batcher.run(predictor, one(4.0))))
         caller.start()
+        deadline = time.monotonic() + 30
+        while not batcher._groups and time.monotonic() < deadline:  # until the caller has queued
+            time.sleep(0.005)
         settle()
         assert not answers and held.rows == [[1.0]]  # no free slot: it queued
         held.release.set()

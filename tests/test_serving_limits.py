@@ -443,7 +443,7 @@ def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
         return {"y": inputs["x"]}
 
     registry = ModelRegistry.of([fake("slow", stuck), fake("fast")])
-    options = ServerOptions(rest_api_port=_free_port(), port=0, rest=RestOptions(timeout_ms=300), poll_seconds=0)
+    options = ServerOptions(rest_api_port=_free_port(), port=0, rest=RestOptions(timeout_ms=2000), poll_seconds=0)
     server = ModelServer(registry, options).start()
     try:
         body = {"instances": [[[1.0, 2.0, 3.0, 4.0]]]}
@@ -458,7 +458,7 @@ def test_a_slow_model_neither_blocks_other_requests_nor_escapes_the_timeout():
         assert fast.status_code == 200 and fast.json() == {"predictions": [[[2.0, 4.0, 6.0, 8.0]]]}
         first.join(30)
         assert slow_reply[0].status_code == 504
-        assert slow_reply[0].json() == {"error": "Request timed out after 300 ms (--rest_api_timeout_in_ms)"}
+        assert slow_reply[0].json() == {"error": "Request timed out after 2000 ms (--rest_api_timeout_in_ms)"}
     finally:
         release.set()
         server.stop()
@@ -668,11 +668,11 @@ def _predict(name):
 def test_grpc_server_deadline_caps_a_slow_predict(grpc_stuck):
     import grpc
 
-    stub, _ = grpc_stuck(300, 64)
+    stub, _ = grpc_stuck(2000, 64)  # 2 s: the fast call cannot time out on a loaded machine
     with pytest.raises(grpc.RpcError) as caught:
         stub.Predict(_predict("slow"), timeout=30)  # the client would wait 30 s; the server answers first
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert caught.value.details() == "Request timed out after 300 ms (--grpc_timeout_in_ms)"
+    assert caught.value.details() == "Request timed out after 2000 ms (--grpc_timeout_in_ms)"
     assert stub.Predict(_predict("fast"), timeout=30).outputs["y"].float_val == [2.0] * 4
 
 

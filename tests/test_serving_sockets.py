@@ -271,7 +271,7 @@ def test_sigterm_drains_requests_in_flight(repo):
             thread.start()
         for event in sent:
             assert event.wait(60)
-        time.sleep(0.2)  # the three requests are in: one runs, two wait for the single worker
+        time.sleep(1.0)  # the three requests are in (sendall returned: in the kernel's buffers; read by now)
         exit_code = proc.stop(timeout=120)
         for thread in threads:
             thread.join(120)

@@ -546,7 +546,9 @@ LIMITS: list[LimitRow] = [
         "pause while a declared body arrives (a Content-Length longer than the body)",
         ("--body_timeout_seconds",),
         lambda d, c: _seconds(d("body_timeout_seconds")),
-        "408 naming the flag, connection closed",
+        "408 naming the flag, connection closed. After an early answer (a 413) the rest of the body is read and "
+        "dropped only when at most 256 KiB are declared left and they arrive within one pause; otherwise the "
+        "connection closes",
     ),
     (
         "the whole body: one pause's grace plus its bytes over this rate",
@@ -561,8 +563,9 @@ LIMITS: list[LimitRow] = [
             f"{d('max_connections')} REST (+{c['HEALTH_RESERVE_CONNECTIONS']} that serve only health and "
             f"readiness), {d('max_connections')} per gRPC port"
         ),
-        "REST: a new connection evicts the oldest one that owes nothing (idle, slowloris); when every slot has a "
-        "request in flight, 503 on the reserve, then closed at once; gRPC: new connections refused "
+        "REST: a new connection evicts the oldest one that owes nothing (idle, slowloris), else the request whose "
+        "body has arrived the slowest, once it has had one `--body_timeout_seconds` of grace (408 saying why); when "
+        "every slot has a request in flight, 503 on the reserve, then closed at once; gRPC: new connections refused "
         "(`grpc.max_allowed_incoming_connections`)",
     ),
     (

@@ -17,14 +17,20 @@ stays open forever and holds a file descriptor. This protocol subclass adds, per
   its bytes over this rate (a slow drip within every pause is not a way to hold a connection forever);
   beyond either, 408 and close. A pipelined request's body is timed from when its turn comes (the
   server stops reading while an earlier answer is owed);
-- ``max_connections``: open connections at once; beyond it a new connection is still read, but
-  only a health or readiness request (``HEALTH_PATHS``) is served on it, anything else gets 503 and
-  the connection closes: liveness and readiness answer while the data traffic saturates the port
+- ``max_connections``: open connections at once. A new connection on a full port first evicts one
+  that owes nothing (never asked, or between requests), then the connection whose request body has
+  averaged the fewest bytes a second after one pause's grace (408: bodies just above ``min_body_rate``
+  cannot hold every slot either). When none can give way, a new connection is still read, but only a
+  health or readiness request (``HEALTH_PATHS``) is served on it, anything else gets 503 and the
+  connection closes: liveness and readiness answer while the data traffic saturates the port
   (``health_reserve`` more are accepted for them; beyond that a connection is closed at once).
 
 Keep-alive after a response stays uvicorn's (``timeout_keep_alive``). A request refused while an earlier
 answer on the same connection is still owed (pipelined behind it) cannot be answered in order: the connection
-is closed.
+is closed. A request answered before its body has all arrived (a 413 on its Content-Length) has the rest of
+its body read and dropped only when that rest is declared and short (``DRAIN_BYTES``) and arrives within one
+pause; otherwise the connection closes after the answer, instead of reading a body nobody wants at the
+client's pace.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ HEALTH_PATHS = re.compile(rb"^/(v2/health/(live|ready)|v2/models/[^/]+(/versions
 _on_url, _on_header = HttpToolsProtocol.on_url, HttpToolsProtocol.on_header  # called once a field: no super() lookup
 LINGER_SECONDS = 1.0  # after refusing a request, unread bytes are drained this long before closing
 LINGER_BYTES = 64 << 10
+# After an early answer (a 413 or a 404 before the body has all arrived) the rest of the body is read and dropped,
+# so that the connection can serve the next request, only when its Content-Length says that at most this much is
+# left; it must then arrive within one --body_timeout_seconds. A longer or chunked rest closes the connection.
+DRAIN_BYTES = 256 << 10
 
 
 def _reply(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:
@@ -73,7 +83,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     # (fresh ones first) instead of being refused: idle and slowloris connections cannot hold every slot
     # against clients that reconnect or probes that open a connection each time.
     fresh: dict[GuardedHttpToolsProtocol, None] = {}
-    between_requests: dict[GuardedHttpToolsProtocol, None] = {}
+    between_requests: dict[GuardedHttpToolsProtocol, None] = {}  # also: answered early, the body's rest arriving
+    # connections whose request body is arriving (and not yet answered). When nothing above is left to evict, the
+    # one whose body has averaged the fewest bytes a second gives way, once it has had one pause's grace: slow
+    # bodies just above --min_body_rate cannot hold every slot against new clients either.
+    receiving: dict[GuardedHttpToolsProtocol, None] = {}
+    lingering_evicted = [0]  # of those, refused and still lingering (each counts beyond --max_connections)
 
     def evict_one() -> bool:
         for waiting in (fresh, between_requests):
@@ -82,7 +97,24 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 victim._disarm()
                 victim.transport.close()
                 return True
-        return False
+        slowest = None
+        if receiving:
+            now, least = asyncio.get_running_loop().time(), float("inf")
+            for candidate in receiving:
+                seconds = now - candidate._body_started
+                if seconds >= limits.body_timeout_s and candidate._body_bytes / seconds < least:
+                    slowest, least = candidate, candidate._body_bytes / seconds
+        if slowest is None:
+            return False
+        seconds = now - slowest._body_started
+        slowest._refuse(
+            b"408 Request Timeout",
+            f"the server holds {limits.max_connections} open connections ({FLAGS['max_connections']}) and a new "
+            f"one came while this request's body was the slowest arriving: {slowest._body_bytes} bytes in "
+            f"{seconds:.1f} s; send it faster, or again later",
+            evicted=True,
+        )
+        return True
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _header_bytes = 0
@@ -90,10 +122,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _body_started = 0.0
         _body_bytes = 0
         _rate_bound = False  # the body's deadline is its rate's (not its pause's)
+        _body_parsed = 0  # body bytes the parser has handed on (without chunk framing)
+        _drain_until = 0.0  # > 0: answered early, the rest of the body must have arrived by then
         _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
         _in_headers = True
         _reserve = False
         _lingering = 0  # > 0: refused; bytes drained since (the socket closes after LINGER_SECONDS)
+        _evicted = False  # refused to make room for a new connection, and lingering
         # One deadline at a time (headers, body pause, linger) and what happens when it passes. Moving or clearing
         # it is an attribute write: the loop timer behind it is only rescheduled when the deadline comes *sooner*
         # than the timer, and otherwise fires, finds the deadline moved and re-arms itself for it. A kept-alive
@@ -103,8 +138,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _timer: asyncio.TimerHandle | None = None
         _timer_at = 0.0
 
-        def _refuse(self, status: bytes, message: str) -> None:
+        def _refuse(self, status: bytes, message: str, evicted: bool = False) -> None:
             self._disarm()
+            receiving.pop(self, None)
             cycle = self.cycle
             if cycle is not None and cycle.response_complete and not self._in_headers:
                 # the request refused (its body or trailers too slow or too large) was answered early, a 413 say:
@@ -123,6 +159,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             _reply(self.transport, status, message)
             if not self.transport.is_closing():
                 self._lingering = 1
+                if evicted and lingering_evicted[0] >= limits.health_reserve:
+                    self.transport.close()  # a flood of newcomers does not pile up lingering sockets beyond the limit
+                    return
+                if evicted:
+                    lingering_evicted[0] += 1
+                    self._evicted = True
                 self._arm(LINGER_SECONDS, self.transport.close)
 
         def _arm(self, seconds: float, callback: Any) -> None:
@@ -180,6 +222,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _arm_body(self) -> None:
             self._body_started, self._body_bytes, self._rate_bound = self.loop.time(), 0, False
             self._arm(limits.body_timeout_s, self._body_too_slow)
+            receiving[self] = None
 
         def _body_too_slow(self) -> None:
             if self._rate_bound:
@@ -228,6 +271,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 pause = self.loop.time() + limits.body_timeout_s
                 rate = self._body_started + limits.body_timeout_s + self._body_bytes / limits.min_body_rate
                 self._deadline, self._rate_bound = (rate, True) if rate < pause else (pause, False)
+                if self._drain_until and self._deadline > self._drain_until:
+                    self._deadline = self._drain_until
             super().data_received(data)
 
         def on_message_begin(self) -> None:
@@ -276,17 +321,21 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             super().on_headers_complete()
             # until the body is complete (on_message_complete disarms; at once for a request without one). A
             # request pipelined behind an unanswered one waits, unread, for its turn: its body is timed from then
+            self._body_parsed = 0
             if not earlier_owed:
                 self._arm_body()
 
         def on_body(self, body: bytes) -> None:
             if not self._lingering:  # a refused request's body is drained, not handed on
+                self._body_parsed += len(body)
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
             if self._lingering:
                 return
             self._disarm()
+            receiving.pop(self, None)
+            self._drain_until = 0.0
             super().on_message_complete()
             # what arrives from now on is the next request's headers (not before: an early answer, a 413
             # say, can complete while the rest of this request's body is still arriving)
@@ -303,6 +352,30 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 return
             if self._in_headers:  # the request was read to its end
                 self._await_next_request()
+            elif not self._lingering and not self.transport.is_closing():
+                self._answered_early()
+
+        def _answered_early(self) -> None:
+            """The request was answered before its body had all arrived (a 413, a 404). A short rest is read and
+            dropped, within one pause, so that the connection serves the next request; a longer one (or one of
+            unknown length) is not read at the client's pace: the connection closes after a linger."""
+            receiving.pop(self, None)
+            declared = -1
+            for name, value in self.headers:
+                if name == b"content-length":
+                    declared = int(value) if value.isdigit() else -1
+                    break
+            if 0 <= declared - self._body_parsed <= DRAIN_BYTES:
+                self._drain_until = self.loop.time() + limits.body_timeout_s
+                if self._deadline is None or self._deadline > self._drain_until:
+                    self._arm(limits.body_timeout_s, self._body_too_slow)
+                between_requests[self] = None  # it owes nothing: a new connection on a full port may take its slot
+                return
+            self._lingering = 1
+            writer = cast(asyncio.WriteTransport, self.transport)
+            if writer.can_write_eof():
+                writer.write_eof()
+            self._arm(LINGER_SECONDS, self.transport.close)
 
         def _await_next_request(self) -> None:
             if not self.transport.is_closing():
@@ -315,6 +388,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._stop_timer()
             fresh.pop(self, None)
             between_requests.pop(self, None)
+            receiving.pop(self, None)
+            if self._evicted:
+                self._evicted = False
+                lingering_evicted[0] -= 1
             if self.transport is not None:
                 super().connection_lost(exc)
 
