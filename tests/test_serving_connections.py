@@ -271,6 +271,26 @@ def test_a_short_rest_after_an_early_answer_must_arrive_within_one_pause(server)
     assert took < 4 and b"HTTP/1.1" not in more
 
 
+def test_an_early_answer_to_expect_100_continue_closes_the_connection_at_once(server):
+    """A client that sent "Expect: 100-continue" and got a 413 instead of a 100 may never send the body it
+    declared; the connection then waited for it (or read the client's next request as that body). It now ends
+    right after the answer (RFC 9110, 10.1.1: the server says whether it goes on reading)."""
+    expect = b"expect: 100-continue\r\n"
+    with connect(server) as sock:
+        sock.sendall(infer_request(expect, body=b"", length=20 << 10))  # 20 KiB declared, over the 16 KiB limit
+        reply = _answer(sock)
+        assert reply.startswith(b"HTTP/1.1 413") and b"100 Continue" not in reply
+        started = time.monotonic()
+        sock.settimeout(5)
+        assert read_all(sock, until_closed=True) == b""
+    assert time.monotonic() - started < 0.5  # not after the body pause (1 s here)
+    with connect(server) as sock:  # with the body sent: the rest is short, the connection serves the next request
+        sock.sendall(infer_request(expect, body=b"1" * 100, length=20 << 10))
+        assert _answer(sock).startswith(b"HTTP/1.1 413")
+        sock.sendall(b"1" * ((20 << 10) - 100) + infer_request())
+        assert b"HTTP/1.1 200" in read_all(sock)
+
+
 def test_on_a_full_port_the_slowest_body_past_its_grace_gives_way_to_a_new_connection(server):
     """Every slot held by a body arriving just above --min_body_rate: new clients got 503 for as long as the
     bodies lasted (9 hours at the defaults). A body gets one pause's grace (1 s here); after it, a new connection

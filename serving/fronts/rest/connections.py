@@ -365,7 +365,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 if name == b"content-length":
                     declared = int(value) if value.isdigit() else -1
                     break
-            if 0 <= declared - self._body_parsed <= DRAIN_BYTES:
+            # a client that asked "Expect: 100-continue" and got a final answer instead may send no body at all,
+            # and then its next request, which would be read as this body: close, as RFC 9110 (10.1.1) allows
+            waiting_to_continue = self.expect_100_continue and not self._body_parsed
+            if not waiting_to_continue and 0 <= declared - self._body_parsed <= DRAIN_BYTES:
                 self._drain_until = self.loop.time() + limits.body_timeout_s
                 if self._deadline is None or self._deadline > self._drain_until:
                     self._arm(limits.body_timeout_s, self._body_too_slow)
