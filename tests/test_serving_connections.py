@@ -291,6 +291,32 @@ def test_an_early_answer_to_expect_100_continue_closes_the_connection_at_once(se
         assert b"HTTP/1.1 200" in read_all(sock)
 
 
+def test_chunk_extensions_cannot_stream_for_ever(server):
+    """The parser reads a chunk's extensions and drops them: 200 MB of them after a one-byte chunk were read
+    at full speed (the body never grew toward --max_request_bytes, and data kept arriving, so no timer fired).
+    A chunked body's framing may take at most its data's size plus FRAMING_SLACK_BYTES (1 MiB): 400 naming it."""
+    from rnnkit_serving.fronts.rest.connections import FRAMING_SLACK_BYTES
+
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    sent = 0
+    with connect(server) as sock:
+        sock.sendall(head)
+        try:
+            for _ in range(50):
+                sock.sendall(b"1;" + b"e" * (1 << 20) + b"\r\n{\r\n")
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = read_all(sock)
+    assert sent < 10, sent
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"the chunked body's framing (chunk sizes and extensions) took " in reply
+    assert b"at most the data's size plus %d bytes is read" % FRAMING_SLACK_BYTES in reply
+    body = b'{"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1, 2]}]}'
+    chunks = b"".join(b"%x;note=ok\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7))
+    assert request(server, head + chunks + b"0\r\n\r\n").startswith(b"HTTP/1.1 200")  # small chunks still served
+
+
 def test_on_a_full_port_the_slowest_body_past_its_grace_gives_way_to_a_new_connection(server):
     """Every slot held by a body arriving just above --min_body_rate: new clients got 503 for as long as the
     bodies lasted (9 hours at the defaults). A body gets one pause's grace (1 s here); after it, a new connection
