@@ -317,6 +317,44 @@ def test_chunk_extensions_cannot_stream_for_ever(server):
     assert request(server, head + chunks + b"0\r\n\r\n").startswith(b"HTTP/1.1 200")  # small chunks still served
 
 
+def test_malformed_requests_are_logged_at_most_once_a_minute(server):
+    """uvicorn logs a warning for each malformed request: any client could write log lines as fast as it sends
+    requests. Each kind passes once a minute; the next says how many were dropped."""
+    import logging
+
+    from rnnkit_serving.fronts.rest.connections import CLIENT_WARNINGS_FILTER, ClientWarnings
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(handler)
+    CLIENT_WARNINGS_FILTER._last.clear()
+    try:
+        for _ in range(5):
+            reply = request(server, b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: +5\r\n\r\n12345")
+            assert reply.startswith(b"HTTP/1.1 400")
+        assert records == ["Invalid HTTP request received."]
+        uvicorn_log.warning("model loaded")  # anything else passes
+        assert records[-1] == "model loaded"
+    finally:
+        uvicorn_log.removeHandler(handler)
+
+    now = [0.0]
+    warnings = ClientWarnings(60.0, clock=lambda: now[0])
+    passed = []
+    for at in (0.0, 1.0, 30.0, 59.0, 61.0, 62.0, 200.0):
+        now[0] = at
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Invalid HTTP request received.", None, None)
+        if warnings.filter(record):
+            passed.append((at, record.getMessage()))
+    assert passed == [
+        (0.0, "Invalid HTTP request received."),
+        (61.0, "Invalid HTTP request received. (3 more like it in the last 61 s were not logged)"),
+        (200.0, "Invalid HTTP request received. (1 more like it in the last 139 s were not logged)"),
+    ]
+
+
 def test_on_a_full_port_the_slowest_body_past_its_grace_gives_way_to_a_new_connection(server):
     """Every slot held by a body arriving just above --min_body_rate: new clients got 503 for as long as the
     bodies lasted (9 hours at the defaults). A body gets one pause's grace (1 s here); after it, a new connection

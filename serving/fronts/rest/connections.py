@@ -37,7 +37,10 @@ client's pace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -62,6 +65,42 @@ DRAIN_BYTES = 256 << 10
 FRAMING_SLACK_BYTES = 1 << 20
 
 
+# what uvicorn logs, once a request, for requests any client can send: malformed HTTP, an upgrade it cannot serve
+CLIENT_WARNINGS = ("Invalid HTTP request received.", "Unsupported upgrade request.", "No supported WebSocket library")
+CLIENT_WARNING_EVERY_S = 60.0
+
+
+class ClientWarnings(logging.Filter):
+    """Lets each of uvicorn's per-request warnings about a client's request (``CLIENT_WARNINGS``) through at most
+    once every `every_s` seconds; the next one that passes says how many were dropped meanwhile. Without it any
+    client could write a log line per malformed request, as fast as it can send them (a disk filled, the
+    server's own messages drowned)."""
+
+    def __init__(self, every_s: float = CLIENT_WARNING_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s, self._clock = every_s, clock
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str) or not message.startswith(CLIENT_WARNINGS):
+            return True
+        key, now = message[:30], self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        dropped = self._dropped.pop(key, 0)
+        if dropped and last is not None:
+            record.msg = f"{message} ({dropped} more like it in the last {now - last:.0f} s were not logged)"
+        return True
+
+
+CLIENT_WARNINGS_FILTER = ClientWarnings()
+
+
 def _reply(transport: asyncio.BaseTransport, status: bytes, message: str) -> None:
     """Answer `status` with a JSON error and end the connection. The write side is shut first and the
     socket closed only later (see `lingering`): closing with unread request bytes would make the
@@ -82,7 +121,11 @@ def _reply(transport: asyncio.BaseTransport, status: bytes, message: str) -> Non
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
-    """An ``HttpToolsProtocol`` subclass bound to `limits`."""
+    """An ``HttpToolsProtocol`` subclass bound to `limits` (and uvicorn's per-request warnings about clients'
+    requests rate-limited, :class:`ClientWarnings`)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if CLIENT_WARNINGS_FILTER not in uvicorn_log.filters:
+        uvicorn_log.addFilter(CLIENT_WARNINGS_FILTER)
 
     # connections that owe nothing, oldest first: never asked anything (or still sending headers), and
     # kept alive between requests. When the port is full a new connection evicts the oldest of them
