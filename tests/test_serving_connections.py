@@ -317,6 +317,29 @@ def test_chunk_extensions_cannot_stream_for_ever(server):
     assert request(server, head + chunks + b"0\r\n\r\n").startswith(b"HTTP/1.1 200")  # small chunks still served
 
 
+SMUGGLED = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
+AMBIGUOUS = {
+    "content-length and transfer-encoding": b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two different content-lengths": b"content-length: 5\r\ncontent-length: 7\r\n\r\n12345",
+    "chunked, then identity": b"transfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "obs-folded transfer-encoding": b"transfer-encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+    "space before the colon": b"transfer-encoding : chunked\r\n\r\n0\r\n\r\n",
+    "signed content-length": b"content-length: +5\r\n\r\n12345",
+    "chunk size past 64 bits": b"transfer-encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF1\r\nx\r\n0\r\n\r\n",
+    "NUL in a header": b"x-a: a\x00b\r\ncontent-length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS))
+def test_a_request_framed_ambiguously_gets_400_and_what_follows_is_not_served(server, case):
+    """Request smuggling: a body length two parsers could read two ways. The request is refused and the
+    connection closed, so the request behind it (which a proxy in front may have read as body) never runs."""
+    with connect(server) as sock:
+        sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\n" + AMBIGUOUS[case] + SMUGGLED)
+        reply = read_all(sock, until_closed=True)
+    assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1 ") == 1, reply[:300]
+
+
 def test_malformed_requests_are_logged_at_most_once_a_minute(server):
     """uvicorn logs a warning for each malformed request: any client could write log lines as fast as it sends
     requests. Each kind passes once a minute; the next says how many were dropped."""
