@@ -317,6 +317,41 @@ def test_chunk_extensions_cannot_stream_for_ever(server):
     assert request(server, head + chunks + b"0\r\n\r\n").startswith(b"HTTP/1.1 200")  # small chunks still served
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/m",
+        "/v2/models/m/ready",
+        "/v1/models/m",
+        "/v1/models/m/metadata",
+        "/monitoring/prometheus/metrics",
+        "/openapi.json",
+        "/",
+    ],
+)
+def test_head_answers_as_get_without_the_body(server, path):
+    """RFC 9110 (9.3.2): a general-purpose server supports HEAD wherever it supports GET (load balancers probe
+    with it). HEAD /v2/health/live was 404. The status and Content-Length are GET's; no body follows (the next
+    answer on the connection starts right after the head)."""
+    get = request(server, b"GET %s HTTP/1.1\r\nhost: x\r\n\r\n" % path.encode())
+    get_head, _, get_body = get.partition(b"\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(
+            b"HEAD %s HTTP/1.1\r\nhost: x\r\n\r\n" % path.encode()
+            + SMUGGLED.replace(b"x\r\n", b"x\r\nconnection: close\r\n")
+        )
+        both = read_all(sock, until_closed=True)
+    head, _, rest = both.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == get_head.split(b"\r\n")[0]  # the same status line
+    length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    if path != "/monitoring/prometheus/metrics":  # its counters move between the two requests
+        assert length == [b"content-length: %d" % len(get_body)]
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:100]  # the next answer: no body came between
+
+
 SMUGGLED = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n"
 AMBIGUOUS = {
     "content-length and transfer-encoding": b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -368,7 +403,9 @@ def test_malformed_requests_are_logged_at_most_once_a_minute(server):
     passed = []
     for at in (0.0, 1.0, 30.0, 59.0, 61.0, 62.0, 200.0):
         now[0] = at
-        record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, "Invalid HTTP request received.", None, None)
+        record = logging.LogRecord(
+            "uvicorn.error", logging.WARNING, "", 0, "Invalid HTTP request received.", None, None
+        )
         if warnings.filter(record):
             passed.append((at, record.getMessage()))
     assert passed == [
@@ -423,7 +460,9 @@ def test_a_body_shorter_than_its_content_length_gets_408(server):
 
 
 def _cancelled(server) -> int:
-    text = request(server, b"GET /monitoring/prometheus/metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").decode()
+    text = request(
+        server, b"GET /monitoring/prometheus/metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    ).decode()
     line = ':tensorflow:serving:request_count{model_name="m",status="CANCELLED"} '
     return int(float(text.split(line, 1)[1].split()[0])) if line in text else 0
 

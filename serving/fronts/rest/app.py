@@ -100,7 +100,7 @@ class RestFront:
         """The answer to `request`, and what the metrics step records of it (None: not a model request):
         :class:`RestApp` records it after the answer is sent, the client need not wait for it."""
         path = request.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or request.url.path
-        if request.method == "GET" and path == METRICS_PATH:
+        if path == METRICS_PATH and request.method in ("GET", "HEAD"):
             return await self._metrics(request, path), None
         if self.relayed_pool is not None:
             _RELAYED.set(private_request(request.scope))

@@ -53,7 +53,7 @@ class KServeRoutes:
         self.relay = relay  # --server_workers N: chunks of another worker's sequence go there
 
     async def handle(self, request: Request, path: str, call: Call) -> Response:
-        method = request.method
+        method = "GET" if request.method == "HEAD" else request.method  # uvicorn sends a HEAD answer's head only
         if method == "GET" and path in ("/v2", "/v2/"):
             return json_response(kserve_codec.server_metadata_json(package_version()))
         if method == "GET" and path == "/v2/health/live":

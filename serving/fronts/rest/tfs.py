@@ -47,7 +47,7 @@ class TfsRoutes:
         self.in_worker = in_worker
 
     async def handle(self, request: Request, path: str, call: Call) -> Response:
-        method = request.method
+        method = "GET" if request.method == "HEAD" else request.method  # uvicorn sends a HEAD answer's head only
         post = _POST.fullmatch(path) if method == "POST" else None
         get = _GET.fullmatch(path) if method == "GET" else None
         if post is not None:
