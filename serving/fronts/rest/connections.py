@@ -17,7 +17,8 @@ stays open forever and holds a file descriptor. This protocol subclass adds, per
   its bytes over this rate (a slow drip within every pause is not a way to hold a connection forever);
   beyond either, 408 and close. A pipelined request's body is timed from when its turn comes (the
   server stops reading while an earlier answer is owed). A chunked body's framing (chunk-size lines and
-  the extensions the parser drops) may outgrow its data by at most ``FRAMING_SLACK_BYTES``: 400;
+  the extensions the parser drops) may take at most ``FRAMING_PER_BYTE`` bytes per byte of data plus
+  ``FRAMING_SLACK_BYTES``: 400;
 - ``max_connections``: open connections at once. A new connection on a full port first evicts one
   that owes nothing (never asked, or between requests), then the connection whose request body has
   averaged the fewest bytes a second after one pause's grace (408: bodies just above ``min_body_rate``
@@ -58,10 +59,12 @@ LINGER_BYTES = 64 << 10
 # so that the connection can serve the next request, only when its Content-Length says that at most this much is
 # left; it must then arrive within one --body_timeout_seconds. A longer or chunked rest closes the connection.
 DRAIN_BYTES = 256 << 10
-# A chunked body's framing (chunk-size lines, extensions) may take at most its data's size plus this: chunk
-# extensions are read and dropped by the parser, so without a bound a client could stream them for ever at any
-# rate without its body ever growing toward --max_request_bytes (as Node.js's CVE-2024-22019). The slack also
+# A chunked body's framing (chunk-size lines, extensions) may take at most FRAMING_PER_BYTE bytes per byte of
+# data, plus FRAMING_SLACK_BYTES: chunk extensions are read and dropped by the parser, so without a bound a client
+# could stream them for ever at any rate without its body ever growing toward --max_request_bytes (as Node.js's
+# CVE-2024-22019). One-byte chunks take 5 ("1\r\n", "\r\n"; Triton's QA sends 65 536 of them). The slack also
 # covers the next request's bytes that come in the same read as a body's end.
+FRAMING_PER_BYTE = 8
 FRAMING_SLACK_BYTES = 1 << 20
 
 
@@ -292,8 +295,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._refuse(
                 b"400 Bad Request",
                 f"the chunked body's framing (chunk sizes and extensions) took {self._body_bytes - self._body_parsed} "
-                f"bytes for {self._body_parsed} bytes of data; at most the data's size plus {FRAMING_SLACK_BYTES} "
-                "bytes is read",
+                f"bytes for {self._body_parsed} bytes of data; at most {FRAMING_PER_BYTE} bytes per byte of data "
+                f"plus {FRAMING_SLACK_BYTES} bytes are read",
             )
 
         def _headers_too_large(self) -> None:
@@ -325,7 +328,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     return
             elif self._deadline is not None:  # the body is arriving: its deadline moves later (no timer call)
                 self._body_bytes += len(data)
-                if self._body_bytes > 2 * self._body_parsed + FRAMING_SLACK_BYTES:
+                if self._body_bytes > (FRAMING_PER_BYTE + 1) * self._body_parsed + FRAMING_SLACK_BYTES:
                     self._framing_too_large()
                     return
                 pause = self.loop.time() + limits.body_timeout_s
