@@ -746,3 +746,54 @@ def test_an_idle_stream_is_cancelled_and_the_stream_bound_keeps_a_thread_for_hea
                 raise
             time.sleep(0.05)
     channel.close()
+
+
+def test_a_unary_call_whose_message_never_comes_is_cancelled_and_holds_no_thread_from_others(server):
+    """grpcio hands a unary call to a server thread once its headers arrive, and the thread waits for the
+    message: four calls sending headers only held the 3-thread server for ever, and ServerLive timed out. Now
+    the message must arrive within --body_timeout_seconds (1 s here) or the call is cancelled, and the server
+    has a thread for each admitted RPC (--grpc_max_concurrent_rpcs)."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    attacker = grpc.insecure_channel(server.grpc_inference_target)
+    headers_only = attacker.stream_unary(
+        "/inference.GRPCInferenceService/ModelInfer", request_serializer=bytes, response_deserializer=bytes
+    )
+    never = threading.Event()
+
+    def nothing():
+        never.wait(30)
+        return
+        yield
+
+    channel, stub = grpc_stub(server)
+    try:
+        started = time.monotonic()
+        held = [headers_only.future(nothing(), timeout=30) for _ in range(4)]  # more than the 3 workers
+        time.sleep(0.3)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=0.6).live  # before any deadline passed
+        for call in held:
+            with pytest.raises(grpc.RpcError) as ended:
+                call.result(timeout=10)
+            assert ended.value.code() is grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 4  # the 1 s deadline, not the client's 30 s
+        reply = stub.ModelInfer(
+            service_pb2.ModelInferRequest(
+                model_name="m",
+                inputs=[
+                    service_pb2.ModelInferRequest.InferInputTensor(
+                        name="x",
+                        datatype="FP32",
+                        shape=[1, 2, 1],
+                        contents=service_pb2.InferTensorContents(fp32_contents=[1, 2]),
+                    )
+                ],
+            ),
+            timeout=5,
+        )
+        assert list(reply.outputs[0].contents.fp32_contents) == [2.0, 4.0]  # a call with its message is served
+    finally:
+        never.set()
+        attacker.close()
+        channel.close()

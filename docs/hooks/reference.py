@@ -501,7 +501,9 @@ LIMITS: list[LimitRow] = [
         "request threads",
         ("--rest_workers", "--grpc_workers"),
         lambda d, c: f"{d('rest_workers')} REST, {d('grpc_workers')} gRPC",
-        "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread",
+        "requests wait for a thread, within their timeout; each open `ModelStreamInfer` stream holds a gRPC thread. "
+        "gRPC calls also have a thread each while they wait for their message and their job (as many as "
+        "`--grpc_max_concurrent_rpcs`); `--grpc_workers` bounds the jobs that run at once",
     ),
     (
         "server processes",
@@ -546,7 +548,8 @@ LIMITS: list[LimitRow] = [
         "pause while a declared body arrives (a Content-Length longer than the body)",
         ("--body_timeout_seconds",),
         lambda d, c: _seconds(d("body_timeout_seconds")),
-        "408 naming the flag, connection closed. After an early answer (a 413) the rest of the body is read and "
+        "408 naming the flag, connection closed. gRPC: a unary call's request message must arrive within it from "
+        "the call's arrival, else `CANCELLED`. After an early answer (a 413) the rest of the body is read and "
         "dropped only when at most 256 KiB are declared left and they arrive within one pause; otherwise the "
         "connection closes",
     ),

@@ -206,7 +206,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--grpc_workers",
         type=_positive,
         default=D.GRPC_WORKERS,
-        help=f"threads running gRPC requests (default {D.GRPC_WORKERS})",
+        help=f"gRPC requests run at once (default {D.GRPC_WORKERS}; each admitted call also has a thread to wait in, "
+        "up to --grpc_max_concurrent_rpcs)",
     )
     own.add_argument(
         "--grpc_timeout_in_ms",

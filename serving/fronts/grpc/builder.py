@@ -83,13 +83,18 @@ def build_server(
     The two are returned as one (:class:`ServerPair`)."""
     import grpc
 
-    from rnnkit_serving.fronts.grpc.guard import UndecodableRequests
+    from rnnkit_serving.fronts.grpc.guard import RequestGuard
 
     def one(bind: str, secure: Any, reuse_port: bool, prefix: str) -> Any:
         threads = dispatch.worker_threads(workers)
         work = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{prefix}-work")
+        # An RPC thread mostly waits: for its request message, then for its job in `work`. One for every RPC
+        # admitted (--grpc_max_concurrent_rpcs), so that calls whose messages are slow (or never come, until their
+        # deadline) cannot take every thread from the others. (No per-connection stream bound: a client beyond it
+        # would wait silently instead of being refused, and another connection gets around it.)
+        rpc_threads = max(threads, max_concurrent_rpcs or 0)
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=prefix),
+            futures.ThreadPoolExecutor(max_workers=rpc_threads, thread_name_prefix=prefix),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", -1),
@@ -98,7 +103,8 @@ def build_server(
                 *connections.grpc_channel_args(),
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
-            interceptors=[UndecodableRequests()],  # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL
+            # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL; a request message late: cancelled
+            interceptors=[RequestGuard(connections.body_timeout_s)],
         )
         register(server, work)
         if health is not None and not prefix.endswith("-relayed"):  # probes ask the public port
