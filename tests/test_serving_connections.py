@@ -30,6 +30,7 @@ LIMITS = ConnectionLimits(
     idle_connection_s=5.0,
     grpc_max_streams=1,
     grpc_stream_idle_s=3.0,
+    grpc_message_timeout_s=1.0,
 )
 INFER = b'{"inputs": [{"name": "x", "shape": [1, 2, 1], "datatype": "FP32", "data": [1, 2]}]}'
 
@@ -445,6 +446,11 @@ def test_on_a_full_port_the_slowest_body_past_its_grace_gives_way_to_a_new_conne
             evicted
         )
         assert b"s body was the slowest arriving: " in evicted
+        for sock in held[1:]:
+            sock.sendall(b"1")
+        # the evicted connection lingers (its client has not closed it) but holds no slot: the next new connection
+        # finds a free one and evicts nobody (it took a second body's slot, within the linger)
+        assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
         assert select.select(held[1:], [], [], 0.2)[0] == []  # the faster bodies keep their slots
     finally:
         for sock in held:
@@ -751,7 +757,7 @@ def test_an_idle_stream_is_cancelled_and_the_stream_bound_keeps_a_thread_for_hea
 def test_a_unary_call_whose_message_never_comes_is_cancelled_and_holds_no_thread_from_others(server):
     """grpcio hands a unary call to a server thread once its headers arrive, and the thread waits for the
     message: four calls sending headers only held the 3-thread server for ever, and ServerLive timed out. Now
-    the message must arrive within --body_timeout_seconds (1 s here) or the call is cancelled, and the server
+    the message must arrive within --grpc_message_timeout_seconds (1 s here) or the call is cancelled, and the server
     has a thread for each admitted RPC (--grpc_max_concurrent_rpcs)."""
     import grpc
     from tritonclient.grpc import service_pb2
@@ -793,6 +799,19 @@ def test_a_unary_call_whose_message_never_comes_is_cancelled_and_holds_no_thread
             timeout=5,
         )
         assert list(reply.outputs[0].contents.fp32_contents) == [2.0, 4.0]  # a call with its message is served
+        # health's Watch (one request, a stream of answers) is guarded the same way, and still answers
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        silent_watch = attacker.stream_stream(
+            "/grpc.health.v1.Health/Watch", request_serializer=bytes, response_deserializer=bytes
+        )(nothing(), timeout=30)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            next(silent_watch)
+        assert ended.value.code() is grpc.StatusCode.CANCELLED and time.monotonic() - started < 4
     finally:
         never.set()
         attacker.close()

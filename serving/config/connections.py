@@ -23,6 +23,7 @@ class ConnectionLimits:
     idle_connection_s: float = defaults.IDLE_CONNECTION_SECONDS  # --idle_connection_seconds
     grpc_max_streams: int = defaults.GRPC_MAX_STREAMS  # --grpc_max_streams
     grpc_stream_idle_s: float = defaults.GRPC_STREAM_IDLE_SECONDS  # --grpc_stream_idle_seconds
+    grpc_message_timeout_s: float = defaults.GRPC_MESSAGE_TIMEOUT_SECONDS  # --grpc_message_timeout_seconds
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -50,5 +51,6 @@ FLAGS = {
     "idle_connection_s": "--idle_connection_seconds",
     "grpc_max_streams": "--grpc_max_streams",
     "grpc_stream_idle_s": "--grpc_stream_idle_seconds",
+    "grpc_message_timeout_s": "--grpc_message_timeout_seconds",
 }
 DEFAULT_CONNECTIONS = ConnectionLimits()

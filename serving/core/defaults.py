@@ -75,3 +75,6 @@ HEALTH_RESERVE_CONNECTIONS = 16  # REST connections beyond --max_connections tha
 IDLE_CONNECTION_SECONDS = 60.0  # --idle_connection_seconds: a gRPC connection with no call is closed
 GRPC_MAX_STREAMS = 4  # --grpc_max_streams: open ModelStreamInfer streams per port (< --grpc_workers)
 GRPC_STREAM_IDLE_SECONDS = 60.0  # --grpc_stream_idle_seconds: a stream with no request this long is cancelled
+# --grpc_message_timeout_seconds: a unary call's request message must have arrived this long after the call (a
+# 16 MiB message then needs ~280 KB/s); a call sending headers only holds a server thread until then
+GRPC_MESSAGE_TIMEOUT_SECONDS = 60.0

@@ -314,6 +314,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=D.GRPC_STREAM_IDLE_SECONDS,
         help=f"a stream without a request this long is cancelled (default {D.GRPC_STREAM_IDLE_SECONDS:g})",
     )
+    edges.add_argument(
+        "--grpc_message_timeout_seconds",
+        type=_positive_float,
+        default=D.GRPC_MESSAGE_TIMEOUT_SECONDS,
+        help="a unary gRPC call whose request message has not arrived this long after the call is cancelled "
+        f"(default {D.GRPC_MESSAGE_TIMEOUT_SECONDS:g})",
+    )
     own.add_argument("--log_level", default="WARNING", help="logging level (default WARNING)")
     parser.set_defaults(func=run)
     return parser
@@ -414,6 +421,7 @@ def serve(args: argparse.Namespace, ring: Any = None, ready: Any = None) -> int:
             idle_connection_s=args.idle_connection_seconds,
             grpc_max_streams=args.grpc_max_streams,
             grpc_stream_idle_s=args.grpc_stream_idle_seconds,
+            grpc_message_timeout_s=args.grpc_message_timeout_seconds,
         ),
     )
     try:

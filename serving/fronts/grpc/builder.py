@@ -104,7 +104,7 @@ def build_server(
             ],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             # bytes that do not parse: INVALID_ARGUMENT, not INTERNAL; a request message late: cancelled
-            interceptors=[RequestGuard(connections.body_timeout_s)],
+            interceptors=[RequestGuard(connections.grpc_message_timeout_s)],
         )
         register(server, work)
         if health is not None and not prefix.endswith("-relayed"):  # probes ask the public port

@@ -11,14 +11,17 @@
   else held a thread for ever (three such calls took every thread of a 3-thread server; one
   connection of eight, the defaults'). The method is served as stream-unary so that the wait is
   watched: a call whose message has not arrived ``message_timeout_s`` after the call did
-  (``--body_timeout_seconds``) is cancelled (the client sees ``CANCELLED``), and a call that waited
-  in the queue past its deadline gets ``QUEUE_GRACE_S`` for a message already sent.
+  (``--grpc_message_timeout_seconds``) is cancelled (the client sees ``CANCELLED``), and a call that
+  waited in the queue past its deadline gets ``QUEUE_GRACE_S`` for a message already sent. It is a
+  bound on the whole message (grpcio shows no progress before the message is complete), so it is a
+  flag of its own, not REST's pause bound.
 
 Imported only with the gRPC front.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -84,11 +87,21 @@ class _Watchdog:
             for context in contexts:
                 context.cancel()
 
+    def forget_thread(self) -> None:
+        """In a forked child the thread is gone (only the forking thread survives a fork): start another."""
+        self._lock = threading.Lock()
+        self._waiting.clear()
+        self._thread = None
+
 
 WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG.forget_thread)
 
 
 def _guarded(method: str, behaviour: Callable[[Any, Any], Any], deadline: float) -> Callable[[Iterator[Any], Any], Any]:
+    """`behaviour` (a method taking one request message) as one taking the stream of them, the first within
+    `deadline`. Its answer, one message or a stream of them, is returned as it is."""
+
     def run(requests: Iterator[Any], context: Any) -> Any:
         key = WATCHDOG.watch(max(deadline, time.monotonic() + QUEUE_GRACE_S), context)
         try:
@@ -116,11 +129,19 @@ class RequestGuard(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         arrived = time.monotonic()  # called when the call arrives, before it waits for a thread
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler
-        return handler._replace(
+        deadline = arrived + self.message_timeout_s
+        if handler.unary_unary is not None:
+            return handler._replace(
+                request_streaming=True,
+                request_deserializer=_lenient(handler.request_deserializer),
+                unary_unary=None,
+                stream_unary=_guarded(details.method, handler.unary_unary, deadline),
+            )
+        return handler._replace(  # one request, a stream of answers (health's Watch)
             request_streaming=True,
             request_deserializer=_lenient(handler.request_deserializer),
-            unary_unary=None,
-            stream_unary=_guarded(details.method, handler.unary_unary, arrived + self.message_timeout_s),
+            unary_stream=None,
+            stream_stream=_guarded(details.method, handler.unary_stream, deadline),
         )

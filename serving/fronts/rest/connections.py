@@ -55,6 +55,7 @@ HEALTH_PATHS = re.compile(rb"^/(v2/health/(live|ready)|v2/models/[^/]+(/versions
 _on_url, _on_header = HttpToolsProtocol.on_url, HttpToolsProtocol.on_header  # called once a field: no super() lookup
 LINGER_SECONDS = 1.0  # after refusing a request, unread bytes are drained this long before closing
 LINGER_BYTES = 64 << 10
+MOST_LINGERING = 64  # sockets lingering at once; beyond it a refused connection closes without the linger
 # After an early answer (a 413 or a 404 before the body has all arrived) the rest of the body is read and dropped,
 # so that the connection can serve the next request, only when its Content-Length says that at most this much is
 # left; it must then arrive within one --body_timeout_seconds. A longer or chunked rest closes the connection.
@@ -140,7 +141,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     # one whose body has averaged the fewest bytes a second gives way, once it has had one pause's grace: slow
     # bodies just above --min_body_rate cannot hold every slot against new clients either.
     receiving: dict[GuardedHttpToolsProtocol, None] = {}
-    lingering_evicted = [0]  # of those, refused and still lingering (each counts beyond --max_connections)
+    # refused (or answered early and not read on), draining before they close: they hold no slot, so a new
+    # connection is not taken for one beyond --max_connections while they linger (at most MOST_LINGERING)
+    lingering: set[GuardedHttpToolsProtocol] = set()
 
     def evict_one() -> bool:
         for waiting in (fresh, between_requests):
@@ -164,7 +167,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             f"the server holds {limits.max_connections} open connections ({FLAGS['max_connections']}) and a new "
             f"one came while this request's body was the slowest arriving: {slowest._body_bytes} bytes in "
             f"{seconds:.1f} s; send it faster, or again later",
-            evicted=True,
         )
         return True
 
@@ -180,7 +182,6 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _in_headers = True
         _reserve = False
         _lingering = 0  # > 0: refused; bytes drained since (the socket closes after LINGER_SECONDS)
-        _evicted = False  # refused to make room for a new connection, and lingering
         # One deadline at a time (headers, body pause, linger) and what happens when it passes. Moving or clearing
         # it is an attribute write: the loop timer behind it is only rescheduled when the deadline comes *sooner*
         # than the timer, and otherwise fires, finds the deadline moved and re-arms itself for it. A kept-alive
@@ -190,33 +191,40 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _timer: asyncio.TimerHandle | None = None
         _timer_at = 0.0
 
-        def _refuse(self, status: bytes, message: str, evicted: bool = False) -> None:
+        def _refuse(self, status: bytes, message: str) -> None:
             self._disarm()
             receiving.pop(self, None)
             cycle = self.cycle
             if cycle is not None and cycle.response_complete and not self._in_headers:
                 # the request refused (its body or trailers too slow or too large) was answered early, a 413 say:
                 # a second answer to it is not owed
-                self._lingering = 1
+                self._stop_reading()
                 self.transport.close()
                 return
             if cycle is not None and not cycle.response_complete:
                 if self.pipeline or self._in_headers or cycle.response_started:
                     # an earlier request's answer is owed (or this one's has begun): no answer fits in order
-                    self._lingering = 1
+                    self._stop_reading()
                     self.transport.close()
                     return
                 cycle.disconnected = True  # the app still reads this request's body: it ends now
                 cycle.message_event.set()
             _reply(self.transport, status, message)
             if not self.transport.is_closing():
-                self._lingering = 1
-                if evicted and lingering_evicted[0] >= limits.health_reserve:
-                    self.transport.close()  # a flood of newcomers does not pile up lingering sockets beyond the limit
-                    return
-                if evicted:
-                    lingering_evicted[0] += 1
-                    self._evicted = True
+                self._linger()
+
+        def _stop_reading(self) -> None:
+            """From now on what arrives is drained, not parsed, and the connection holds no slot."""
+            self._lingering = 1
+            lingering.add(self)
+
+        def _linger(self) -> None:
+            """The answer is written: read and drop what comes for LINGER_SECONDS (so that closing does not reset
+            a connection whose client is still sending, and lose the answer), then close."""
+            self._stop_reading()
+            if len(lingering) > MOST_LINGERING:  # a flood of refusals does not pile up lingering sockets
+                self.transport.close()
+            else:
                 self._arm(LINGER_SECONDS, self.transport.close)
 
         def _arm(self, seconds: float, callback: Any) -> None:
@@ -251,9 +259,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._timer = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            open_now = len(self.connections)
+            open_now = len(self.connections) - len(lingering)  # lingering ones hold no slot
             if open_now >= limits.max_connections and evict_one():
-                open_now = limits.max_connections - 1  # the evicted one's slot (it leaves on the next loop turn)
+                open_now = limits.max_connections - 1  # the evicted one's slot (closed, or lingering)
             if open_now >= limits.max_connections + limits.health_reserve:
                 transport.close()
                 return
@@ -437,11 +445,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     self._arm(limits.body_timeout_s, self._body_too_slow)
                 between_requests[self] = None  # it owes nothing: a new connection on a full port may take its slot
                 return
-            self._lingering = 1
             writer = cast(asyncio.WriteTransport, self.transport)
             if writer.can_write_eof():
                 writer.write_eof()
-            self._arm(LINGER_SECONDS, self.transport.close)
+            self._linger()
 
         def _await_next_request(self) -> None:
             if not self.transport.is_closing():
@@ -455,9 +462,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             fresh.pop(self, None)
             between_requests.pop(self, None)
             receiving.pop(self, None)
-            if self._evicted:
-                self._evicted = False
-                lingering_evicted[0] -= 1
+            lingering.discard(self)
             if self.transport is not None:
                 super().connection_lost(exc)
 
