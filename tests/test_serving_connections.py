@@ -703,6 +703,74 @@ def test_when_every_slot_runs_a_request_only_health_is_served_on_the_reserve(ser
     assert request(server, infer_request()).startswith(b"HTTP/1.1 200")
 
 
+def test_a_sibling_workers_hops_on_the_private_socket_hold_no_public_slot(tmp_path):
+    """--server_workers: the siblings relay sequence chunks and metrics over each worker's Unix socket, served by
+    the same uvicorn server and guard. Those connections counted against --max_connections: with the public port
+    full, an idle kept relay connection was evicted for a public newcomer, and a new one got 503 on the reserve.
+    They now hold no public slot and are never evicted."""
+    import asyncio
+
+    import uvicorn
+
+    from rnnkit_serving.fronts.rest.connections import guarded_protocol
+
+    release = threading.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/slow":
+            await asyncio.to_thread(release.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = ConnectionLimits(max_connections=2, health_reserve=1, header_timeout_s=5.0, body_timeout_s=5.0)
+    public = socket.create_server(("127.0.0.1", 0))
+    path = str(tmp_path / "worker.sock")
+    private = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    private.bind(path)
+    config = uvicorn.Config(app, http=guarded_protocol(limits), lifespan="off", log_level="error")
+    served = uvicorn.Server(config)
+    thread = threading.Thread(target=served.run, args=([public, private],), daemon=True)
+    thread.start()
+    port = public.getsockname()[1]
+
+    def unix() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(path)
+        return sock
+
+    get_fast, get_slow = b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n", b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n"
+    busy = []
+    try:
+        deadline = time.monotonic() + 10
+        while not served.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hop = unix()
+        hop.sendall(get_fast)
+        assert read_all(hop).startswith(b"HTTP/1.1 200")  # kept alive, idle: it was the first to be evicted
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for sock in busy:
+            sock.sendall(get_slow)  # every public slot has a request in flight
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as newcomer:
+            newcomer.sendall(get_fast)
+            assert read_all(newcomer).startswith(b"HTTP/1.1 503")  # the reserve: health only
+        hop.sendall(get_fast)
+        assert read_all(hop).startswith(b"HTTP/1.1 200")  # the kept relay connection still serves
+        with unix() as another:
+            another.sendall(get_fast)
+            assert read_all(another).startswith(b"HTTP/1.1 200")  # a new hop is not on the reserve
+        hop.close()
+    finally:
+        release.set()
+        for sock in busy:
+            sock.close()
+        served.should_exit = True
+        thread.join(10)
+
+
 # ------------------------------------------------------------------------------- gRPC streams
 
 

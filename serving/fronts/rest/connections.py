@@ -144,6 +144,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     # refused (or answered early and not read on), draining before they close: they hold no slot, so a new
     # connection is not taken for one beyond --max_connections while they linger (at most MOST_LINGERING)
     lingering: set[GuardedHttpToolsProtocol] = set()
+    # a sibling worker's hops on this worker's private Unix socket (--server_workers): they hold no public slot and
+    # are never evicted nor refused for one (a flood of the public port must not fail a relayed sequence chunk)
+    private_hops: set[GuardedHttpToolsProtocol] = set()
 
     def evict_one() -> bool:
         for waiting in (fresh, between_requests):
@@ -176,6 +179,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         _body_started = 0.0
         _body_bytes = 0
         _rate_bound = False  # the body's deadline is its rate's (not its pause's)
+        _evictable = True  # False: a private hop (see `private_hops`)
         _body_parsed = 0  # body bytes the parser has handed on (without chunk framing)
         _drain_until = 0.0  # > 0: answered early, the rest of the body must have arrived by then
         _header_tail = b""  # the last bytes of the header block so far (a CRLFCRLF may span two reads)
@@ -216,7 +220,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _stop_reading(self) -> None:
             """From now on what arrives is drained, not parsed, and the connection holds no slot."""
             self._lingering = 1
-            lingering.add(self)
+            if self._evictable:
+                lingering.add(self)
 
         def _linger(self) -> None:
             """The answer is written: read and drop what comes for LINGER_SECONDS (so that closing does not reset
@@ -259,7 +264,13 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._timer = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            open_now = len(self.connections) - len(lingering)  # lingering ones hold no slot
+            if isinstance(transport.get_extra_info("sockname"), str):  # a Unix socket: a sibling worker's hop
+                super().connection_made(transport)
+                self._evictable = False
+                private_hops.add(self)
+                self._start_waiting()
+                return
+            open_now = len(self.connections) - len(lingering) - len(private_hops)  # neither holds a public slot
             if open_now >= limits.max_connections and evict_one():
                 open_now = limits.max_connections - 1  # the evicted one's slot (closed, or lingering)
             if open_now >= limits.max_connections + limits.health_reserve:
@@ -282,7 +293,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def _arm_body(self) -> None:
             self._body_started, self._body_bytes, self._rate_bound = self.loop.time(), 0, False
             self._arm(limits.body_timeout_s, self._body_too_slow)
-            receiving[self] = None
+            if self._evictable:
+                receiving[self] = None
 
         def _body_too_slow(self) -> None:
             if self._rate_bound:
@@ -443,7 +455,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._drain_until = self.loop.time() + limits.body_timeout_s
                 if self._deadline is None or self._deadline > self._drain_until:
                     self._arm(limits.body_timeout_s, self._body_too_slow)
-                between_requests[self] = None  # it owes nothing: a new connection on a full port may take its slot
+                if self._evictable:  # it owes nothing: a new connection on a full port may take its slot
+                    between_requests[self] = None
                 return
             writer = cast(asyncio.WriteTransport, self.transport)
             if writer.can_write_eof():
@@ -455,7 +468,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 # a request that starts must finish its headers in time (uvicorn's keep-alive timer runs too,
                 # but reading any byte cancels it)
                 self._arm(max(limits.header_timeout_s, self.timeout_keep_alive), self._headers_too_slow)
-                between_requests[self] = None
+                if self._evictable:
+                    between_requests[self] = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
@@ -463,6 +477,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             between_requests.pop(self, None)
             receiving.pop(self, None)
             lingering.discard(self)
+            private_hops.discard(self)
             if self.transport is not None:
                 super().connection_lost(exc)
 
