@@ -155,15 +155,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 victim._disarm()
                 victim.transport.close()
                 return True
-        slowest = None
-        if receiving:
-            now, least = asyncio.get_running_loop().time(), float("inf")
-            for candidate in receiving:
-                seconds = now - candidate._body_started
-                if seconds >= limits.body_timeout_s and candidate._body_bytes / seconds < least:
-                    slowest, least = candidate, candidate._body_bytes / seconds
-        if slowest is None:
+        now = asyncio.get_running_loop().time()
+        past_grace = [body for body in receiving if now - body._body_started >= limits.body_timeout_s]
+        if not past_grace:
             return False
+        slowest = min(past_grace, key=lambda body: body._body_bytes / (now - body._body_started))
         seconds = now - slowest._body_started
         slowest._refuse(
             b"408 Request Timeout",
@@ -199,18 +195,20 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
             self._disarm()
             receiving.pop(self, None)
             cycle = self.cycle
-            if cycle is not None and cycle.response_complete and not self._in_headers:
-                # the request refused (its body or trailers too slow or too large) was answered early, a 413 say:
-                # a second answer to it is not owed
+            # no answer: the request refused was answered early already (a 413 say, then its body or trailers were
+            # too slow or too large: none is owed twice), or an earlier request's answer is still owed (or this
+            # one's has begun), so that no answer fits in order
+            answered = cycle is not None and cycle.response_complete and not self._in_headers
+            unanswerable = (
+                cycle is not None
+                and not cycle.response_complete
+                and (self.pipeline or self._in_headers or cycle.response_started)
+            )
+            if answered or unanswerable:
                 self._stop_reading()
                 self.transport.close()
                 return
             if cycle is not None and not cycle.response_complete:
-                if self.pipeline or self._in_headers or cycle.response_started:
-                    # an earlier request's answer is owed (or this one's has begun): no answer fits in order
-                    self._stop_reading()
-                    self.transport.close()
-                    return
                 cycle.disconnected = True  # the app still reads this request's body: it ends now
                 cycle.message_event.set()
             _reply(self.transport, status, message)
