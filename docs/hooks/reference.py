@@ -549,8 +549,7 @@ LIMITS: list[LimitRow] = [
         ("--body_timeout_seconds",),
         lambda d, c: _seconds(d("body_timeout_seconds")),
         "408 naming the flag, connection closed. After an early answer (a 413) the rest of the body is read and "
-        "dropped only when at most 256 KiB are declared left and they arrive within one pause; otherwise the "
-        "connection closes",
+        "dropped for one pause at most; a rest still arriving then closes the connection",
     ),
     (
         "the whole body: one pause's grace plus its bytes over this rate",

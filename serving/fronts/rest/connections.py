@@ -30,8 +30,8 @@ stays open forever and holds a file descriptor. This protocol subclass adds, per
 Keep-alive after a response stays uvicorn's (``timeout_keep_alive``). A request refused while an earlier
 answer on the same connection is still owed (pipelined behind it) cannot be answered in order: the connection
 is closed. A request answered before its body has all arrived (a 413 on its Content-Length) has the rest of
-its body read and dropped only when that rest is declared and short (``DRAIN_BYTES``) and arrives within one
-pause; otherwise the connection closes after the answer, instead of reading a body nobody wants at the
+its body read and dropped so that the connection serves the next request, but only for one pause after the
+answer: a rest still arriving then closes the connection, instead of reading a body nobody wants at the
 client's pace.
 """
 
@@ -56,10 +56,6 @@ _on_url, _on_header = HttpToolsProtocol.on_url, HttpToolsProtocol.on_header  # c
 LINGER_SECONDS = 1.0  # after refusing a request, unread bytes are drained this long before closing
 LINGER_BYTES = 64 << 10
 MOST_LINGERING = 64  # sockets lingering at once; beyond it a refused connection closes without the linger
-# After an early answer (a 413 or a 404 before the body has all arrived) the rest of the body is read and dropped,
-# so that the connection can serve the next request, only when its Content-Length says that at most this much is
-# left; it must then arrive within one --body_timeout_seconds. A longer or chunked rest closes the connection.
-DRAIN_BYTES = 256 << 10
 # A chunked body's framing (chunk-size lines, extensions) may take at most FRAMING_PER_BYTE bytes per byte of
 # data, plus FRAMING_SLACK_BYTES: chunk extensions are read and dropped by the parser, so without a bound a client
 # could stream them for ever at any rate without its body ever growing toward --max_request_bytes (as Node.js's
@@ -437,19 +433,14 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._answered_early()
 
         def _answered_early(self) -> None:
-            """The request was answered before its body had all arrived (a 413, a 404). A short rest is read and
-            dropped, within one pause, so that the connection serves the next request; a longer one (or one of
-            unknown length) is not read at the client's pace: the connection closes after a linger."""
+            """The request was answered before its body had all arrived (a 413, a 404). The rest is read and dropped
+            so that the connection serves the next request (the answer did not say it closes: a client may reuse
+            the connection as soon as it has sent the body), but within one pause, not at the client's pace; a
+            rest still arriving then closes the connection (as nginx's lingering_time)."""
             receiving.pop(self, None)
-            declared = -1
-            for name, value in self.headers:
-                if name == b"content-length":
-                    declared = int(value) if value.isdigit() else -1
-                    break
             # a client that asked "Expect: 100-continue" and got a final answer instead may send no body at all,
             # and then its next request, which would be read as this body: close, as RFC 9110 (10.1.1) allows
-            waiting_to_continue = self.expect_100_continue and not self._body_parsed
-            if not waiting_to_continue and 0 <= declared - self._body_parsed <= DRAIN_BYTES:
+            if not (self.expect_100_continue and not self._body_parsed):
                 self._drain_until = self.loop.time() + limits.body_timeout_s
                 if self._deadline is None or self._deadline > self._drain_until:
                     self._arm(limits.body_timeout_s, self._body_too_slow)
